@@ -1,0 +1,79 @@
+"""Linear layers whose weight is either a dense tensor or a quantized weight object.
+
+A quantized weight (ladle/quant) is any object with:
+  shape -> (out_features, in_features); nbytes -> int; linear(x) -> x @ W.T; dequantize(dtype) -> Tensor;
+  embedding(ids) -> rows of W (for token embeddings).
+Loaders call `set_weight`, which accepts either form, so model code never needs to know which it got.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def is_quantized(weight: Any) -> bool:
+    return not isinstance(weight, torch.Tensor) and hasattr(weight, "linear")
+
+
+class Linear(nn.Module):
+    def __init__(self, in_features: int, out_features: int, bias: bool = False) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
+        self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False) if bias else None
+        self.quantized: Any = None
+
+    def set_weight(self, weight: Any) -> None:
+        if tuple(weight.shape) != (self.out_features, self.in_features):
+            raise ValueError(f"weight of shape {tuple(weight.shape)} for a {self.in_features}->{self.out_features} layer")
+        if is_quantized(weight):
+            self.quantized = weight
+            self.weight = None  # type: ignore[assignment]  # the dense copy is never materialized
+        else:
+            self.weight.data.copy_(weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.quantized is not None:
+            out = self.quantized.linear(x)
+            return out + self.bias if self.bias is not None else out
+        return F.linear(x, self.weight, self.bias)
+
+
+class VocabEmbedding(nn.Module):
+    def __init__(self, num_embeddings: int, embedding_dim: int) -> None:
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.weight = nn.Parameter(torch.empty(num_embeddings, embedding_dim), requires_grad=False)
+        self.quantized: Any = None
+
+    def set_weight(self, weight: Any) -> None:
+        if tuple(weight.shape) != (self.num_embeddings, self.embedding_dim):
+            raise ValueError(f"embedding of shape {tuple(weight.shape)}, expected {(self.num_embeddings, self.embedding_dim)}")
+        if is_quantized(weight):
+            self.quantized = weight
+            self.weight = None  # type: ignore[assignment]
+        else:
+            self.weight.data.copy_(weight)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.quantized is not None:
+            return self.quantized.embedding(ids)
+        return F.embedding(ids, self.weight)
+
+
+class TiedLMHead(nn.Module):
+    """The output projection that reuses the token embedding's weight (dense or quantized)."""
+
+    def __init__(self, embedding: VocabEmbedding) -> None:
+        super().__init__()
+        self._embedding = [embedding]  # a list, so the embedding isn't registered (and loaded) twice
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        emb = self._embedding[0]
+        if emb.quantized is not None:
+            return emb.quantized.linear(x)
+        return F.linear(x, emb.weight)

@@ -1,0 +1,158 @@
+"""The native GGML matmul kernels and GGMLWeight, against gguf's numpy dequantizer.
+
+The kernels quantize activations to 8 bits per 32 values (as ggml does). So each result is checked two
+ways: against float64 math on the *same* quantized activations (must agree to float32 rounding: this
+pins down the weight decoding exactly), and against the float activations (agrees to the 8-bit
+activation error, about 1% of the output's scale).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, quants
+
+from gguf_support import gemma_path
+from ladle.loader.gguf_file import read_gguf
+from ladle.quant.native import NativeKernels, build_kernels, native_kernels
+from ladle.quant.weight import GGMLWeight
+
+Q = GGMLQuantizationType
+NATIVE = [Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q4_K, Q.Q5_K, Q.Q6_K]
+# Byte offsets of the f16 scale fields in each block: random bytes there would be inf/nan.
+_HALF_FIELDS = {
+    Q.Q8_0: [0],
+    Q.Q4_0: [0],
+    Q.Q4_1: [0, 2],
+    Q.Q5_0: [0],
+    Q.Q5_1: [0, 2],
+    Q.Q4_K: [0, 2],
+    Q.Q5_K: [0, 2],
+    Q.Q6_K: [208],
+}
+
+
+@pytest.fixture(scope="module")
+def kernels() -> NativeKernels:
+    k = native_kernels()
+    if k is None:
+        pytest.skip("no C compiler: native kernels unavailable")
+    return k
+
+
+@pytest.fixture(scope="module")
+def portable_kernels() -> NativeKernels:
+    """The same source built for baseline x86-64/arm64 (no AVX2): exercises the plain C versions."""
+    k = build_kernels((["-O2", "-fopenmp"], ["-O2"]))
+    if k is None:
+        pytest.skip("no C compiler")
+    return k
+
+
+def random_weight(qtype: Q, rows: int, cols: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    block, size = GGML_QUANT_SIZES[qtype]
+    raw = rng.integers(0, 256, (rows, cols // block, size), dtype=np.uint8)
+    for offset in _HALF_FIELDS[qtype]:
+        halves = (rng.standard_normal(raw.shape[:2]) * 0.02).astype(np.float16)
+        raw[:, :, offset : offset + 2] = halves.view(np.uint8).reshape(*raw.shape[:2], 2)
+    return raw.reshape(rows, -1)
+
+
+def quantized_activations(k: NativeKernels, x: torch.Tensor) -> np.ndarray:
+    """What the kernel multiplies by: the activations after its 8-bit quantization, as float64."""
+    blocks = k.quantize_activations(x).numpy()  # [m, k/32, 40]: f32 d, i32 sum, i8 qs[32]
+    d = blocks[..., 0:4].copy().view(np.float32).astype(np.float64)
+    total = blocks[..., 4:8].copy().view(np.int32)
+    q = blocks[..., 8:].copy().view(np.int8).astype(np.float64)
+    np.testing.assert_array_equal(q.sum(-1, keepdims=True), total)
+    return (q * d).reshape(x.shape[0], -1)
+
+
+@pytest.mark.parametrize("qtype", NATIVE, ids=lambda q: q.name)
+@pytest.mark.parametrize("build", ["native", "portable"])
+def test_matmul_matches_reference(qtype: Q, build: str, request: pytest.FixtureRequest) -> None:
+    k: NativeKernels = request.getfixturevalue("kernels" if build == "native" else "portable_kernels")
+    assert k.supports(qtype)
+    if build == "portable":
+        assert not k.has_avx2  # really the plain C code
+    rows, cols = 72, 768  # 3 super-blocks of 256 per row
+    raw = random_weight(qtype, rows, cols, seed=int(qtype))
+    w = quants.dequantize(raw, qtype).astype(np.float64)
+    x = torch.randn(5, cols, generator=torch.Generator().manual_seed(0))
+
+    y = k.matmul(qtype, torch.from_numpy(raw), x).numpy()
+    exact = quantized_activations(k, x) @ w.T
+    scale = np.abs(exact).max()
+    assert np.abs(y - exact).max() <= 2e-6 * scale
+    assert np.abs(y - x.double().numpy() @ w.T).max() <= 2e-2 * scale
+
+
+def test_activation_quantization(kernels: NativeKernels) -> None:
+    x = torch.randn(3, 256) * torch.logspace(-3, 3, 256)
+    x[1, :32] = 0.0  # an all-zero block must not divide by zero
+    xq = quantized_activations(kernels, x)
+    blocks = x.double().numpy().reshape(3, -1, 32)
+    step = np.abs(blocks).max(-1, keepdims=True) / 127
+    assert np.all(np.abs(xq.reshape(blocks.shape) - blocks) <= step * 0.5 + 1e-12)
+    assert np.all(xq[1, :32] == 0)
+
+
+def test_ggml_weight_interface() -> None:
+    qtype, rows, cols = Q.Q4_K, 40, 512
+    raw = random_weight(qtype, rows, cols, seed=3)
+    dense = torch.from_numpy(quants.dequantize(raw, qtype))
+    weight = GGMLWeight(torch.from_numpy(raw), qtype, (rows, cols))
+    assert weight.shape == (rows, cols) and weight.nbytes == raw.nbytes
+    assert torch.equal(weight.dequantize(), dense)
+    ids = torch.tensor([[3, 0], [39, 3]])
+    assert torch.equal(weight.embedding(ids), dense[ids])
+    x = torch.randn(2, 3, cols)
+    y = weight.linear(x)
+    ref = F.linear(x, dense)
+    assert y.shape == (2, 3, rows)
+    assert (y - ref).abs().max() <= 2e-2 * ref.abs().max()
+    assert torch.equal(weight.rows(torch.tensor([5, 1])).dequantize(), dense[[5, 1]])
+    with pytest.raises(ValueError, match="expected uint8 bytes"):
+        GGMLWeight(torch.from_numpy(raw[:, :-1].copy()), qtype, (rows, cols))
+
+
+def test_fallback_without_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a compiler, linear() dequantizes in chunks and uses F.linear: exact float math."""
+    import ladle.quant.weight as weight_module
+
+    monkeypatch.setattr(weight_module, "native_kernels", lambda: None)
+    monkeypatch.setattr(weight_module, "_FALLBACK_ROWS", 16)
+    raw = random_weight(Q.Q6_K, 40, 256, seed=4)
+    weight = GGMLWeight(torch.from_numpy(raw), Q.Q6_K, (40, 256))
+    assert not weight.has_fast_matmul
+    x = torch.randn(3, 256)
+    dense = torch.from_numpy(quants.dequantize(raw, Q.Q6_K))
+    torch.testing.assert_close(weight.linear(x), F.linear(x, dense), rtol=1e-5, atol=1e-5)
+
+
+def test_real_gemma_matrices(kernels: NativeKernels) -> None:
+    """Each quantized type of the Gemma file through GGMLWeight.linear, batch 1 and 7."""
+    gguf = read_gguf(gemma_path())
+    names = [
+        "blk.0.attn_q.weight",
+        "blk.0.attn_v.weight",
+        "blk.0.attn_output.weight",
+        "blk.0.ffn_down.weight",
+        "blk.1.ffn_down.weight",
+    ]
+    seen = set()
+    for name in names:
+        info = gguf.tensors[name]
+        seen.add(info.qtype)
+        raw = gguf.tensor_bytes(name)
+        weight = GGMLWeight(raw, info.qtype, info.shape)
+        dense = torch.from_numpy(quants.dequantize(raw.numpy(), info.qtype))
+        for batch in (1, 7):
+            x = torch.randn(batch, info.shape[1])
+            ref = F.linear(x, dense)
+            err = (weight.linear(x) - ref).abs().max() / ref.abs().max()
+            assert err < 2e-2, (name, batch, float(err))
+    assert seen == {Q.Q5_0, Q.Q8_0, Q.Q4_K, Q.Q6_K}

@@ -177,15 +177,38 @@ def test_processed_distribution_mixed_batch() -> None:
     assert torch.equal(logits, original), "the sampler must not edit the logits it is given"
 
 
-def test_top_k_only_batch_and_large_k() -> None:
-    """Top-k without top-p takes a different path (topk, not sort); a k past its limit goes back to sort."""
+LARGE_VOCAB_CASES = [  # (params, logit scale): a large scale gives a peaked distribution, a small one a flat one
+    (SamplingParams(top_k=1), 2.0),
+    (SamplingParams(top_k=7), 2.0),
+    (SamplingParams(top_k=700), 2.0),
+    (SamplingParams(top_k=1500), 2.0),  # past the largest head: sorts
+    (SamplingParams(top_p=0.9), 6.0),  # nucleus inside the head
+    (SamplingParams(top_p=0.9), 0.3),  # nucleus of ~1500 tokens: runs past the head, falls back to a sort
+    (SamplingParams(top_p=0.5, temperature=0.5), 1.0),
+    (SamplingParams(top_k=50, top_p=0.8), 0.5),
+    (SamplingParams(top_k=1500, top_p=0.7), 0.3),
+    (SamplingParams(top_k=1999, top_p=0.99, min_p=0.3), 0.3),
+    (SamplingParams(), 1.0),
+]
+
+
+def test_large_vocab_truncation() -> None:
+    """Top-k/top-p read a head of the sorted logits when they can; check every route, alone and batched."""
     vocab = 2000
-    params = [SamplingParams(top_k=k) for k in (1, 7, 50)] + [SamplingParams(), SamplingParams(top_k=1500)]
-    logits = make_logits(len(params), vocab=vocab, seed=5)
-    actual = Sampler().processed_logprobs(logits, [SamplingRow(p, [1], [2]) for p in params])
-    for i, p in enumerate(params):
-        expected = reference_log_distribution(logits[i].numpy(), p, [1], [2], [])
-        assert_log_distributions_close(actual[i], expected)
+    scales = torch.tensor([scale for _, scale in LARGE_VOCAB_CASES]).unsqueeze(1)
+    logits = make_logits(len(LARGE_VOCAB_CASES), vocab=vocab, seed=5, scale=1.0) * scales
+    rows = [SamplingRow(p, [1], [2]) for p, _ in LARGE_VOCAB_CASES]
+    expected = [
+        reference_log_distribution(logits[i].numpy(), p, [1], [2], [])
+        for i, (p, _) in enumerate(LARGE_VOCAB_CASES)
+    ]
+    batched = Sampler().processed_logprobs(logits, rows)
+    for i in range(len(rows)):
+        assert_log_distributions_close(batched[i], expected[i])
+        alone = Sampler().processed_logprobs(logits[i : i + 1], [rows[i]])[0]
+        assert_log_distributions_close(alone, expected[i])
+    kept = torch.isfinite(batched).sum(dim=-1).tolist()
+    assert kept[4] < 256 < kept[5], "the cases should cover both a short and a long nucleus"
 
 
 def test_top_k_keeps_ties() -> None:

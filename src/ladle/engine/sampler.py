@@ -151,10 +151,8 @@ class Sampler:
         # Truncate only the rows that ask for it: top-k/top-p sort the whole vocabulary.
         truncated = [j for j, p in enumerate(random) if p.top_k > 0 or p.top_p < 1.0]
         if truncated:
-            use_k = any(random[j].top_k > 0 for j in truncated)
-            use_p = any(random[j].top_p < 1.0 for j in truncated)
-            top_k = torch.tensor([random[j].top_k for j in truncated], device=device) if use_k else None
-            top_p = torch.tensor([random[j].top_p for j in truncated], device=device) if use_p else None
+            top_k = [random[j].top_k for j in truncated]
+            top_p = [random[j].top_p for j in truncated]
             work = _on_rows(work, truncated, lambda x: apply_top_k_top_p(x, top_k, top_p))
         min_p_rows = [j for j, p in enumerate(random) if p.min_p > 0.0]
         if min_p_rows:

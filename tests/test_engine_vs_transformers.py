@@ -10,7 +10,9 @@ from ladle import LLM, SamplingParams
 
 PROMPTS = [list(range(5, 8)), [(i * 7) % 300 + 4 for i in range(17)], [(i * 13) % 350 + 4 for i in range(40)]]
 NUM_TOKENS = 32
-GREEDY = SamplingParams(temperature=0.0, max_tokens=NUM_TOKENS, ignore_eos=True, logprobs=1, prompt_logprobs=1)
+GREEDY = SamplingParams(
+    temperature=0.0, max_tokens=NUM_TOKENS, ignore_eos=True, logprobs=1, prompt_logprobs=1
+)
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +22,9 @@ def references(tiny_model):
     refs = []
     for prompt in PROMPTS:
         with torch.no_grad():
-            out = model.generate(torch.tensor([prompt]), max_new_tokens=NUM_TOKENS, min_new_tokens=NUM_TOKENS, do_sample=False)
+            out = model.generate(
+                torch.tensor([prompt]), max_new_tokens=NUM_TOKENS, min_new_tokens=NUM_TOKENS, do_sample=False
+            )
             seq = out[0].tolist()
             logprobs = torch.log_softmax(model(out).logits[0].float(), dim=-1)
         refs.append((seq[len(prompt) :], seq, logprobs))
@@ -28,7 +32,7 @@ def references(tiny_model):
 
 
 def _check(outputs, refs, check_logprobs=True):
-    for prompt, out, (ref_tokens, seq, ref_lp) in zip(PROMPTS, outputs, refs):
+    for prompt, out, (ref_tokens, _seq, ref_lp) in zip(PROMPTS, outputs, refs):
         got = out.outputs[0]
         assert got.token_ids == ref_tokens
         assert got.finish_reason == "length"

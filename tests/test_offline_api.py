@@ -74,7 +74,9 @@ def test_prompt_forms_agree(llama):
     assert by_text.prompt_token_ids == ids
     assert by_text.outputs[0].token_ids == by_ids.outputs[0].token_ids == by_list.outputs[0].token_ids
     with torch.no_grad():
-        ref = model.generate(torch.tensor([ids]), max_new_tokens=24, min_new_tokens=24, do_sample=False)[0, len(ids) :]
+        ref = model.generate(torch.tensor([ids]), max_new_tokens=24, min_new_tokens=24, do_sample=False)[
+            0, len(ids) :
+        ]
     assert by_text.outputs[0].token_ids == ref.tolist()
     # The text is what the tokenizers library decodes the tokens to.
     assert by_text.outputs[0].text == tokenizer.backend.decode(ref.tolist(), skip_special_tokens=True)
@@ -95,7 +97,9 @@ def test_stop_strings_across_token_boundaries(llama):
     assert out.finish_reason == "stop" and out.stop_reason == stop
     assert out.text == full.text[:cut]
     assert len(prefix) >= cut
-    kept = llm.generate("The quick brown", _greedy(max_tokens=32, stop=[stop], include_stop_str_in_output=True))[0]
+    kept = llm.generate(
+        "The quick brown", _greedy(max_tokens=32, stop=[stop], include_stop_str_in_output=True)
+    )[0]
     assert kept.outputs[0].text == full.text[: cut + len(stop)]
 
 
@@ -108,13 +112,18 @@ def test_stop_token_ids_and_eos(llama):
     assert out.finish_reason == "stop" and out.stop_reason == target
     assert out.token_ids == full.token_ids[: first + 1]
     # min_tokens holds the stop token back until enough tokens exist.
-    held = llm.generate("Lily", SamplingParams(temperature=0.0, max_tokens=16, min_tokens=16, stop_token_ids=[target]))
+    held = llm.generate(
+        "Lily", SamplingParams(temperature=0.0, max_tokens=16, min_tokens=16, stop_token_ids=[target])
+    )
     assert len(held[0].outputs[0].token_ids) == 16 and target not in held[0].outputs[0].token_ids
 
 
 def test_n_choices_and_list_of_params(llama):
     _, _, llm = llama
-    outs = llm.generate(["Once", "The dog"], [_greedy(max_tokens=5), SamplingParams(n=3, temperature=1.0, seed=7, max_tokens=6)])
+    outs = llm.generate(
+        ["Once", "The dog"],
+        [_greedy(max_tokens=5), SamplingParams(n=3, temperature=1.0, seed=7, max_tokens=6)],
+    )
     assert len(outs[0].outputs) == 1 and len(outs[0].outputs[0].token_ids) == 5
     assert [o.index for o in outs[1].outputs] == [0, 1, 2]
     assert all(len(o.token_ids) <= 6 and o.finish_reason in ("stop", "length") for o in outs[1].outputs)
@@ -128,9 +137,8 @@ def test_chat_renders_the_template_like_transformers(llama):
 
     messages = [{"role": "user", "content": "hi there"}]
     hf = AutoTokenizer.from_pretrained(str(folder))
-    expected_ids = hf.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-    if isinstance(expected_ids, dict):  # transformers 5 returns a BatchEncoding
-        expected_ids = expected_ids["input_ids"]
+    text = hf.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    expected_ids = hf(text, add_special_tokens=False)["input_ids"]
     out = llm.chat(messages, _greedy(max_tokens=4))[0]
     assert out.prompt_token_ids == list(expected_ids)
     assert len(out.outputs[0].token_ids) == 4
@@ -164,3 +172,21 @@ def test_incremental_detokenizer_handles_split_utf8(llama):
     detok.flush()
     assert detok.text == tokenizer.backend.decode(ids)
     assert all("\ufffd" not in s for s in seen)
+
+
+def test_seeded_sampling_does_not_depend_on_the_batch(llama):
+    _, _, llm = llama
+    seeded = SamplingParams(temperature=1.0, top_p=0.9, top_k=50, seed=1234, max_tokens=20, ignore_eos=True)
+    alone = llm.generate("Once upon a time", seeded)[0].outputs[0].token_ids
+    others = [
+        SamplingParams(temperature=1.0, max_tokens=20, ignore_eos=True),
+        SamplingParams(temperature=0.7, seed=5, max_tokens=9),
+    ]
+    batch = llm.generate(["The dog", "Once upon a time", "Lily and Tom"], [others[0], seeded, others[1]])
+    assert batch[1].outputs[0].token_ids == alone
+    again = llm.generate(
+        ["Lily and Tom", "x", "y", "Once upon a time"], [others[1], others[0], others[0], seeded]
+    )
+    assert again[3].outputs[0].token_ids == alone
+    different = llm.generate("Once upon a time", seeded.clone(seed=4321))[0].outputs[0].token_ids
+    assert different != alone

@@ -36,7 +36,9 @@ class EngineConfig:
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         if self.load_format not in ("auto", "dummy", "safetensors", "gguf"):
-            raise ValueError(f"load_format must be auto, dummy, safetensors or gguf, got {self.load_format!r}")
+            raise ValueError(
+                f"load_format must be auto, dummy, safetensors or gguf, got {self.load_format!r}"
+            )
         if self.max_num_batched_tokens < 1 or self.max_num_seqs < 1:
             raise ValueError("max_num_batched_tokens and max_num_seqs must be >= 1")
         if self.tensor_parallel_size != 1:

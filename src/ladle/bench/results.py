@@ -12,7 +12,9 @@ from typing import Any
 
 def git_sha() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -25,9 +27,17 @@ def device_description() -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def write_result(kind: str, result: dict[str, Any], out_dir: str | Path = "benchmarks/results", path: str | None = None) -> Path:
+def write_result(
+    kind: str, result: dict[str, Any], out_dir: str | Path = "benchmarks/results", path: str | None = None
+) -> Path:
     now = dt.datetime.now(dt.timezone.utc)
-    record = {"benchmark": kind, "date": now.isoformat(timespec="seconds"), "git_sha": git_sha(), "device": device_description(), **result}
+    record = {
+        "benchmark": kind,
+        "date": now.isoformat(timespec="seconds"),
+        "git_sha": git_sha(),
+        "device": device_description(),
+        **result,
+    }
     target = Path(path) if path else Path(out_dir) / f"{kind}-{now.strftime('%Y%m%dT%H%M%S')}.json"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(record, indent=2))

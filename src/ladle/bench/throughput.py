@@ -14,7 +14,9 @@ from typing import Any
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="model path (a Hugging Face folder or .gguf)")
-    p.add_argument("--preset", help="a config shipped with ladle (dummy weights), e.g. llama-3.1-8b, tiny-llama")
+    p.add_argument(
+        "--preset", help="a config shipped with ladle (dummy weights), e.g. llama-3.1-8b, tiny-llama"
+    )
     p.add_argument("--load-format", default=None, help="auto or dummy (default: dummy with --preset)")
     p.add_argument("--num-prompts", type=int, default=256)
     p.add_argument("--input-len", type=int, nargs=2, default=[100, 1024], metavar=("MIN", "MAX"))
@@ -25,7 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-num-batched-tokens", type=int, default=2048)
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output-json", default=None, help="where to write the JSON result (default benchmarks/results/)")
+    p.add_argument(
+        "--output-json", default=None, help="where to write the JSON result (default benchmarks/results/)"
+    )
 
 
 def model_arguments(args: argparse.Namespace) -> tuple[str, str]:

@@ -15,8 +15,7 @@ from ladle.config import EngineConfig
 from ladle.engine.detokenizer import IncrementalDetokenizer
 from ladle.engine.kv_cache_manager import KVCacheManager
 from ladle.engine.request import Request
-from ladle.engine.logprobs import prompt_logprobs_for_chunk
-from ladle.engine.sampler import Sampler, SamplingRow
+from ladle.engine.sampler import Sampler, SamplingRow, prompt_logprobs
 from ladle.engine.scheduler import Scheduler
 from ladle.executor.device import resolve_device, resolve_dtype
 from ladle.executor.model_runner import ModelRunner, kv_block_bytes
@@ -55,7 +54,9 @@ class LLMEngine:
         self.dtype = resolve_dtype(config.dtype, self.device, self.arch.torch_dtype)
         model_max = self.arch.max_position_embeddings
         if config.max_model_len is not None and config.max_model_len > model_max:
-            raise ValueError(f"max_model_len {config.max_model_len} exceeds the model's context length ({model_max})")
+            raise ValueError(
+                f"max_model_len {config.max_model_len} exceeds the model's context length ({model_max})"
+            )
         self.max_model_len = config.max_model_len or model_max
 
         torch.manual_seed(config.seed)
@@ -148,7 +149,11 @@ class LLMEngine:
                     params=params,
                     eos_token_ids=self.arch.eos_token_ids,
                     detokenizer=IncrementalDetokenizer(
-                        self.tokenizer, token_ids, params.skip_special_tokens, params.stop, params.include_stop_str_in_output
+                        self.tokenizer,
+                        token_ids,
+                        params.skip_special_tokens,
+                        params.stop,
+                        params.include_stop_str_in_output,
                     ),
                     max_tokens=max_tokens,
                     arrival_time=arrival,
@@ -220,30 +225,28 @@ class LLMEngine:
             result = self.sampler(step.logits, rows)
             now = time.monotonic()
             for j, req in enumerate(sampled):
-                self._append(req, result.token_ids[j], result.logprobs[j], result.ranks[j], now)
+                self._append(req, result.token_ids[j], self._decoded(result.logprob_dict(j)), now)
                 touched[req.parent_id] = None
         return [self._make_output(pid) for pid in touched if pid in self.parents]
 
     def _add_prompt_logprobs(self, req: Request, logits: torch.Tensor, start: int) -> None:
-        if req.prompt_logprobs is None:
-            req.prompt_logprobs = [None]
-        entries = prompt_logprobs_for_chunk(logits, req.prompt_token_ids, start, req.params.prompt_logprobs)
-        req.prompt_logprobs.extend(self._to_logprobs(e) for e in entries)
+        entries = prompt_logprobs(logits, req.prompt_token_ids, req.params.prompt_logprobs, start=start)
+        req.prompt_logprobs = (req.prompt_logprobs or []) + [self._decoded(e) for e in entries]
 
-    def _to_logprobs(self, entry: dict[int, tuple[float, int]]) -> dict[int, Logprob]:
-        return {
-            tid: Logprob(lp, rank, self.tokenizer.decode([tid], skip_special_tokens=False) if self.tokenizer else None)
-            for tid, (lp, rank) in entry.items()
-        }
+    def _decoded(self, entry: dict[int, Logprob] | None) -> dict[int, Logprob] | None:
+        if entry is not None and self.tokenizer is not None:
+            for tid, lp in entry.items():
+                lp.decoded_token = self.tokenizer.decode([tid], skip_special_tokens=False)
+        return entry
 
-    def _append(self, req: Request, token: int, logprobs: dict[int, float] | None, ranks: dict[int, int] | None, now: float) -> None:
+    def _append(self, req: Request, token: int, logprobs: dict[int, Logprob] | None, now: float) -> None:
         req.append_token(token)
         self.counters.generation_tokens += 1
         if req.first_token_time is None:
             req.first_token_time = now
         if logprobs is not None and req.logprobs is not None:
-            req.logprobs.append(self._to_logprobs({t: (lp, (ranks or {}).get(t)) for t, lp in logprobs.items()}))
-            req.cumulative_logprob += logprobs[token]
+            req.logprobs.append(logprobs)
+            req.cumulative_logprob += logprobs[token].logprob
         params = req.params
         num_out = len(req.output_token_ids)
         may_stop = num_out >= params.min_tokens
@@ -285,15 +288,21 @@ class LLMEngine:
                 )
             )
             stable = detok.stable_text_len(child.is_finished)
-            deltas.append((detok.text[child.sent_text_len : stable], child.output_token_ids[child.sent_token_len :]))
+            deltas.append(
+                (detok.text[child.sent_text_len : stable], child.output_token_ids[child.sent_token_len :])
+            )
             child.sent_text_len = max(child.sent_text_len, stable)
             child.sent_token_len = len(child.output_token_ids)
         first = parent.children[0]
         metrics = RequestMetrics(
             arrival_time=parent.arrival_time,
             first_scheduled_time=first.first_scheduled_time,
-            first_token_time=min((c.first_token_time for c in parent.children if c.first_token_time), default=None),
-            finished_time=max((c.finished_time or 0.0 for c in parent.children), default=None) if finished else None,
+            first_token_time=min(
+                (c.first_token_time for c in parent.children if c.first_token_time), default=None
+            ),
+            finished_time=max((c.finished_time or 0.0 for c in parent.children), default=None)
+            if finished
+            else None,
             num_cached_tokens=max(first.num_cached_tokens, 0),
         )
         if finished:

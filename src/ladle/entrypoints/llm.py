@@ -109,7 +109,9 @@ class LLM:
                 **(chat_template_kwargs or {}),
             )
             # The template already wrote BOS where the model wants it.
-            prompts.append({"prompt": text, "prompt_token_ids": tokenizer.encode(text, add_special_tokens=False)})
+            prompts.append(
+                {"prompt": text, "prompt_token_ids": tokenizer.encode(text, add_special_tokens=False)}
+            )
         return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
 
     def _run(self, request_ids: list[str]) -> list[RequestOutput]:

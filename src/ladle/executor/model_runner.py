@@ -44,7 +44,10 @@ class ModelRunner:
         shape = (num_blocks, self.block_size, cfg.num_key_value_heads, cfg.head_dim)
         # torch.empty: pages are touched only when written, so an unused CPU budget costs nothing.
         self.kv_caches = [
-            (torch.empty(shape, dtype=self.dtype, device=self.device), torch.empty(shape, dtype=self.dtype, device=self.device))
+            (
+                torch.empty(shape, dtype=self.dtype, device=self.device),
+                torch.empty(shape, dtype=self.dtype, device=self.device),
+            )
             for _ in range(cfg.num_hidden_layers)
         ]
 

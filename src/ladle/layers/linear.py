@@ -38,7 +38,9 @@ class Linear(nn.Module):
 
     def set_weight(self, weight: Any) -> None:
         if tuple(weight.shape) != (self.out_features, self.in_features):
-            raise ValueError(f"weight of shape {tuple(weight.shape)} for a {self.in_features}->{self.out_features} layer")
+            raise ValueError(
+                f"weight of shape {tuple(weight.shape)} for a {self.in_features}->{self.out_features} layer"
+            )
         _assign(self, weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -57,7 +59,9 @@ class VocabEmbedding(nn.Module):
 
     def set_weight(self, weight: Any) -> None:
         if tuple(weight.shape) != (self.num_embeddings, self.embedding_dim):
-            raise ValueError(f"embedding of shape {tuple(weight.shape)}, expected {(self.num_embeddings, self.embedding_dim)}")
+            raise ValueError(
+                f"embedding of shape {tuple(weight.shape)}, expected {(self.num_embeddings, self.embedding_dim)}"
+            )
         _assign(self, weight)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:

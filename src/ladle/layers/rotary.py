@@ -49,7 +49,9 @@ class RotaryEmbedding(nn.Module):
         freqs = torch.outer(positions, inv_freq)
         return torch.cat([freqs.cos(), freqs.sin()], dim=-1).mul(attention_factor).to(device)
 
-    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """q: [T, H, D], k: [T, KVH, D], positions: [T]."""
         cos, sin = self.cos_sin[positions].chunk(2, dim=-1)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)

@@ -45,7 +45,9 @@ def safetensors_files(folder: Path) -> list[Path]:
     return files
 
 
-def iter_safetensors(files: list[Path], device: torch.device, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
+def iter_safetensors(
+    files: list[Path], device: torch.device, dtype: torch.dtype
+) -> Iterator[tuple[str, torch.Tensor]]:
     """Yields tensors one at a time, read from the memory-mapped file and cast on the target device, so the
     whole checkpoint never sits in memory twice."""
     # safetensors can place tensors straight on a CUDA device; on CPU it maps the file.

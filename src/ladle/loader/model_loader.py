@@ -39,5 +39,7 @@ def _dummy_weights(model: CausalLM, seed: int, device: torch.device, dtype: torc
             fill = 0.0 if model.norm_offset else 1.0
             value = torch.full(param.shape, fill, device=device, dtype=dtype)
         else:
-            value = torch.empty(param.shape, device=device, dtype=dtype).normal_(0.0, 0.02, generator=generator)
+            value = torch.empty(param.shape, device=device, dtype=dtype).normal_(
+                0.0, 0.02, generator=generator
+            )
         yield name, value

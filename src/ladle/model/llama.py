@@ -23,9 +23,15 @@ KVCache = tuple[torch.Tensor, torch.Tensor]
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ArchConfig, layer: int, backend: AttentionBackend, norm_offset: bool = False) -> None:
+    def __init__(
+        self, cfg: ArchConfig, layer: int, backend: AttentionBackend, norm_offset: bool = False
+    ) -> None:
         super().__init__()
-        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        self.num_heads, self.num_kv_heads, self.head_dim = (
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+        )
         bias = cfg.attention_bias
         self.q_proj = Linear(cfg.hidden_size, self.num_heads * self.head_dim, bias=bias)
         self.k_proj = Linear(cfg.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
@@ -41,7 +47,9 @@ class Attention(nn.Module):
         self.sliding_window = cfg.window_for_layer(layer)
         self.backend = backend
 
-    def forward(self, positions: torch.Tensor, x: torch.Tensor, kv_cache: KVCache, meta: AttentionMetadata) -> torch.Tensor:
+    def forward(
+        self, positions: torch.Tensor, x: torch.Tensor, kv_cache: KVCache, meta: AttentionMetadata
+    ) -> torch.Tensor:
         tokens = x.shape[0]
         q = self.q_proj(x).view(tokens, self.num_heads, self.head_dim)
         k = self.k_proj(x).view(tokens, self.num_kv_heads, self.head_dim)
@@ -81,7 +89,9 @@ class LlamaDecoderLayer(nn.Module):
 class DecoderStack(nn.Module):
     """Embedding, decoder layers, final norm: Hugging Face's `model.` submodule."""
 
-    def __init__(self, cfg: ArchConfig, backend: AttentionBackend, layer_cls: type[nn.Module], norm_offset: bool) -> None:
+    def __init__(
+        self, cfg: ArchConfig, backend: AttentionBackend, layer_cls: type[nn.Module], norm_offset: bool
+    ) -> None:
         super().__init__()
         self.embed_tokens = VocabEmbedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(layer_cls(cfg, i, backend) for i in range(cfg.num_hidden_layers))
@@ -113,7 +123,13 @@ class CausalLM(nn.Module):
         else:
             self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size)
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[KVCache], meta: AttentionMetadata) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        kv_caches: list[KVCache],
+        meta: AttentionMetadata,
+    ) -> torch.Tensor:
         return self.model(input_ids, positions, kv_caches, meta)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -137,7 +153,9 @@ class CausalLM(nn.Module):
     def expected_weight_names(self) -> set[str]:
         return {n for n, _ in self.named_parameters()}
 
-    def load_weights(self, weights: Iterable[tuple[str, Any]], device: torch.device, dtype: torch.dtype) -> None:
+    def load_weights(
+        self, weights: Iterable[tuple[str, Any]], device: torch.device, dtype: torch.dtype
+    ) -> None:
         """Loads (Hugging Face name, tensor or quantized weight) pairs; raises ValueError naming what is
         missing or unexpected, so a wrong checkpoint fails before any request runs."""
         expected = self.expected_weight_names()
@@ -157,7 +175,9 @@ class CausalLM(nn.Module):
                 module.set_weight(tensor)
             elif param == "bias" and getattr(module, "bias", None) is not None:
                 if tuple(tensor.shape) != tuple(module.bias.shape):
-                    raise ValueError(f"{raw_name}: shape {tuple(tensor.shape)}, expected {tuple(module.bias.shape)}")
+                    raise ValueError(
+                        f"{raw_name}: shape {tuple(tensor.shape)}, expected {tuple(module.bias.shape)}"
+                    )
                 module.bias = nn.Parameter(tensor, requires_grad=False)
             else:
                 raise ValueError(f"unexpected weight {raw_name!r} for {self.config.architecture}")
@@ -175,7 +195,9 @@ def _normalize_name(name: str) -> str | None:
             return "model." + name[len(prefix) :]
     if name.startswith("language_model.lm_head."):
         return name[len("language_model.") :]
-    if name.startswith(("vision_tower.", "multi_modal_projector.", "model.vision_tower.", "model.multi_modal_projector.")):
+    if name.startswith(
+        ("vision_tower.", "multi_modal_projector.", "model.vision_tower.", "model.multi_modal_projector.")
+    ):
         return None
     if "rotary_emb.inv_freq" in name:
         return None

@@ -17,5 +17,7 @@ def build_model(cfg: ArchConfig, backend: AttentionBackend) -> CausalLM:
     try:
         cls = MODEL_FAMILIES[cfg.family]
     except KeyError:
-        raise ValueError(f"unsupported model family {cfg.family!r}; supported: {', '.join(MODEL_FAMILIES)}") from None
+        raise ValueError(
+            f"unsupported model family {cfg.family!r}; supported: {', '.join(MODEL_FAMILIES)}"
+        ) from None
     return cls(cfg, backend)

@@ -220,7 +220,7 @@ class BlobDownload:
             saved_at_bytes, saved_at_time = part.completed, time.monotonic()
             with open(self.partial, "r+b") as f:
                 f.seek(part.start)
-                for chunk in response.iter_bytes(_CHUNK):
+                for chunk in response.iter_bytes():
                     if skip:
                         dropped = min(skip, len(chunk))
                         chunk, skip = chunk[dropped:], skip - dropped

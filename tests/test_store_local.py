@@ -82,6 +82,13 @@ def test_create_from_gguf_resolve_and_list(store: Store) -> None:
         assert hashlib.sha256(blob.read_bytes()).hexdigest() == layer["digest"].split(":")[1]
         assert blob.stat().st_size == layer["size"]
 
+    # `show --modelfile` output builds the same model again.
+    rebuilt = store.create("rebuilt", model.to_modelfile())
+    assert rebuilt.model_path == model.model_path
+    assert (rebuilt.template, rebuilt.system, rebuilt.params) == (model.template, model.system, model.params)
+    assert (rebuilt.messages, rebuilt.licenses) == (model.messages, model.licenses)
+    store.remove("rebuilt")
+
     [row] = store.list_models()
     assert row.name == row.model == "stories:latest"
     assert row.full_name == "registry.ollama.ai/library/stories:latest"

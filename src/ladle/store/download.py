@@ -25,7 +25,6 @@ from ladle.store.errors import PullError
 from ladle.store.layout import StoreLayout, atomic_write, sha256_file
 
 MB = 1 << 20
-_CHUNK = 1 * MB
 # How often a part saves its progress to the .json file: often enough that a crash loses little.
 _SAVE_EVERY_BYTES = 16 * MB
 _SAVE_EVERY_SECONDS = 1.0

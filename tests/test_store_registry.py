@@ -213,3 +213,13 @@ def test_pull_links_blobs_from_ollamas_store(registry: RegistryServer, tmp_path:
     assert registry.bytes_sent[STORIES_DIGEST] == 0
     assert model.model_path.read_bytes() == STORIES.read_bytes()
     assert model.source == "ladle"
+
+
+def test_concurrent_pulls_of_one_model_download_it_once(registry: RegistryServer, store: Store) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        models = list(pool.map(lambda _: pull(store, "stories", config=FAST), range(3)))
+    assert {m.digest for m in models} == {sha256(registry.manifest)}
+    assert registry.bytes_sent[STORIES_DIGEST] == SIZE
+    assert [r.name for r in store.list_models()] == ["stories:latest"]

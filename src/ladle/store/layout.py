@@ -79,6 +79,11 @@ class StoreLayout:
             folder = match
         return folder if folder.is_file() else None
 
+    def name_at(self, path: Path) -> ModelName:
+        """The name a manifest file's path spells (its case as stored)."""
+        host, namespace, model, tag = path.relative_to(self.manifests).parts
+        return ModelName(host, namespace, model, tag)
+
     def iter_manifests(self) -> Iterator[tuple[ModelName, Path]]:
         """Every manifest file with the name its path spells; paths that are not valid names are skipped."""
         for host in _listdir(self.manifests):

@@ -254,12 +254,13 @@ class Store:
                 manifest = Manifest.from_bytes(path.read_bytes())
             except ValueError:
                 manifest = None  # a damaged manifest can still be removed; its blobs wait for a later rm
+            removed = self.layout.name_at(path)
             digest = sha256_file(path)
             path.unlink()
             _prune_empty_dirs(path.parent, self.layout.manifests)
             if manifest is not None:
                 self._collect_garbage([layer.digest for layer in manifest.blobs], digest)
-        return qualified
+        return removed
 
     def create(
         self,
@@ -356,8 +357,7 @@ class Store:
             path = layout.find_manifest(name)
             if path is not None:
                 # The name as stored, which may differ in case from the one asked for.
-                host, namespace, model, tag = path.relative_to(layout.manifests).parts
-                return ModelName(host, namespace, model, tag), path, layout, source
+                return layout.name_at(path), path, layout, source
         return None
 
     def _load(self, name: ModelName, path: Path, layout: StoreLayout, source: Source) -> LocalModel:

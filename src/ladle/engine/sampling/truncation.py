@@ -31,7 +31,7 @@ def apply_top_k_top_p(logits: torch.Tensor, top_k: list[int], top_p: list[float]
     (1.0 = all; the most likely token is always kept). Edits `logits` in place and returns it."""
     num_rows, vocab_size = logits.shape
     k = [kk if 0 < kk < vocab_size else vocab_size for kk in top_k]
-    head = max((kk for kk in k if kk <= _MAX_HEAD), default=1)
+    head = max((kk for kk in k if kk <= _MAX_HEAD and kk < vocab_size), default=1)
     if any(p < 1.0 and kk == vocab_size for p, kk in zip(top_p, k, strict=True)):
         head = max(head, _HEAD)  # room for the nucleus of rows with top_p and no top_k
     threshold = torch.full((num_rows, 1), _NEG_INF, dtype=logits.dtype, device=logits.device)

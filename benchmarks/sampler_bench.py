@@ -87,6 +87,9 @@ def main() -> None:
     parser.add_argument("--output-len", type=int, default=128)
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--shape", choices=("llm", "flat"), default="llm")
+    parser.add_argument(
+        "--profile", action="store_true", help="print a torch.profiler table of the full case"
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args()
     if args.threads:
@@ -103,6 +106,15 @@ def main() -> None:
         rows = make_rows(kind, args.rows, args.vocab, device, args.prompt_len, args.output_len)
         ms = timed(lambda rows=rows: sampler(logits, rows), device, args.iters)
         print(f"  {kind:<34} {ms[0]:8.3f} {ms[1]:8.3f}")
+    if args.profile:
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if device.type == "cuda":
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        with torch.profiler.profile(activities=activities) as prof:
+            for _ in range(5):
+                sampler(logits, rows)
+        sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        print(prof.key_averages().table(sort_by=sort_by, row_limit=25))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,9 @@ Logprobs are reported from the raw model distribution (log_softmax of the logits
 does by default, and always include the chosen token.
 
 The sampler never edits the logits it is given. Rows that ask for nothing special cost nothing: a batch
-of plain greedy rows is one argmax.
+of plain greedy rows is one argmax. One Sampler serves an engine for its life: it keeps numpy copies of the
+rows' token lists between steps for the penalties (TokenArrays: prompt lists must not be edited in place;
+output lists may change in any way).
 """
 
 from __future__ import annotations
@@ -166,7 +168,7 @@ class Sampler:
         temperature = torch.tensor([p.temperature for p in random], dtype=torch.float32, device=device)
         work = apply_temperature(work, temperature)  # a new tensor: from here on it is ours to edit
 
-        # Truncate only the rows that ask for it: top-k/top-p sort the whole vocabulary.
+        # Truncate only the rows that ask for it: top-k/top-p take a topk (at worst a sort) of each row.
         truncated = [j for j, p in enumerate(random) if p.top_k > 0 or p.top_p < 1.0]
         if truncated:
             top_k = [random[j].top_k for j in truncated]

@@ -95,10 +95,14 @@ class SamplingParams:
         """Checks that need the model: token ids must exist in its vocabulary."""
         for tid in self.stop_token_ids:
             if tid >= vocab_size:
-                raise ValueError(f"SamplingParams.stop_token_ids: {tid} is outside the vocabulary ({vocab_size})")
+                raise ValueError(
+                    f"SamplingParams.stop_token_ids: {tid} is outside the vocabulary ({vocab_size})"
+                )
         for tid in self.logit_bias or {}:
             if not 0 <= tid < vocab_size:
-                raise ValueError(f"SamplingParams.logit_bias: token {tid} is outside the vocabulary ({vocab_size})")
+                raise ValueError(
+                    f"SamplingParams.logit_bias: token {tid} is outside the vocabulary ({vocab_size})"
+                )
 
     def clone(self, **changes: object) -> SamplingParams:
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.init}

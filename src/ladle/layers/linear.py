@@ -19,6 +19,15 @@ def is_quantized(weight: Any) -> bool:
     return not isinstance(weight, torch.Tensor) and hasattr(weight, "linear")
 
 
+def _assign(module: nn.Module, weight: Any) -> None:
+    """Models are built on the meta device; loading assigns each real weight, so nothing is allocated twice."""
+    if is_quantized(weight):
+        module.quantized = weight
+        module.weight = None  # the dense form is never materialized
+    else:
+        module.weight = nn.Parameter(weight, requires_grad=False)
+
+
 class Linear(nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool = False) -> None:
         super().__init__()
@@ -29,12 +38,10 @@ class Linear(nn.Module):
 
     def set_weight(self, weight: Any) -> None:
         if tuple(weight.shape) != (self.out_features, self.in_features):
-            raise ValueError(f"weight of shape {tuple(weight.shape)} for a {self.in_features}->{self.out_features} layer")
-        if is_quantized(weight):
-            self.quantized = weight
-            self.weight = None  # type: ignore[assignment]  # the dense copy is never materialized
-        else:
-            self.weight.data.copy_(weight)
+            raise ValueError(
+                f"weight of shape {tuple(weight.shape)} for a {self.in_features}->{self.out_features} layer"
+            )
+        _assign(self, weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.quantized is not None:
@@ -52,12 +59,10 @@ class VocabEmbedding(nn.Module):
 
     def set_weight(self, weight: Any) -> None:
         if tuple(weight.shape) != (self.num_embeddings, self.embedding_dim):
-            raise ValueError(f"embedding of shape {tuple(weight.shape)}, expected {(self.num_embeddings, self.embedding_dim)}")
-        if is_quantized(weight):
-            self.quantized = weight
-            self.weight = None  # type: ignore[assignment]
-        else:
-            self.weight.data.copy_(weight)
+            raise ValueError(
+                f"embedding of shape {tuple(weight.shape)}, expected {(self.num_embeddings, self.embedding_dim)}"
+            )
+        _assign(self, weight)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if self.quantized is not None:

@@ -98,7 +98,9 @@ def arch_config_from_hf(raw: dict[str, Any]) -> ArchConfig:
     name = archs[0] if archs else _guess_architecture(raw.get("model_type", ""))
     if name not in HF_ARCHITECTURES:
         supported = ", ".join(sorted(HF_ARCHITECTURES))
-        raise ValueError(f"unsupported architecture {name or raw.get('model_type')!r}; ladle supports: {supported}")
+        raise ValueError(
+            f"unsupported architecture {name or raw.get('model_type')!r}; ladle supports: {supported}"
+        )
     family = HF_ARCHITECTURES[name]
     if "text_config" in raw:  # multimodal Gemma 3 checkpoints: ladle runs the text part
         text = dict(raw["text_config"])

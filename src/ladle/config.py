@@ -1,0 +1,45 @@
+"""EngineConfig: every engine-wide number in one place, with the reason beside it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class EngineConfig:
+    model: str
+    dtype: str = "auto"  # auto: float32 on CPU (exact and fast there), the checkpoint's dtype on CUDA
+    device: str = "auto"  # auto: cuda when available, else cpu
+    max_model_len: int | None = None  # None: the model's max_position_embeddings
+    gpu_memory_utilization: float = 0.9
+    enable_prefix_caching: bool = True
+    load_format: str = "auto"  # or "dummy": random weights from config.json, for benchmarks
+    tensor_parallel_size: int = 1
+    seed: int = 0
+    # 16 tokens per block: small enough that a partial last block wastes little, large enough that block
+    # tables and prefix hashes stay cheap (the same choice as vLLM).
+    block_size: int = 16
+    # Tokens one step may process. Large enough to prefill a typical prompt in one step, small enough that
+    # a long prompt doesn't stall running decodes for long (chunked prefill splits the rest).
+    max_num_batched_tokens: int = 2048
+    max_num_seqs: int = 256
+    # CPU has no "free memory" to size by; the KV pool gets this many bytes (LADLE_CPU_KV_CACHE_BYTES).
+    cpu_kv_cache_bytes: int = 2 << 30
+    # Overrides the computed pool size (tests use it to force preemption).
+    num_kv_blocks: int | None = None
+    attention_backend: str = "auto"  # auto: triton on CUDA when available, else torch
+    tokenizer: str | None = None  # a folder with tokenizer.json, when the model folder has none
+
+    def __post_init__(self) -> None:
+        if self.block_size < 1 or self.block_size & (self.block_size - 1):
+            raise ValueError(f"block_size must be a power of two, got {self.block_size}")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.load_format not in ("auto", "dummy", "safetensors", "gguf"):
+            raise ValueError(
+                f"load_format must be auto, dummy, safetensors or gguf, got {self.load_format!r}"
+            )
+        if self.max_num_batched_tokens < 1 or self.max_num_seqs < 1:
+            raise ValueError("max_num_batched_tokens and max_num_seqs must be >= 1")
+        if self.tensor_parallel_size != 1:
+            raise ValueError("tensor_parallel_size > 1 is not supported yet in this build of ladle")

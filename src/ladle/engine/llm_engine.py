@@ -1,0 +1,320 @@
+"""LLMEngine: the synchronous engine. add_request() queues work; each step() schedules one batch, runs the
+model once, samples, detokenizes and returns the outputs of the requests that moved."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ladle.config import EngineConfig
+from ladle.engine.detokenizer import IncrementalDetokenizer
+from ladle.engine.kv_cache_manager import KVCacheManager
+from ladle.engine.request import Request
+from ladle.engine.sampler import Sampler, SamplingRow, prompt_logprobs
+from ladle.engine.scheduler import Scheduler
+from ladle.executor.device import resolve_device, resolve_dtype
+from ladle.executor.model_runner import ModelRunner, kv_block_bytes
+from ladle.layers.attention import TorchAttentionBackend
+from ladle.loader.checkpoint import Checkpoint, open_checkpoint
+from ladle.loader.model_loader import load_model
+from ladle.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
+from ladle.sampling_params import SamplingParams
+
+
+@dataclass
+class EngineCounters:
+    prompt_tokens: int = 0
+    generation_tokens: int = 0
+    finished_requests: int = 0
+    finished_by_reason: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Parent:
+    """What a user's request (possibly n choices) shares."""
+
+    prompt: str | None
+    prompt_token_ids: list[int]
+    children: list[Request]
+    arrival_time: float
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig, checkpoint: Checkpoint | None = None) -> None:
+        self.config = config
+        self.checkpoint = checkpoint or open_checkpoint(config.model, config.load_format, config.tokenizer)
+        self.arch = self.checkpoint.arch
+        self.tokenizer = self.checkpoint.tokenizer
+        self.device = resolve_device(config.device)
+        self.dtype = resolve_dtype(config.dtype, self.device, self.arch.torch_dtype)
+        model_max = self.arch.max_position_embeddings
+        if config.max_model_len is not None and config.max_model_len > model_max:
+            raise ValueError(
+                f"max_model_len {config.max_model_len} exceeds the model's context length ({model_max})"
+            )
+        self.max_model_len = config.max_model_len or model_max
+
+        torch.manual_seed(config.seed)
+        start = time.perf_counter()
+        model = load_model(
+            self.checkpoint,
+            self.device,
+            self.dtype,
+            TorchAttentionBackend(),
+            max_positions=self.max_model_len,
+            dummy=config.load_format == "dummy",
+            seed=config.seed,
+        )
+        self.load_seconds = time.perf_counter() - start
+        self.runner = ModelRunner(model, self.device, self.dtype, config.block_size)
+        num_blocks = self._num_kv_blocks()
+        self.runner.allocate_kv_cache(num_blocks)
+        # A request can never hold more tokens than the whole pool.
+        self.max_model_len = min(self.max_model_len, num_blocks * config.block_size)
+        self.kv = KVCacheManager(num_blocks, config.block_size, config.enable_prefix_caching)
+        self.scheduler = Scheduler(self.kv, config.max_num_batched_tokens, config.max_num_seqs)
+        self.sampler = Sampler()
+        self.parents: dict[str, _Parent] = {}
+        self.counters = EngineCounters()
+        self._ids = itertools.count()
+
+    # -- set-up ------------------------------------------------------------------------------------------
+    def _num_kv_blocks(self) -> int:
+        if self.config.num_kv_blocks is not None:
+            return self.config.num_kv_blocks
+        block_bytes = kv_block_bytes(self.arch, self.config.block_size, self.dtype)
+        if self.device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(self.device)
+            used = total - free
+            budget = total * self.config.gpu_memory_utilization - used - self._activation_reserve()
+        else:
+            budget = int(os.environ.get("LADLE_CPU_KV_CACHE_BYTES", self.config.cpu_kv_cache_bytes))
+        # Never more than every sequence slot could use at full context.
+        wanted = self.config.max_num_seqs * -(-self.max_model_len // self.config.block_size)
+        return max(1, min(int(budget // block_bytes), wanted))
+
+    def _activation_reserve(self) -> int:
+        # Peak activations of one full step: logits for every sequence plus a few hidden-size buffers per
+        # batched token. A measured profile run replaces this estimate on the GPU path.
+        cfg = self.arch
+        tokens = self.config.max_num_batched_tokens
+        per_token = (4 * cfg.hidden_size + 2 * cfg.intermediate_size) * self.dtype.itemsize
+        logits = self.config.max_num_seqs * cfg.vocab_size * 4
+        return tokens * per_token + 2 * logits
+
+    # -- requests ----------------------------------------------------------------------------------------
+    def tokenize_prompt(self, prompt: str | list[int] | dict[str, Any]) -> tuple[str | None, list[int]]:
+        if isinstance(prompt, dict):
+            if "prompt_token_ids" in prompt:
+                return prompt.get("prompt"), list(prompt["prompt_token_ids"])
+            prompt = prompt["prompt"]
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ValueError("prompt: this model was loaded without a tokenizer; pass prompt_token_ids")
+            return prompt, self.tokenizer.encode(prompt)
+        return None, list(prompt)
+
+    def add_request(
+        self,
+        request_id: str,
+        prompt: str | list[int] | dict[str, Any],
+        params: SamplingParams,
+        arrival_time: float | None = None,
+    ) -> None:
+        if request_id in self.parents:
+            raise ValueError(f"request_id {request_id!r} is already in use")
+        text, token_ids = self.tokenize_prompt(prompt)
+        self._validate(token_ids, params)
+        arrival = arrival_time if arrival_time is not None else time.monotonic()
+        room = self.max_model_len - len(token_ids)
+        max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
+        children = []
+        for index in range(params.n):
+            child_id = request_id if params.n == 1 else f"{request_id}#{index}"
+            generator = None
+            if params.seed is not None:
+                # Each choice gets its own stream, so n > 1 with a seed still gives n different samples.
+                generator = torch.Generator(device=self.device).manual_seed(params.seed + index)
+            children.append(
+                Request(
+                    request_id=child_id,
+                    parent_id=request_id,
+                    index=index,
+                    prompt_token_ids=token_ids,
+                    params=params,
+                    eos_token_ids=self.arch.eos_token_ids,
+                    detokenizer=IncrementalDetokenizer(
+                        self.tokenizer,
+                        token_ids,
+                        params.skip_special_tokens,
+                        params.stop,
+                        params.include_stop_str_in_output,
+                    ),
+                    max_tokens=max_tokens,
+                    arrival_time=arrival,
+                    generator=generator,
+                )
+            )
+        self.parents[request_id] = _Parent(text, token_ids, children, arrival)
+        for child in children:
+            self.scheduler.add(child)
+        self.counters.prompt_tokens += len(token_ids)
+
+    def _validate(self, token_ids: list[int], params: SamplingParams) -> None:
+        if not token_ids:
+            raise ValueError("prompt: is empty (it must contain at least one token)")
+        if len(token_ids) >= self.max_model_len:
+            raise ValueError(
+                f"prompt: {len(token_ids)} tokens is too long; this model's maximum context length is "
+                f"{self.max_model_len} tokens, and at least one must be left for the output"
+            )
+        vocab = self.arch.vocab_size
+        bad = next((t for t in token_ids if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise ValueError(f"prompt_token_ids: token {bad} is outside the vocabulary (size {vocab})")
+        params.validate_for_vocab(vocab)
+
+    def abort_request(self, request_ids: str | list[str]) -> None:
+        for request_id in [request_ids] if isinstance(request_ids, str) else request_ids:
+            parent = self.parents.pop(request_id, None)
+            if parent is None:
+                continue
+            for child in parent.children:
+                if not child.is_finished:
+                    child.finish("abort")
+                    self.scheduler.finish(child)
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    @property
+    def num_unfinished_requests(self) -> int:
+        return len(self.parents)
+
+    # -- the step ----------------------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        batch = self.scheduler.schedule()
+        if not batch.requests:
+            return []
+        step = self.runner.execute(batch)
+        for req, num_new in zip(batch.requests, batch.num_new_tokens):
+            req.num_computed_tokens += num_new
+            self.kv.cache_full_blocks(req)
+        for i, logits in step.prompt_logits.items():
+            req = batch.requests[i]
+            self._add_prompt_logprobs(req, logits, req.num_computed_tokens - batch.num_new_tokens[i])
+
+        touched: dict[str, None] = {}
+        if step.sample_indices:
+            sampled = [batch.requests[i] for i in step.sample_indices]
+            rows = [
+                SamplingRow(
+                    params=r.params,
+                    prompt_token_ids=r.prompt_token_ids,
+                    output_token_ids=r.output_token_ids,
+                    generator=r.generator,
+                    eos_token_ids=r.eos_token_ids,
+                )
+                for r in sampled
+            ]
+            result = self.sampler(step.logits, rows)
+            now = time.monotonic()
+            for j, req in enumerate(sampled):
+                self._append(req, result.token_ids[j], self._decoded(result.logprob_dict(j)), now)
+                touched[req.parent_id] = None
+        return [self._make_output(pid) for pid in touched if pid in self.parents]
+
+    def _add_prompt_logprobs(self, req: Request, logits: torch.Tensor, start: int) -> None:
+        entries = prompt_logprobs(logits, req.prompt_token_ids, req.params.prompt_logprobs, start=start)
+        req.prompt_logprobs = (req.prompt_logprobs or []) + [self._decoded(e) for e in entries]
+
+    def _decoded(self, entry: dict[int, Logprob] | None) -> dict[int, Logprob] | None:
+        if entry is not None and self.tokenizer is not None:
+            for tid, lp in entry.items():
+                lp.decoded_token = self.tokenizer.decode([tid], skip_special_tokens=False)
+        return entry
+
+    def _append(self, req: Request, token: int, logprobs: dict[int, Logprob] | None, now: float) -> None:
+        req.append_token(token)
+        self.counters.generation_tokens += 1
+        if req.first_token_time is None:
+            req.first_token_time = now
+        if logprobs is not None and req.logprobs is not None:
+            req.logprobs.append(logprobs)
+            req.cumulative_logprob += logprobs[token].logprob
+        params = req.params
+        num_out = len(req.output_token_ids)
+        may_stop = num_out >= params.min_tokens
+        if may_stop and token in params.stop_token_ids:
+            self._finish(req, "stop", token)
+            return
+        if may_stop and not params.ignore_eos and token in req.eos_token_ids:
+            self._finish(req, "stop", None)
+            return
+        matched = req.detokenizer.add_token(token, check_stop=may_stop)
+        if matched is not None:
+            self._finish(req, "stop", matched)
+        elif num_out >= req.max_tokens:
+            self._finish(req, "length", None)
+
+    def _finish(self, req: Request, reason: str, stop_reason: int | str | None) -> None:
+        if reason != "stop" or not isinstance(stop_reason, str):
+            req.detokenizer.flush()
+        req.finish(reason, stop_reason)
+        self.scheduler.finish(req)
+        self.counters.finished_requests += 1
+        self.counters.finished_by_reason[reason] = self.counters.finished_by_reason.get(reason, 0) + 1
+
+    def _make_output(self, parent_id: str) -> RequestOutput:
+        parent = self.parents[parent_id]
+        finished = all(c.is_finished for c in parent.children)
+        outputs, deltas = [], []
+        for child in parent.children:
+            detok = child.detokenizer
+            outputs.append(
+                CompletionOutput(
+                    index=child.index,
+                    text=detok.text,
+                    token_ids=list(child.output_token_ids),
+                    cumulative_logprob=child.cumulative_logprob if child.logprobs is not None else None,
+                    logprobs=child.logprobs,
+                    finish_reason=child.finish_reason,
+                    stop_reason=child.stop_reason,
+                )
+            )
+            stable = detok.stable_text_len(child.is_finished)
+            deltas.append(
+                (detok.text[child.sent_text_len : stable], child.output_token_ids[child.sent_token_len :])
+            )
+            child.sent_text_len = max(child.sent_text_len, stable)
+            child.sent_token_len = len(child.output_token_ids)
+        first = parent.children[0]
+        metrics = RequestMetrics(
+            arrival_time=parent.arrival_time,
+            first_scheduled_time=first.first_scheduled_time,
+            first_token_time=min(
+                (c.first_token_time for c in parent.children if c.first_token_time), default=None
+            ),
+            finished_time=max((c.finished_time or 0.0 for c in parent.children), default=None)
+            if finished
+            else None,
+            num_cached_tokens=max(first.num_cached_tokens, 0),
+        )
+        if finished:
+            del self.parents[parent_id]
+        return RequestOutput(
+            request_id=parent_id,
+            prompt=parent.prompt,
+            prompt_token_ids=parent.prompt_token_ids,
+            outputs=outputs,
+            finished=finished,
+            prompt_logprobs=first.prompt_logprobs,
+            metrics=metrics,
+            num_cached_tokens=metrics.num_cached_tokens,
+            deltas=deltas,
+        )

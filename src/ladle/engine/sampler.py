@@ -1,0 +1,203 @@
+"""The Sampler: picks each running sequence's next token from its last-position logits, once per step.
+
+Order of processing, per row (matching vLLM and Hugging Face where they agree):
+
+ 1. logit_bias            add the bias to the named tokens.
+ 2. min_tokens            while fewer than min_tokens outputs: EOS ids and stop_token_ids -> -inf.
+ 3. repetition_penalty    tokens seen in prompt or output: positive logits / penalty, negative * penalty.
+ 4. frequency_penalty     minus penalty * the token's count in the output,
+    presence_penalty      minus penalty if the token is in the output (OpenAI's rule, as vLLM).
+    penalty_window        (Ollama's repeat_last_n) 3-4 look only at the last N tokens of prompt + output;
+                          frequency/presence count the output tokens among those. 0 = no penalties,
+                          None or -1 = everything.
+ 5. greedy rows (temperature < 1e-5) take the argmax here; the lowest index wins a tie.
+ 6. temperature           divide.
+ 7. top_k                 keep the k largest (and any tied with the k-th).
+ 8. top_p                 keep the smallest set, most likely first, whose probability reaches top_p
+                          (always at least one token).
+ 9. min_p                 drop tokens with probability < min_p * the largest probability.
+10. sample                exponential race; a row with its own generator draws only from it.
+
+Hugging Face orders 7-9 the same way; vLLM applies min_p before top_k/top_p, which gives the same result
+except that top_p then measures the distribution min_p already cut.
+
+Logprobs are reported from the raw model distribution (log_softmax of the logits before step 1), as vLLM
+does by default, and always include the chosen token.
+
+The sampler never edits the logits it is given. Rows that ask for nothing special cost nothing: a batch
+of plain greedy rows is one argmax. One Sampler serves an engine for its life: it keeps numpy copies of the
+rows' token lists between steps for the penalties (TokenArrays: prompt lists must not be edited in place;
+output lists may change in any way).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from ladle.engine.sampling.draw import draw_tokens
+from ladle.engine.sampling.logprobs import prompt_logprobs, token_logprobs
+from ladle.engine.sampling.penalties import apply_logit_bias, apply_min_tokens, apply_penalties
+from ladle.engine.sampling.token_arrays import TokenArrays
+from ladle.engine.sampling.truncation import apply_min_p, apply_temperature, apply_top_k_top_p
+from ladle.engine.sampling.types import SamplerOutput, SamplingRow
+from ladle.sampling_params import _GREEDY_EPSILON
+
+__all__ = ["Sampler", "SamplerOutput", "SamplingRow", "prompt_logprobs"]
+
+
+@dataclass
+class _StepPlan:
+    """What this step's rows ask for, found in one pass over them so that unused stages cost nothing."""
+
+    greedy_rows: list[int] = field(default_factory=list)
+    random_rows: list[int] = field(default_factory=list)
+    logprob_rows: list[int] = field(default_factory=list)
+    logit_bias: bool = False
+    min_tokens: bool = False
+    penalties: bool = False
+
+    @classmethod
+    def of(cls, rows: list[SamplingRow]) -> _StepPlan:
+        # Runs for every row every step, also for plain greedy batches: plain attribute tests, no calls.
+        plan = cls()
+        greedy, random, logprob_rows = plan.greedy_rows, plan.random_rows, plan.logprob_rows
+        for i, row in enumerate(rows):
+            p = row.params
+            (greedy if p.temperature < _GREEDY_EPSILON else random).append(i)
+            if p.logprobs is not None:
+                logprob_rows.append(i)
+            if p.logit_bias:
+                plan.logit_bias = True
+            if p.min_tokens and len(row.output_token_ids) < p.min_tokens:
+                plan.min_tokens = True
+            if (
+                p.repetition_penalty != 1.0 or p.presence_penalty != 0.0 or p.frequency_penalty != 0.0
+            ) and p.penalty_window != 0:
+                plan.penalties = True
+        return plan
+
+    @property
+    def edits_logits(self) -> bool:
+        return self.logit_bias or self.min_tokens or self.penalties
+
+
+@dataclass
+class _Processed:
+    # argmax of every row after steps 1-4 (None when no row is greedy); greedy rows take theirs from here.
+    greedy_tokens: torch.Tensor | None
+    random_rows: list[int]
+    # [len(random_rows), vocab] logits after steps 1-9, ready to sample (None when every row is greedy).
+    random_logits: torch.Tensor | None
+
+
+class Sampler:
+    """One per engine: it keeps the sequences' token arrays from step to step (see TokenArrays)."""
+
+    def __init__(self) -> None:
+        self._token_arrays = TokenArrays()
+
+    def __call__(self, logits: torch.Tensor, rows: list[SamplingRow]) -> SamplerOutput:
+        if not rows:
+            return SamplerOutput(token_ids=[], logprobs=[], ranks=[])
+        plan = _StepPlan.of(rows)
+        processed = self._process(logits, rows, plan, self._token_arrays)
+        if plan.penalties:
+            self._token_arrays.end_step()
+        tokens = self._choose(processed, rows)
+
+        logprobs: list[dict[int, float] | None] = [None] * len(rows)
+        ranks: list[dict[int, int] | None] = [None] * len(rows)
+        if plan.logprob_rows:
+            lp_rows = plan.logprob_rows
+            if len(lp_rows) == len(rows):
+                raw, chosen = logits, tokens
+            else:
+                index = torch.tensor(lp_rows, device=logits.device)
+                raw, chosen = logits[index], tokens[index]
+            num_top = [rows[i].params.logprobs or 0 for i in lp_rows]
+            values, row_ranks = token_logprobs(raw.float().log_softmax(dim=-1), chosen, num_top)
+            for i, row_values, rank in zip(lp_rows, values, row_ranks, strict=True):
+                logprobs[i], ranks[i] = row_values, rank
+        return SamplerOutput(token_ids=tokens.tolist(), logprobs=logprobs, ranks=ranks)
+
+    def processed_logprobs(self, logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+        """The log-distribution [rows, vocab] each row samples from after all processing.
+
+        A greedy row's is one-hot on its argmax (log 1 = 0 there, -inf elsewhere): it takes that token.
+        For tests and debugging; the engine calls the sampler itself.
+        """
+        num_rows, vocab_size = logits.shape
+        result = torch.full((num_rows, vocab_size), float("-inf"), device=logits.device)
+        if not rows:
+            return result
+        processed = self._process(logits, rows, _StepPlan.of(rows), TokenArrays())
+        if processed.greedy_tokens is not None:
+            result.scatter_(1, processed.greedy_tokens.unsqueeze(1), 0.0)
+        if processed.random_logits is not None:
+            index = torch.tensor(processed.random_rows, device=logits.device)
+            result[index] = processed.random_logits.log_softmax(dim=-1)
+        return result
+
+    def _process(
+        self, logits: torch.Tensor, rows: list[SamplingRow], plan: _StepPlan, token_arrays: TokenArrays
+    ) -> _Processed:
+        if logits.shape[0] != len(rows):
+            raise ValueError(f"Sampler got {logits.shape[0]} rows of logits for {len(rows)} sequences")
+        work = logits.float()  # a no-op for float32 logits; then `work` is the caller's tensor: don't edit it
+        if plan.edits_logits:
+            if work is logits:
+                work = logits.clone()
+            if plan.logit_bias:
+                work = apply_logit_bias(work, rows)
+            if plan.min_tokens:
+                work = apply_min_tokens(work, rows)
+            if plan.penalties:
+                work = apply_penalties(work, rows, token_arrays)
+
+        greedy_tokens = work.argmax(dim=-1) if plan.greedy_rows else None
+        if not plan.random_rows:
+            return _Processed(greedy_tokens, [], None)
+
+        device = logits.device
+        random = [rows[i].params for i in plan.random_rows]
+        if len(plan.random_rows) < len(rows):
+            work = work[torch.tensor(plan.random_rows, device=device)]
+        temperature = torch.tensor([p.temperature for p in random], dtype=torch.float32, device=device)
+        work = apply_temperature(work, temperature)  # a new tensor: from here on it is ours to edit
+
+        # Truncate only the rows that ask for it: top-k/top-p take a topk (at worst a sort) of each row.
+        truncated = [j for j, p in enumerate(random) if p.top_k > 0 or p.top_p < 1.0]
+        if truncated:
+            top_k = [random[j].top_k for j in truncated]
+            top_p = [random[j].top_p for j in truncated]
+            work = _on_rows(work, truncated, lambda x: apply_top_k_top_p(x, top_k, top_p))
+        min_p_rows = [j for j, p in enumerate(random) if p.min_p > 0.0]
+        if min_p_rows:
+            min_p = torch.tensor([random[j].min_p for j in min_p_rows], dtype=torch.float32, device=device)
+            work = _on_rows(work, min_p_rows, lambda x: apply_min_p(x, min_p))
+        return _Processed(greedy_tokens, plan.random_rows, work)
+
+    @staticmethod
+    def _choose(processed: _Processed, rows: list[SamplingRow]) -> torch.Tensor:
+        if processed.random_logits is None:
+            assert processed.greedy_tokens is not None
+            return processed.greedy_tokens
+        generators = [rows[i].generator for i in processed.random_rows]
+        sampled = draw_tokens(processed.random_logits, generators)
+        if processed.greedy_tokens is None:
+            return sampled
+        tokens = processed.greedy_tokens.clone()
+        tokens[torch.tensor(processed.random_rows, device=tokens.device)] = sampled
+        return tokens
+
+
+def _on_rows(x: torch.Tensor, rows: list[int], fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Apply an in-place-editing fn to rows `rows` of x (all of x when that is every row)."""
+    if len(rows) == x.shape[0]:
+        return fn(x)
+    index = torch.tensor(rows, device=x.device)
+    x[index] = fn(x[index])
+    return x

@@ -1,0 +1,45 @@
+"""What the engine hands the sampler each step, and what it gets back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ladle.outputs import Logprob
+from ladle.sampling_params import SamplingParams
+
+
+@dataclass
+class SamplingRow:
+    """One running sequence's sampling state for this step (one row of the logits)."""
+
+    params: SamplingParams
+    prompt_token_ids: list[int]
+    output_token_ids: list[int]
+    # Set when params.seed is: the engine creates it once per request on the logits' device, seeded with the
+    # seed, and keeps it across steps, so the request's draws depend on nothing but its own seed.
+    generator: torch.Generator | None = None
+    # The model's EOS ids; min_tokens masks them (and stop_token_ids) until enough tokens were produced.
+    eos_token_ids: list[int] | None = None
+
+    @property
+    def min_tokens_active(self) -> bool:
+        return len(self.output_token_ids) < self.params.min_tokens
+
+
+@dataclass
+class SamplerOutput:
+    token_ids: list[int]  # one per row
+    # Per row when params.logprobs is not None: the sampled token and the top-`logprobs` tokens -> logprob,
+    # from the raw model distribution (log_softmax of the logits before any processing), as vLLM reports.
+    logprobs: list[dict[int, float] | None]
+    # Rank of each of those tokens in that distribution: 1 + the number of tokens strictly more likely.
+    ranks: list[dict[int, int] | None]
+
+    def logprob_dict(self, row: int) -> dict[int, Logprob] | None:
+        """Row `row`'s logprobs in the shape RequestOutput carries (decoded_token left for the detokenizer)."""
+        values, ranks = self.logprobs[row], self.ranks[row]
+        if values is None or ranks is None:
+            return None
+        return {tok: Logprob(logprob=lp, rank=ranks[tok]) for tok, lp in values.items()}

@@ -1,0 +1,135 @@
+"""LLM: the offline API, a drop-in for vLLM's `LLM` (generate, chat)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from typing import Any
+
+from ladle.config import EngineConfig
+from ladle.engine.llm_engine import LLMEngine
+from ladle.outputs import RequestOutput
+from ladle.sampling_params import SamplingParams
+
+PromptType = str | list[int] | dict[str, Any]
+
+# generation_config.json fields that become default sampling values, as vLLM reads them.
+_GENERATION_DEFAULTS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+
+
+class LLM:
+    def __init__(
+        self,
+        model: str,
+        dtype: str = "auto",
+        device: str = "auto",
+        max_model_len: int | None = None,
+        gpu_memory_utilization: float = 0.9,
+        enable_prefix_caching: bool = True,
+        load_format: str = "auto",
+        tensor_parallel_size: int = 1,
+        seed: int = 0,
+        tokenizer: str | None = None,
+        **engine_options: Any,
+    ) -> None:
+        from ladle.models_hub.resolve import resolve_model_path
+
+        config = EngineConfig(
+            model=resolve_model_path(model),
+            dtype=dtype,
+            device=device,
+            max_model_len=max_model_len,
+            gpu_memory_utilization=gpu_memory_utilization,
+            enable_prefix_caching=enable_prefix_caching,
+            load_format=load_format,
+            tensor_parallel_size=tensor_parallel_size,
+            seed=seed,
+            tokenizer=tokenizer,
+            **engine_options,
+        )
+        self.llm_engine = LLMEngine(config)
+        self._counter = itertools.count()
+
+    def get_tokenizer(self):
+        return self.llm_engine.tokenizer
+
+    def get_default_sampling_params(self) -> SamplingParams:
+        gen = self.llm_engine.checkpoint.generation_config
+        values = {k: gen[k] for k in _GENERATION_DEFAULTS if gen.get(k) is not None}
+        return SamplingParams(**values)
+
+    def generate(
+        self,
+        prompts: PromptType | Sequence[PromptType],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        use_tqdm: bool = False,
+    ) -> list[RequestOutput]:
+        prompt_list = _as_prompt_list(prompts)
+        if sampling_params is None:
+            sampling_params = self.get_default_sampling_params()
+        if isinstance(sampling_params, SamplingParams):
+            params_list = [sampling_params] * len(prompt_list)
+        else:
+            params_list = list(sampling_params)
+            if len(params_list) != len(prompt_list):
+                raise ValueError(
+                    f"sampling_params: got {len(params_list)} for {len(prompt_list)} prompts (give one, or one per prompt)"
+                )
+        engine = self.llm_engine
+        ids = []
+        try:
+            for prompt, params in zip(prompt_list, params_list):
+                request_id = str(next(self._counter))
+                engine.add_request(request_id, prompt, params)
+                ids.append(request_id)
+            return self._run(ids)
+        except BaseException:
+            engine.abort_request(ids)  # leave no half-finished work behind (e.g. a ValueError on prompt 3)
+            raise
+
+    def chat(
+        self,
+        messages: list[dict[str, Any]] | list[list[dict[str, Any]]],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        use_tqdm: bool = False,
+        chat_template: str | None = None,
+        add_generation_prompt: bool = True,
+        tools: list[dict[str, Any]] | None = None,
+        chat_template_kwargs: dict[str, Any] | None = None,
+    ) -> list[RequestOutput]:
+        conversations = [messages] if messages and isinstance(messages[0], dict) else messages
+        tokenizer = self.llm_engine.tokenizer
+        prompts: list[PromptType] = []
+        for conversation in conversations:
+            text = tokenizer.apply_chat_template(
+                conversation,  # type: ignore[arg-type]
+                add_generation_prompt=add_generation_prompt,
+                tools=tools,
+                chat_template=chat_template,
+                **(chat_template_kwargs or {}),
+            )
+            # The template already wrote BOS where the model wants it.
+            prompts.append(
+                {"prompt": text, "prompt_token_ids": tokenizer.encode(text, add_special_tokens=False)}
+            )
+        return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
+
+    def _run(self, request_ids: list[str]) -> list[RequestOutput]:
+        engine = self.llm_engine
+        pending = set(request_ids)
+        finished: dict[str, RequestOutput] = {}
+        while pending:
+            for out in engine.step():
+                if out.finished and out.request_id in pending:
+                    finished[out.request_id] = out
+                    pending.discard(out.request_id)
+        return [finished[i] for i in request_ids]
+
+
+def _as_prompt_list(prompts: PromptType | Sequence[PromptType]) -> list[PromptType]:
+    if isinstance(prompts, (str, dict)):
+        return [prompts]
+    prompts = list(prompts)
+    if prompts and isinstance(prompts[0], int):
+        return [prompts]  # a single list of token ids
+    return prompts

@@ -1,0 +1,46 @@
+"""Device and dtype choice, and how many KV blocks fit."""
+
+from __future__ import annotations
+
+import torch
+
+_DTYPES = {
+    "float32": torch.float32,
+    "float": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "half": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device: unknown device {name!r} (use auto, cpu or cuda)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device: cuda was asked for, but PyTorch sees no CUDA device here")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device: {name!r} is not supported (use cpu or cuda)")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device, checkpoint_dtype: str | None) -> torch.dtype:
+    if name == "auto":
+        if device.type == "cpu":
+            return torch.float32  # exact, and the fastest path for torch's CPU kernels
+        if checkpoint_dtype in ("float16", "half"):
+            return torch.float16
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    try:
+        dtype = _DTYPES[name]
+    except KeyError:
+        raise ValueError(f"dtype: unknown dtype {name!r}; use auto, float32, float16 or bfloat16") from None
+    if device.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        raise ValueError("dtype: bfloat16 is not supported by this GPU; use float16")
+    return dtype

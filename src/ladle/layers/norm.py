@@ -1,0 +1,28 @@
+"""RMSNorm, computed in float32 like the reference implementations, with Gemma's (1 + weight) variant."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6, unit_offset: bool = False) -> None:
+        super().__init__()
+        self.eps = eps
+        # Gemma stores weight - 1 (a zero-initialised scale): its norm multiplies by (1 + weight).
+        self.unit_offset = unit_offset
+        self.weight = nn.Parameter(torch.empty(dim), requires_grad=False)
+
+    def set_weight(self, weight: torch.Tensor) -> None:
+        self.weight = nn.Parameter(weight, requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        w = self.weight.float()
+        if self.unit_offset:
+            # Gemma multiplies in float32 before the cast back; Llama casts first, then scales.
+            return (h * (1.0 + w)).to(dtype)
+        return self.weight * h.to(dtype)

@@ -1,0 +1,34 @@
+"""Gemma 3 text models: interleaved sliding-window and global layers, q/k norm, (1 + weight) RMSNorms,
+four norms per layer (sandwich), GeGLU, embeddings scaled by sqrt(hidden_size)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ladle.layers.attention import AttentionBackend
+from ladle.layers.norm import RMSNorm
+from ladle.model.config import ArchConfig
+from ladle.model.llama import Attention, CausalLM, GatedMLP
+
+
+class Gemma3DecoderLayer(nn.Module):
+    def __init__(self, cfg: ArchConfig, layer: int, backend: AttentionBackend) -> None:
+        super().__init__()
+        self.self_attn = Attention(cfg, layer, backend, norm_offset=True)
+        self.mlp = GatedMLP(cfg)
+        eps = cfg.rms_norm_eps
+        self.input_layernorm = RMSNorm(cfg.hidden_size, eps, unit_offset=True)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps, unit_offset=True)
+        self.pre_feedforward_layernorm = RMSNorm(cfg.hidden_size, eps, unit_offset=True)
+        self.post_feedforward_layernorm = RMSNorm(cfg.hidden_size, eps, unit_offset=True)
+
+    def forward(self, positions, x, kv_cache, meta):
+        attn = self.self_attn(positions, self.input_layernorm(x), kv_cache, meta)
+        x = x + self.post_attention_layernorm(attn)
+        mlp = self.mlp(self.pre_feedforward_layernorm(x))
+        return x + self.post_feedforward_layernorm(mlp)
+
+
+class Gemma3ForCausalLM(CausalLM):
+    layer_cls = Gemma3DecoderLayer
+    norm_offset = True

@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny_models import ARCHITECTURES, build_tiny_model  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model_factory(tmp_path_factory):
+    """Builds each tiny model once per test session; returns (folder, transformers model)."""
+    cache: dict[str, tuple[Path, object]] = {}
+
+    def get(kind: str):
+        if kind not in cache:
+            folder = tmp_path_factory.mktemp(f"tiny-{kind}")
+            cache[kind] = (folder, build_tiny_model(kind, folder))
+        return cache[kind]
+
+    return get
+
+
+@pytest.fixture(scope="session", params=ARCHITECTURES)
+def tiny_model(request, tiny_model_factory):
+    folder, model = tiny_model_factory(request.param)
+    return request.param, folder, model

@@ -101,10 +101,14 @@ def test_model_tokenization_matches_llama_cpp(model_pair) -> None:
 
 
 def test_model_decoding_matches_llama_cpp(model_pair) -> None:
-    _, ours, theirs = model_pair
+    """Same text as llama.cpp's detokenizer, except that (like SentencePiece and transformers) a decode
+    drops the one space a vocabulary with add_space_prefix puts in front of the text."""
+    name, ours, theirs = model_pair
     for text in TEXTS:
         ids = theirs.tokenize(text.encode(), add_bos=False, special=False)
         expected = theirs.detokenize(ids).decode("utf-8", errors="replace")
+        if name == "stories" and expected.startswith(" "):
+            expected = expected[1:]
         assert ours.decode(ids) == expected, text
 
 

@@ -45,7 +45,7 @@ def kernels() -> NativeKernels:
 @pytest.fixture(scope="module")
 def portable_kernels() -> NativeKernels:
     """The same source built for baseline x86-64/arm64 (no AVX2): exercises the plain C versions."""
-    k = build_kernels((["-O2", "-fopenmp"], ["-O2"]))
+    k = build_kernels((["-O2", "-pthread"],))
     if k is None:
         pytest.skip("no C compiler")
     return k
@@ -61,19 +61,22 @@ def random_weight(qtype: Q, rows: int, cols: int, seed: int) -> np.ndarray:
     return raw.reshape(rows, -1)
 
 
-def quantized_activations(k: NativeKernels, x: torch.Tensor) -> np.ndarray:
-    """What the kernel multiplies by: the activations after its 8-bit quantization, as float64."""
-    blocks = k.quantize_activations(x).numpy()  # [m, k/32, 40]: f32 d, i32 sum, i8 qs[32]
+def quantized_activations(k: NativeKernels, qtype: Q, x: torch.Tensor) -> np.ndarray:
+    """What the kernel multiplies by: the activations after ggml's Q8_0 quantization, as float64."""
+    blocks = (
+        k.quantize_activations(qtype, x).numpy().reshape(x.shape[0], -1, 44)
+    )  # f32 d, f32 s, i32 sum, i8 qs[32]
     d = blocks[..., 0:4].copy().view(np.float32).astype(np.float64)
-    total = blocks[..., 4:8].copy().view(np.int32)
-    q = blocks[..., 8:].copy().view(np.int8).astype(np.float64)
+    total = blocks[..., 8:12].copy().view(np.int32)
+    q = blocks[..., 12:].copy().view(np.int8).astype(np.float64)
     np.testing.assert_array_equal(q.sum(-1, keepdims=True), total)
+    assert np.array_equal(d.astype(np.float16).astype(np.float64), d)  # stored through f16, as ggml does
     return (q * d).reshape(x.shape[0], -1)
 
 
 @pytest.mark.parametrize("qtype", NATIVE, ids=lambda q: q.name)
 @pytest.mark.parametrize("build", ["native", "portable"])
-def test_matmul_matches_reference(qtype: Q, build: str, request: pytest.FixtureRequest) -> None:
+def test_int8_matmul_matches_reference(qtype: Q, build: str, request: pytest.FixtureRequest) -> None:
     k: NativeKernels = request.getfixturevalue("kernels" if build == "native" else "portable_kernels")
     assert k.supports(qtype)
     if build == "portable":
@@ -83,20 +86,45 @@ def test_matmul_matches_reference(qtype: Q, build: str, request: pytest.FixtureR
     w = quants.dequantize(raw, qtype).astype(np.float64)
     x = torch.randn(5, cols, generator=torch.Generator().manual_seed(0))
 
-    y = k.matmul(qtype, torch.from_numpy(raw), x).numpy()
-    exact = quantized_activations(k, x) @ w.T
+    y = k.matmul(qtype, torch.from_numpy(raw), x, method="int8").numpy()
+    exact = quantized_activations(k, qtype, x) @ w.T
+    if qtype in (Q.Q4_1, Q.Q5_1):
+        # ggml's Q8_1 applies each weight block's min m through s = f16(d * sum(q)), not d * sum(q).
+        block, size = GGML_QUANT_SIZES[qtype]
+        mins = raw.reshape(rows, -1, size)[:, :, 2:4].copy().view(np.float16)[..., 0].astype(np.float64)
+        acts = k.quantize_activations(qtype, x).numpy().reshape(x.shape[0], -1, 44)
+        d = acts[..., 0:4].copy().view(np.float32)[..., 0].astype(np.float64)
+        sums = acts[..., 12:].copy().view(np.int8).astype(np.float64).sum(-1)
+        s = acts[..., 4:8].copy().view(np.float32)[..., 0].astype(np.float64)
+        exact += s @ mins.T - (d * sums) @ mins.T
     scale = np.abs(exact).max()
     assert np.abs(y - exact).max() <= 2e-6 * scale
     assert np.abs(y - x.double().numpy() @ w.T).max() <= 2e-2 * scale
 
 
+@pytest.mark.parametrize("qtype", NATIVE, ids=lambda q: q.name)
+@pytest.mark.parametrize("build", ["native", "portable"])
+def test_float_matmul_matches_reference(qtype: Q, build: str, request: pytest.FixtureRequest) -> None:
+    """The float path is dequantize(W) @ x up to float32 summation order; 9 rows cover a partial tile."""
+    k: NativeKernels = request.getfixturevalue("kernels" if build == "native" else "portable_kernels")
+    rows, cols = 40, 512
+    raw = random_weight(qtype, rows, cols, seed=10 + int(qtype))
+    w = quants.dequantize(raw, qtype).astype(np.float64)
+    x = torch.randn(9, cols, generator=torch.Generator().manual_seed(1))
+    y = k.matmul(qtype, torch.from_numpy(raw), x, method="float").numpy()
+    exact = x.double().numpy() @ w.T
+    assert np.abs(y - exact).max() <= 1e-5 * np.abs(exact).max()
+
+
 def test_activation_quantization(kernels: NativeKernels) -> None:
-    x = torch.randn(3, 256) * torch.logspace(-3, 3, 256)
-    x[1, :32] = 0.0  # an all-zero block must not divide by zero
-    xq = quantized_activations(kernels, x)
+    """Each value is within half a step of the input, steps being max|block| / 127 (plus the f16 rounding
+    of the scale); an all-zero block must not divide by zero."""
+    x = torch.randn(3, 512) * torch.logspace(-3, 3, 512)
+    x[1, :32] = 0.0
+    xq = quantized_activations(kernels, Q.Q8_0, x)
     blocks = x.double().numpy().reshape(3, -1, 32)
     step = np.abs(blocks).max(-1, keepdims=True) / 127
-    assert np.all(np.abs(xq.reshape(blocks.shape) - blocks) <= step * 0.5 + 1e-12)
+    assert np.all(np.abs(xq.reshape(blocks.shape) - blocks) <= step * (0.5 + 128 * 2.0**-11) + 1e-12)
     assert np.all(xq[1, :32] == 0)
 
 

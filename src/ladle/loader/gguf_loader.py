@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from ladle.loader.checkpoint import Checkpoint
 from ladle.loader.gguf_config import (
     GGUF_ARCHITECTURES,
     GGUFArchitecture,
@@ -29,7 +30,7 @@ from ladle.quant.dequant import SUPPORTED_TYPES, QType, dequantize
 from ladle.quant.native import native_kernels
 from ladle.quant.weight import GGMLWeight
 
-__all__ = ["GGUFCheckpoint", "GGUFError", "load_gguf"]
+__all__ = ["GGUFCheckpoint", "GGUFError", "load_gguf", "open_gguf_checkpoint"]
 
 _PLAIN = {QType.F32, QType.F16, QType.BF16}
 
@@ -162,4 +163,26 @@ def load_gguf(path: str | Path) -> GGUFCheckpoint:
         chat_template=tokenizer.chat_template,
         file=gguf,
         spec=spec,
+    )
+
+
+def open_gguf_checkpoint(path: str | Path) -> Checkpoint:
+    """The engine's view of a .gguf file (loader/checkpoint.py). GGMLWeight runs on the CPU only; on other
+    devices quantized matrices are expanded to the model dtype as they stream."""
+    gguf = load_gguf(path)
+
+    def weights(device: torch.device, dtype: torch.dtype) -> Iterator[tuple[str, Any]]:
+        for name, value in gguf.weights():
+            if isinstance(value, GGMLWeight) and torch.device(device).type != "cpu":
+                value = value.dequantize(dtype)
+            yield name, value
+
+    return Checkpoint(
+        name=str(gguf.path),
+        path=gguf.path,
+        arch=gguf.arch_config,
+        tokenizer=gguf.tokenizer,
+        weights=weights,
+        format="gguf",
+        chat_template=gguf.chat_template,
     )

@@ -150,11 +150,12 @@ def _spm_backend(meta: dict[str, Any], tokens: list[str]) -> FastTokenizer:
     if add_prefix:
         steps.insert(0, normalizers.Prepend(SPACE))
     backend.normalizer = normalizers.Sequence(steps)
-    # No Strip of the prefix space on decode: like llama.cpp's detokenizer, so a continuation decoded on
-    # its own keeps its leading space (" were playing").
-    backend.decoder = decoders.Sequence(
-        [decoders.Replace(SPACE, " "), decoders.ByteFallback(), decoders.Fuse()]
-    )
+    decode = [decoders.Replace(SPACE, " "), decoders.ByteFallback(), decoders.Fuse()]
+    if add_prefix:
+        # SentencePiece's rule (and transformers'): decoding drops the space the encoder put in front. The
+        # engine's incremental detokenizer decodes with prompt context, so continuations keep theirs.
+        decode.append(decoders.Strip(" ", 1, 0))
+    backend.decoder = decoders.Sequence(decode)
     return backend
 
 

@@ -61,7 +61,8 @@ class GGMLWeight:
                 ],
                 dim=-1,
             )
-        return y.reshape(*lead, self.shape[0])
+        y = y.reshape(*lead, self.shape[0])
+        return y if x.dtype == torch.float32 else y.to(x.dtype)
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return dequantize(self.raw, self.qtype).to(dtype)

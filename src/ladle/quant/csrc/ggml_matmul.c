@@ -288,312 +288,6 @@ static inline void k_scale_min(const uint8_t *p, int j, int *sc, int *mn) {
 }
 
 /* ------------------------------------------------------------------------------------------------ */
-/* Row dot products: one weight row (nb32 blocks of 32 values) with one quantized activation row.     */
-
-static float dot_q8_0(const uint8_t *w, const void *act, int64_t nb) {
-    const act_block *a = (const act_block *)act;
-#ifdef LADLE_AVX2
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    int64_t b = 0;
-    for (; b + 1 < nb; b += 2) {
-        const uint8_t *w0 = w + b * 34, *w1 = w0 + 34;
-        const __m256i p0 = dot_ss(_mm256_loadu_si256((const __m256i *)(w0 + 2)), _mm256_loadu_si256((const __m256i *)a[b].qs));
-        const __m256i p1 = dot_ss(_mm256_loadu_si256((const __m256i *)(w1 + 2)), _mm256_loadu_si256((const __m256i *)a[b + 1].qs));
-        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(half_to_float(w0) * a[b].d), _mm256_cvtepi32_ps(p0), acc0);
-        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(half_to_float(w1) * a[b + 1].d), _mm256_cvtepi32_ps(p1), acc1);
-    }
-    for (; b < nb; b++) {
-        const uint8_t *w0 = w + b * 34;
-        const __m256i p0 = dot_ss(_mm256_loadu_si256((const __m256i *)(w0 + 2)), _mm256_loadu_si256((const __m256i *)a[b].qs));
-        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(half_to_float(w0) * a[b].d), _mm256_cvtepi32_ps(p0), acc0);
-    }
-    return hsum_ps(_mm256_add_ps(acc0, acc1));
-#else
-    float acc = 0.0f;
-    for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *blk = w + b * 34;
-        const int8_t *q = (const int8_t *)(blk + 2);
-        int32_t s = 0;
-        for (int i = 0; i < 32; i++) s += q[i] * a[b].qs[i];
-        acc += half_to_float(blk) * a[b].d * (float)s;
-    }
-    return acc;
-#endif
-}
-
-static float dot_q4_0(const uint8_t *w, const void *act, int64_t nb) {
-    const act_block *a = (const act_block *)act;
-#ifdef LADLE_AVX2
-    __m256 acc = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *blk = w + b * 18;
-        const __m256i q = _mm256_sub_epi8(unpack_nibbles16(blk + 2), _mm256_set1_epi8(8));
-        const __m256i p = dot_ss(q, _mm256_loadu_si256((const __m256i *)a[b].qs));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(half_to_float(blk) * a[b].d), _mm256_cvtepi32_ps(p), acc);
-    }
-    return hsum_ps(acc);
-#else
-    float acc = 0.0f;
-    for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *blk = w + b * 18;
-        int32_t s = 0;
-        for (int i = 0; i < 16; i++) {
-            s += ((blk[2 + i] & 0x0f) - 8) * a[b].qs[i];
-            s += ((blk[2 + i] >> 4) - 8) * a[b].qs[i + 16];
-        }
-        acc += half_to_float(blk) * a[b].d * (float)s;
-    }
-    return acc;
-#endif
-}
-
-static float dot_q4_1(const uint8_t *w, const void *act, int64_t nb) {
-    const act_block *a = (const act_block *)act;
-    float offset = 0.0f; /* sum over blocks of m * sum(x) */
-#ifdef LADLE_AVX2
-    __m256 acc = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *blk = w + b * 20;
-        const __m256i p = dot_us(unpack_nibbles16(blk + 4), _mm256_loadu_si256((const __m256i *)a[b].qs));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(half_to_float(blk) * a[b].d), _mm256_cvtepi32_ps(p), acc);
-        offset += half_to_float(blk + 2) * a[b].s;
-    }
-    return hsum_ps(acc) + offset;
-#else
-    float acc = 0.0f;
-    for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *blk = w + b * 20;
-        int32_t s = 0;
-        for (int i = 0; i < 16; i++) {
-            s += (blk[4 + i] & 0x0f) * a[b].qs[i];
-            s += (blk[4 + i] >> 4) * a[b].qs[i + 16];
-        }
-        acc += half_to_float(blk) * a[b].d * (float)s;
-        offset += half_to_float(blk + 2) * a[b].s;
-    }
-    return acc + offset;
-#endif
-}
-
-static float dot_q5_0(const uint8_t *w, const void *act, int64_t nb) {
-    const act_block *a = (const act_block *)act;
-#ifdef LADLE_AVX2
-    __m256 acc = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *blk = w + b * 22;
-        __m256i q = _mm256_or_si256(unpack_nibbles16(blk + 6), fifth_bits(blk + 2));
-        q = _mm256_sub_epi8(q, _mm256_set1_epi8(16));
-        const __m256i p = dot_ss(q, _mm256_loadu_si256((const __m256i *)a[b].qs));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(half_to_float(blk) * a[b].d), _mm256_cvtepi32_ps(p), acc);
-    }
-    return hsum_ps(acc);
-#else
-    float acc = 0.0f;
-    for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *blk = w + b * 22;
-        uint32_t qh;
-        memcpy(&qh, blk + 2, 4);
-        int32_t s = 0;
-        for (int i = 0; i < 16; i++) {
-            const int lo = (blk[6 + i] & 0x0f) | (((qh >> i) & 1) << 4);
-            const int hi = (blk[6 + i] >> 4) | (((qh >> (i + 16)) & 1) << 4);
-            s += (lo - 16) * a[b].qs[i] + (hi - 16) * a[b].qs[i + 16];
-        }
-        acc += half_to_float(blk) * a[b].d * (float)s;
-    }
-    return acc;
-#endif
-}
-
-static float dot_q5_1(const uint8_t *w, const void *act, int64_t nb) {
-    const act_block *a = (const act_block *)act;
-    float offset = 0.0f;
-#ifdef LADLE_AVX2
-    __m256 acc = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *blk = w + b * 24;
-        const __m256i q = _mm256_or_si256(unpack_nibbles16(blk + 8), fifth_bits(blk + 4));
-        const __m256i p = dot_us(q, _mm256_loadu_si256((const __m256i *)a[b].qs));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(half_to_float(blk) * a[b].d), _mm256_cvtepi32_ps(p), acc);
-        offset += half_to_float(blk + 2) * a[b].s;
-    }
-    return hsum_ps(acc) + offset;
-#else
-    float acc = 0.0f;
-    for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *blk = w + b * 24;
-        uint32_t qh;
-        memcpy(&qh, blk + 4, 4);
-        int32_t s = 0;
-        for (int i = 0; i < 16; i++) {
-            const int lo = (blk[8 + i] & 0x0f) | (((qh >> i) & 1) << 4);
-            const int hi = (blk[8 + i] >> 4) | (((qh >> (i + 16)) & 1) << 4);
-            s += lo * a[b].qs[i] + hi * a[b].qs[i + 16];
-        }
-        acc += half_to_float(blk) * a[b].d * (float)s;
-        offset += half_to_float(blk + 2) * a[b].s;
-    }
-    return acc + offset;
-#endif
-}
-
-/* K-quants also take act32 activations, not ggml's Q8_K (one scale per 256 values): Gemma's FFN inputs
- * have outliers ~100x their RMS, and a 256-value block quantizes everything around an outlier to a few
- * levels (2% matmul error on Gemma 3's ffn_down against 0.7% with 32-value blocks; see the report). */
-
-/* Q4_K: 256-value super-blocks of 8 sub-blocks; sub-block j is d*sc[j]*q - dmin*m[j], q in 0..15. */
-static float dot_q4_k(const uint8_t *w, const void *act, int64_t nb) {
-    const act_block *a = (const act_block *)act;
-    float mins = 0.0f;
-#ifdef LADLE_AVX2
-    __m256 acc = _mm256_setzero_ps();
-    const __m256i m4 = _mm256_set1_epi8(0x0f);
-#else
-    float acc = 0.0f;
-#endif
-    for (int64_t sb = 0; sb < nb / 8; sb++) {
-        const uint8_t *blk = w + sb * 144;
-        const act_block *ab = a + sb * 8;
-        const float d = half_to_float(blk), dmin = half_to_float(blk + 2);
-        const uint8_t *qs = blk + 16;
-        for (int j = 0; j < 8; j += 2) {
-            int sc0, m0, sc1, m1;
-            k_scale_min(blk + 4, j, &sc0, &m0);
-            k_scale_min(blk + 4, j + 1, &sc1, &m1);
-            mins += dmin * (float)m0 * ab[j].d * (float)ab[j].sum + dmin * (float)m1 * ab[j + 1].d * (float)ab[j + 1].sum;
-#ifdef LADLE_AVX2
-            const __m256i raw = _mm256_loadu_si256((const __m256i *)(qs + 16 * j));
-            const __m256i p0 = dot_us(_mm256_and_si256(raw, m4), _mm256_loadu_si256((const __m256i *)ab[j].qs));
-            const __m256i p1 = dot_us(_mm256_and_si256(_mm256_srli_epi16(raw, 4), m4), _mm256_loadu_si256((const __m256i *)ab[j + 1].qs));
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(d * (float)sc0 * ab[j].d), _mm256_cvtepi32_ps(p0), acc);
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(d * (float)sc1 * ab[j + 1].d), _mm256_cvtepi32_ps(p1), acc);
-#else
-            int32_t s0 = 0, s1 = 0;
-            for (int i = 0; i < 32; i++) {
-                s0 += (qs[16 * j + i] & 0x0f) * ab[j].qs[i];
-                s1 += (qs[16 * j + i] >> 4) * ab[j + 1].qs[i];
-            }
-            acc += d * (float)sc0 * ab[j].d * (float)s0 + d * (float)sc1 * ab[j + 1].d * (float)s1;
-#endif
-        }
-    }
-#ifdef LADLE_AVX2
-    return hsum_ps(acc) - mins;
-#else
-    return acc - mins;
-#endif
-}
-
-/* Q5_K: as Q4_K plus a 5th bit: bit j of qh[i] belongs to element i of sub-block j. */
-static float dot_q5_k(const uint8_t *w, const void *act, int64_t nb) {
-    const act_block *a = (const act_block *)act;
-    float mins = 0.0f;
-#ifdef LADLE_AVX2
-    __m256 acc = _mm256_setzero_ps();
-    const __m256i m4 = _mm256_set1_epi8(0x0f), one = _mm256_set1_epi8(1);
-#else
-    float acc = 0.0f;
-#endif
-    for (int64_t sb = 0; sb < nb / 8; sb++) {
-        const uint8_t *blk = w + sb * 176;
-        const act_block *ab = a + sb * 8;
-        const float d = half_to_float(blk), dmin = half_to_float(blk + 2);
-        const uint8_t *qh = blk + 16, *qs = blk + 48;
-#ifdef LADLE_AVX2
-        const __m256i hbits = _mm256_loadu_si256((const __m256i *)qh);
-#endif
-        for (int j = 0; j < 8; j += 2) {
-            int sc0, m0, sc1, m1;
-            k_scale_min(blk + 4, j, &sc0, &m0);
-            k_scale_min(blk + 4, j + 1, &sc1, &m1);
-            mins += dmin * (float)m0 * ab[j].d * (float)ab[j].sum + dmin * (float)m1 * ab[j + 1].d * (float)ab[j + 1].sum;
-#ifdef LADLE_AVX2
-            const __m256i raw = _mm256_loadu_si256((const __m256i *)(qs + 16 * j));
-            /* 16-bit shifts are fine here: bit 0 of each byte after a shift by j < 8 comes from that byte. */
-            const __m256i h0 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, j), one), 4);
-            const __m256i h1 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, j + 1), one), 4);
-            const __m256i q0 = _mm256_or_si256(_mm256_and_si256(raw, m4), h0);
-            const __m256i q1 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(raw, 4), m4), h1);
-            const __m256i p0 = dot_us(q0, _mm256_loadu_si256((const __m256i *)ab[j].qs));
-            const __m256i p1 = dot_us(q1, _mm256_loadu_si256((const __m256i *)ab[j + 1].qs));
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(d * (float)sc0 * ab[j].d), _mm256_cvtepi32_ps(p0), acc);
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(d * (float)sc1 * ab[j + 1].d), _mm256_cvtepi32_ps(p1), acc);
-#else
-            int32_t s0 = 0, s1 = 0;
-            for (int i = 0; i < 32; i++) {
-                s0 += ((qs[16 * j + i] & 0x0f) | (((qh[i] >> j) & 1) << 4)) * ab[j].qs[i];
-                s1 += ((qs[16 * j + i] >> 4) | (((qh[i] >> (j + 1)) & 1) << 4)) * ab[j + 1].qs[i];
-            }
-            acc += d * (float)sc0 * ab[j].d * (float)s0 + d * (float)sc1 * ab[j + 1].d * (float)s1;
-#endif
-        }
-    }
-#ifdef LADLE_AVX2
-    return hsum_ps(acc) - mins;
-#else
-    return acc - mins;
-#endif
-}
-
-/* Q6_K: 16 sub-blocks of 16 values, each d*scale[i]*(q-32), q 6-bit: 4 low bits in ql, 2 high bits in qh.
- * Per 128-value half h: element 32*s+i (s = 0..3) takes ql[64h + 32*(s&1) + i] (low nibble for s<2, high
- * for s>=2) and bits 2s..2s+1 of qh[32h + i]. */
-static float dot_q6_k(const uint8_t *w, const void *act, int64_t nb) {
-    const act_block *a = (const act_block *)act;
-#ifdef LADLE_AVX2
-    __m256 acc = _mm256_setzero_ps();
-    const __m256i m4 = _mm256_set1_epi8(0x0f), m2 = _mm256_set1_epi8(3), off = _mm256_set1_epi8(32);
-#else
-    float acc = 0.0f;
-#endif
-    for (int64_t sb = 0; sb < nb / 8; sb++) {
-        const uint8_t *blk = w + sb * 210;
-        const uint8_t *ql = blk, *qh = blk + 128;
-        const int8_t *scales = (const int8_t *)(blk + 192);
-        const float d = half_to_float(blk + 208);
-        for (int h = 0; h < 2; h++) {
-#ifdef LADLE_AVX2
-            const __m256i hbits = _mm256_loadu_si256((const __m256i *)(qh + 32 * h));
-            const __m256i l0 = _mm256_loadu_si256((const __m256i *)(ql + 64 * h));
-            const __m256i l1 = _mm256_loadu_si256((const __m256i *)(ql + 64 * h + 32));
-#endif
-            for (int s = 0; s < 4; s++) {
-                const int sub = 4 * h + s; /* 32-value sub-block index within the super-block */
-                const act_block *ab = a + sb * 8 + sub;
-                const int sc0 = scales[2 * sub], sc1 = scales[2 * sub + 1];
-#ifdef LADLE_AVX2
-                const __m256i lsrc = (s & 1) ? l1 : l0;
-                const __m256i lo = (s < 2) ? _mm256_and_si256(lsrc, m4) : _mm256_and_si256(_mm256_srli_epi16(lsrc, 4), m4);
-                const __m256i hi = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 2 * s), m2), 4);
-                const __m256i q = _mm256_sub_epi8(_mm256_or_si256(lo, hi), off);
-                const __m256i x = _mm256_loadu_si256((const __m256i *)ab->qs);
-                const __m256i pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(x, q));
-                /* The low 128 bits hold values 0..15 (scale sc0), the high 128 bits values 16..31 (sc1). */
-                const __m256i scale = _mm256_set_m128i(_mm_set1_epi16((short)sc1), _mm_set1_epi16((short)sc0));
-                const __m256i p = _mm256_madd_epi16(pairs, scale);
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(d * ab->d), _mm256_cvtepi32_ps(p), acc);
-#else
-                int32_t s0 = 0, s1 = 0;
-                for (int i = 0; i < 32; i++) {
-                    const uint8_t lb = ql[64 * h + 32 * (s & 1) + i];
-                    const int lo = s < 2 ? (lb & 0x0f) : (lb >> 4);
-                    const int q = (lo | (((qh[32 * h + i] >> (2 * s)) & 3) << 4)) - 32;
-                    if (i < 16) s0 += q * ab->qs[i];
-                    else s1 += q * ab->qs[i];
-                }
-                acc += d * ab->d * (float)(sc0 * s0 + sc1 * s1);
-#endif
-            }
-        }
-    }
-#ifdef LADLE_AVX2
-    return hsum_ps(acc);
-#else
-    return acc;
-#endif
-}
-
-/* ------------------------------------------------------------------------------------------------ */
 /* Float-activation path: each 32-value weight block is decoded to signed integers and one or two scales
  * (plus an offset), converted to float and multiplied with the float activations, so the result equals
  * dequantize(W) @ x up to the order of float additions: no activation rounding at all. At batch 1 decoding
@@ -607,6 +301,7 @@ typedef struct {
 #endif
     float d0, d1; /* scale of values 0..15 and of 16..31 (equal except for Q6_K) */
     float m;      /* added to every value (Q4_1/Q5_1 min, minus the K-quant min) */
+    int m_via_s;  /* int8 path: apply m through ggml's f16 s = d*sum (Q4_1/Q5_1, as llama.cpp) */
 } wblock;
 
 #ifdef LADLE_AVX2
@@ -664,6 +359,7 @@ static inline void decode_q4_1(const uint8_t *w, int64_t b, wblock *o) {
     const uint8_t *blk = w + b * 20;
     o->d0 = o->d1 = half_to_float(blk);
     o->m = half_to_float(blk + 2);
+    o->m_via_s = 1;
 #ifdef LADLE_AVX2
     o->q = unpack_nibbles16(blk + 4);
 #else
@@ -690,6 +386,7 @@ static inline void decode_q5_1(const uint8_t *w, int64_t b, wblock *o) {
     const uint8_t *blk = w + b * 24;
     o->d0 = o->d1 = half_to_float(blk);
     o->m = half_to_float(blk + 2);
+    o->m_via_s = 1;
 #ifdef LADLE_AVX2
     o->q = _mm256_or_si256(unpack_nibbles16(blk + 8), fifth_bits(blk + 4));
 #else
@@ -779,7 +476,7 @@ static inline void decode_q6_k(const uint8_t *w, int64_t b, wblock *o) {
         offset[r] = 0.0f;                                                                                     \
     }                                                                                                         \
     for (int64_t b = 0; b < nb; b++) {                                                                        \
-        wblock blk;                                                                                           \
+        wblock blk = {0};                                                                                     \
         DECODE(w, b, &blk);                                                                                   \
         const __m128i q_lo = _mm256_castsi256_si128(blk.q), q_hi = _mm256_extracti128_si256(blk.q, 1);       \
         const __m256 f0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q_lo));                                     \
@@ -800,7 +497,7 @@ static inline void decode_q6_k(const uint8_t *w, int64_t b, wblock *o) {
 #define FLOAT_ROW_BODY(DECODE)                                                                                \
     float acc[FTILE] = {0}, offset[FTILE] = {0};                                                              \
     for (int64_t b = 0; b < nb; b++) {                                                                        \
-        wblock blk;                                                                                           \
+        wblock blk = {0};                                                                                     \
         DECODE(w, b, &blk);                                                                                   \
         for (int64_t r = 0; r < rows; r++) {                                                                  \
             const float *xb = x + r * k + b * 32;                                                             \
@@ -823,6 +520,80 @@ DEFINE_FLOAT_ROW(frow_q4_k, decode_q4_k)
 DEFINE_FLOAT_ROW(frow_q5_k, decode_q5_k)
 DEFINE_FLOAT_ROW(frow_q6_k, decode_q6_k)
 
+
+/* Int8 path, the same decoders: each weight block is decoded once and multiplied, as 8-bit integers, with
+ * the quantized blocks of up to FTILE activation rows (batches and prefill reuse the decode work).      */
+#define DEFINE_INT8_ROW(NAME, DECODE)                                                                       \
+    static void NAME(const uint8_t *w, const act_block *a, int64_t nb, int64_t rows, float *out) {         \
+        INT8_ROW_BODY(DECODE)                                                                                 \
+    }
+
+#ifdef LADLE_AVX2
+#define INT8_ROW_BODY(DECODE)                                                                                 \
+    __m256 acc[FTILE];                                                                                        \
+    float offset[FTILE];                                                                                      \
+    for (int r = 0; r < FTILE; r++) {                                                                         \
+        acc[r] = _mm256_setzero_ps();                                                                         \
+        offset[r] = 0.0f;                                                                                     \
+    }                                                                                                         \
+    for (int64_t b = 0; b < nb; b++) {                                                                        \
+        wblock blk = {0};                                                                                     \
+        DECODE(w, b, &blk);                                                                                   \
+        const __m256i qabs = _mm256_sign_epi8(blk.q, blk.q);                                                  \
+        /* lanes 0..3 of the int32 sums come from values 0..15, lanes 4..7 from 16..31 */                      \
+        const __m256 dw = _mm256_set_m128(_mm_set1_ps(blk.d1), _mm_set1_ps(blk.d0));                          \
+        for (int64_t r = 0; r < rows; r++) {                                                                  \
+            const act_block *ab = a + r * nb + b;                                                             \
+            const __m256i x = _mm256_loadu_si256((const __m256i *)ab->qs);                                    \
+            const __m256i p = dot_us(qabs, _mm256_sign_epi8(x, blk.q));                                       \
+            acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(ab->d)), _mm256_cvtepi32_ps(p), acc[r]); \
+            offset[r] += blk.m * (blk.m_via_s ? ab->s : ab->d * (float)ab->sum);                             \
+        }                                                                                                     \
+    }                                                                                                         \
+    for (int64_t r = 0; r < rows; r++) out[r] = hsum_ps(acc[r]) + offset[r];
+#else
+#define INT8_ROW_BODY(DECODE)                                                                                 \
+    float acc[FTILE] = {0}, offset[FTILE] = {0};                                                              \
+    for (int64_t b = 0; b < nb; b++) {                                                                        \
+        wblock blk = {0};                                                                                     \
+        DECODE(w, b, &blk);                                                                                   \
+        for (int64_t r = 0; r < rows; r++) {                                                                  \
+            const act_block *ab = a + r * nb + b;                                                             \
+            int32_t s0 = 0, s1 = 0;                                                                           \
+            for (int i = 0; i < 16; i++) s0 += blk.q[i] * ab->qs[i];                                          \
+            for (int i = 16; i < 32; i++) s1 += blk.q[i] * ab->qs[i];                                         \
+            acc[r] += ab->d * (blk.d0 * (float)s0 + blk.d1 * (float)s1);                                      \
+            offset[r] += blk.m * (blk.m_via_s ? ab->s : ab->d * (float)ab->sum);                             \
+        }                                                                                                     \
+    }                                                                                                         \
+    for (int64_t r = 0; r < rows; r++) out[r] = acc[r] + offset[r];
+#endif
+
+DEFINE_INT8_ROW(irow_q8_0, decode_q8_0)
+DEFINE_INT8_ROW(irow_q4_0, decode_q4_0)
+DEFINE_INT8_ROW(irow_q4_1, decode_q4_1)
+DEFINE_INT8_ROW(irow_q5_0, decode_q5_0)
+DEFINE_INT8_ROW(irow_q5_1, decode_q5_1)
+DEFINE_INT8_ROW(irow_q4_k, decode_q4_k)
+DEFINE_INT8_ROW(irow_q5_k, decode_q5_k)
+DEFINE_INT8_ROW(irow_q6_k, decode_q6_k)
+
+typedef void (*irow_fn)(const uint8_t *, const act_block *, int64_t, int64_t, float *);
+
+static irow_fn irow_for_type(int qtype) {
+    switch (qtype) {
+        case T_Q8_0: return irow_q8_0;
+        case T_Q4_0: return irow_q4_0;
+        case T_Q4_1: return irow_q4_1;
+        case T_Q5_0: return irow_q5_0;
+        case T_Q5_1: return irow_q5_1;
+        case T_Q4_K: return irow_q4_k;
+        case T_Q5_K: return irow_q5_k;
+        case T_Q6_K: return irow_q6_k;
+        default: return NULL;
+    }
+}
+
 typedef void (*frow_fn)(const uint8_t *, const float *, const float *, int64_t, int64_t, float *);
 
 static frow_fn frow_for_type(int qtype) {
@@ -835,22 +606,6 @@ static frow_fn frow_for_type(int qtype) {
         case T_Q4_K: return frow_q4_k;
         case T_Q5_K: return frow_q5_k;
         case T_Q6_K: return frow_q6_k;
-        default: return NULL;
-    }
-}
-
-typedef float (*dot_fn)(const uint8_t *, const void *, int64_t);
-
-static dot_fn dot_for_type(int qtype) {
-    switch (qtype) {
-        case T_Q8_0: return dot_q8_0;
-        case T_Q4_0: return dot_q4_0;
-        case T_Q4_1: return dot_q4_1;
-        case T_Q5_0: return dot_q5_0;
-        case T_Q5_1: return dot_q5_1;
-        case T_Q4_K: return dot_q4_k;
-        case T_Q5_K: return dot_q5_k;
-        case T_Q6_K: return dot_q6_k;
         default: return NULL;
     }
 }
@@ -869,19 +624,22 @@ static int64_t rows_per_chunk(int64_t n_rows, int64_t row_bytes, int64_t m, int 
 }
 
 typedef struct {
-    dot_fn dot;
+    irow_fn irow;
     const uint8_t *w;
-    int64_t row_bytes, n_rows, nb, m, act_bytes;
-    const void *act;
+    int64_t row_bytes, n_rows, nb, m;
+    const act_block *act;
     float *y;
 } int8_job;
 
 static void int8_rows(void *ctx, int64_t begin, int64_t end) {
     const int8_job *j = (const int8_job *)ctx;
     for (int64_t n = begin; n < end; n++) {
-        const uint8_t *row = j->w + n * j->row_bytes;
-        for (int64_t r = 0; r < j->m; r++)
-            j->y[r * j->n_rows + n] = j->dot(row, (const uint8_t *)j->act + r * j->act_bytes, j->nb);
+        float out[FTILE];
+        for (int64_t r0 = 0; r0 < j->m; r0 += FTILE) {
+            const int64_t rows = j->m - r0 < FTILE ? j->m - r0 : FTILE;
+            j->irow(j->w + n * j->row_bytes, j->act + r0 * j->nb, j->nb, rows, out);
+            for (int64_t r = 0; r < rows; r++) j->y[(r0 + r) * j->n_rows + n] = out[r];
+        }
     }
 }
 
@@ -911,7 +669,7 @@ static void float_rows(void *ctx, int64_t begin, int64_t end) {
 /* ------------------------------------------------------------------------------------------------ */
 /* Exported entry points (ctypes).                                                                   */
 
-int ladle_supports(int qtype) { return dot_for_type(qtype) != NULL; }
+int ladle_supports(int qtype) { return irow_for_type(qtype) != NULL; }
 
 int ladle_has_avx2(void) {
 #ifdef LADLE_AVX2
@@ -938,11 +696,11 @@ void ladle_quantize_activations(int qtype, const float *x, int64_t m, int64_t k,
  * act: scratch of m * ladle_act_row_bytes(qtype, k) bytes. Returns 0, or -1 for an unsupported type/size. */
 int ladle_matmul(int qtype, const uint8_t *w, int64_t row_bytes, int64_t n_rows, int64_t k, const float *x,
                  int64_t m, float *y, void *act, int nthreads) {
-    const dot_fn dot = dot_for_type(qtype);
-    if (dot == NULL || k % 32 != 0) return -1;
-    const int64_t nb = k / 32, act_bytes = ladle_act_row_bytes(qtype, k);
+    const irow_fn irow = irow_for_type(qtype);
+    if (irow == NULL || k % 32 != 0 || ((qtype == T_Q4_K || qtype == T_Q5_K || qtype == T_Q6_K) && k % 256)) return -1;
+    const int64_t nb = k / 32;
     ladle_quantize_activations(qtype, x, m, k, act, nthreads);
-    int8_job job = {dot, w, row_bytes, n_rows, nb, m, act_bytes, act, y};
+    int8_job job = {irow, w, row_bytes, n_rows, nb, m, (const act_block *)act, y};
     parallel_for(int8_rows, &job, n_rows, rows_per_chunk(n_rows, row_bytes, m, nthreads), threads_for(n_rows * row_bytes, m, nthreads));
     return 0;
 }

@@ -1,17 +1,21 @@
-/* y = x @ W.T for W kept in GGML block formats, on the CPU.
+/* y = x @ W.T for W kept in GGML block formats, on the CPU. Reading the weights in their packed form is what
+ * makes batch-1 decode fast: a Q8_0 matrix is ~1.06 bytes per weight instead of 4.
  *
- * Like ggml's own CPU path, the activations are first quantized to 8 bits, so every weight format reduces to
- * integer dot products, which AVX2 does 32 at a time (vpmaddubsw). Reading the weights in their packed form
- * is what makes batch-1 decode fast: a Q8_0 matrix is ~1.06 bytes per weight instead of 4.
- *
- * Activations use ggml's Q8_0/Q8_1 format, rounding included, for every weight type: 32 values per block,
- * d = max|x|/127 rounded to f16, q = round-half-even(x * 127/max|x|), s = f16(d_unrounded * sum q) for
- * the Q4_1/Q5_1 offsets, plus the exact sum of q for the K-quants' mins. For Q8_0/Q4_0/Q5_0 weights the
- * integer sums therefore equal llama.cpp's exactly. (ggml gives K-quants 256-value blocks, Q8_K; ladle
- * does not: see the note above dot_q4_k.)
+ * Each format has one decoder (decode_*) that turns a 32-value block into 32 signed 8-bit integers, one or
+ * two float scales and an offset. Two paths consume it:
+ * - int8 (ladle_matmul): the activations are quantized to 8 bits too, as ggml does, and multiplied with
+ *   integer dot products (AVX2 vpmaddubsw, 32 products per instruction). Activations use ggml's Q8_0/Q8_1
+ *   format, rounding included: 32 values per block, d = max|x|/127 rounded to f16, q = round-half-even(
+ *   x * 127/max|x|), s = f16(d_unrounded * sum q) for the Q4_1/Q5_1 offsets. For Q8_0/Q4_0/Q5_0 weights
+ *   the integer sums therefore equal llama.cpp's exactly. ggml gives K-quants 256-value activation blocks
+ *   (Q8_K); ladle uses 32 for them too: Gemma's FFN inputs have outliers ~100x their RMS and a 256-value
+ *   block rounds everything near an outlier to a few levels (2% error on Gemma 3's ffn_down against 0.7%).
+ * - float (ladle_matmul_float): float activations times the decoded weights: dequantize(W) @ x up to the
+ *   order of float additions. Slower per weight, but exact.
+ * Both decode each weight block once for up to FTILE activation rows.
  *
  * Built on first use by ladle/quant/native.py (cc -O3 -march=native -pthread) and called through ctypes.
- * Every kernel has a plain C version below the AVX2 one, used when the compiler targets no AVX2.
+ * Every kernel has a plain C version beside the AVX2 one, used when the compiler targets no AVX2.
  * Tests compare both against gguf's numpy dequantizer (tests/test_quant_matmul.py).
  */
 #include <math.h>

@@ -61,17 +61,25 @@ class LLMEngine:
 
         torch.manual_seed(config.seed)
         start = time.perf_counter()
-        model = load_model(
-            self.checkpoint,
-            self.device,
-            self.dtype,
-            TorchAttentionBackend(),
-            max_positions=self.max_model_len,
-            dummy=config.load_format == "dummy",
-            seed=config.seed,
-        )
+        if config.tensor_parallel_size > 1:
+            from ladle.executor import create_tp_executor
+
+            # Rank 0 runs here; the executor looks like a ModelRunner (execute, allocate_kv_cache, model).
+            self.runner = create_tp_executor(
+                config, self.checkpoint, self.device, self.dtype, self.max_model_len
+            )
+        else:
+            model = load_model(
+                self.checkpoint,
+                self.device,
+                self.dtype,
+                TorchAttentionBackend(),
+                max_positions=self.max_model_len,
+                dummy=config.load_format == "dummy",
+                seed=config.seed,
+            )
+            self.runner = ModelRunner(model, self.device, self.dtype, config.block_size)
         self.load_seconds = time.perf_counter() - start
-        self.runner = ModelRunner(model, self.device, self.dtype, config.block_size)
         num_blocks = self._num_kv_blocks()
         self.runner.allocate_kv_cache(num_blocks)
         # A request can never hold more tokens than the whole pool.
@@ -87,7 +95,8 @@ class LLMEngine:
     def _num_kv_blocks(self) -> int:
         if self.config.num_kv_blocks is not None:
             return self.config.num_kv_blocks
-        block_bytes = kv_block_bytes(self.arch, self.config.block_size, self.dtype)
+        # The runner's model config: one rank's heads under tensor parallelism (each rank has its own memory).
+        block_bytes = kv_block_bytes(self.runner.model.config, self.config.block_size, self.dtype)
         if self.device.type == "cuda":
             free, total = torch.cuda.mem_get_info(self.device)
             used = total - free
@@ -106,6 +115,22 @@ class LLMEngine:
         per_token = (4 * cfg.hidden_size + 2 * cfg.intermediate_size) * self.dtype.itemsize
         logits = self.config.max_num_seqs * cfg.vocab_size * 4
         return tokens * per_token + 2 * logits
+
+    # -- health ------------------------------------------------------------------------------------------
+    def is_healthy(self) -> bool:
+        """False once a tensor-parallel worker has died (the server's /health answers 503 then)."""
+        check = getattr(self.runner, "is_healthy", None)
+        return check() if check is not None else True
+
+    @property
+    def dead_error(self) -> BaseException | None:
+        return getattr(self.runner, "dead_error", None)
+
+    def shutdown(self) -> None:
+        """Stops tensor-parallel workers (a no-op for a single-device engine)."""
+        stop = getattr(self.runner, "shutdown", None)
+        if stop is not None:
+            stop()
 
     # -- requests ----------------------------------------------------------------------------------------
     def tokenize_prompt(self, prompt: str | list[int] | dict[str, Any]) -> tuple[str | None, list[int]]:

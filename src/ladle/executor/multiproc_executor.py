@@ -117,7 +117,8 @@ class TPExecutor:
         self._replies: dict[int, queue.Queue] = {r: queue.Queue() for r in range(1, tp)}
         self._errors: dict[int, str] = {}
         self.group: TPGroup | None = None
-        self._listener = Listener((self.launcher.host, 0), authkey=os.urandom(16))
+        self._authkey = os.urandom(16)
+        self._listener = Listener((self.launcher.host, 0), authkey=self._authkey)
         self._finalizer = weakref.finalize(self, _close, self._listener, self._conns, self.launcher)
         try:
             self._start(config, ckpt, device, dtype, max_positions)
@@ -129,7 +130,7 @@ class TPExecutor:
     def _start(self, config, ckpt, device, dtype, max_positions) -> None:
         tp, host = self.world_size, self.launcher.host
         ranks = list(range(1, tp))
-        self.launcher.start(self._listener.address, self._listener._authkey, ranks, device)
+        self.launcher.start(self._listener.address, self._authkey, ranks, device)
         self._accept(ranks)
         self._monitor = threading.Thread(target=self._watch, name="ladle-tp-monitor", daemon=True)
         self._monitor.start()

@@ -28,6 +28,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
+        "--tensor-parallel-size", "-tp", type=int, default=1, help="GPUs (or CPU processes) per model"
+    )
+    p.add_argument(
+        "--distributed-executor-backend", default="mp", choices=["mp", "ray"], help="how TP ranks start"
+    )
+    p.add_argument(
         "--output-json", default=None, help="where to write the JSON result (default benchmarks/results/)"
     )
 
@@ -57,6 +63,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens,
         seed=args.seed,
+        tensor_parallel_size=args.tensor_parallel_size,
+        distributed_executor_backend=args.distributed_executor_backend,
     )
     vocab = llm.llm_engine.arch.vocab_size
     prompts, params = [], []
@@ -87,7 +95,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "dtype": str(llm.llm_engine.dtype),
         "kv_blocks": llm.llm_engine.kv.num_blocks,
         "preemptions": llm.llm_engine.scheduler.num_preemptions,
+        "tensor_parallel_size": args.tensor_parallel_size,
     }
+    llm.llm_engine.shutdown()
     path = write_result("throughput", result, path=args.output_json)
     print(
         f"Throughput: {result['requests_per_s']:.2f} requests/s, {result['total_tokens_per_s']:.1f} total tokens/s, "

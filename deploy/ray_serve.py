@@ -57,15 +57,15 @@ class LadleReplica:
         self.replica = f"{context.replica_tag if hasattr(context, 'replica_tag') else context.replica_id}"
         self.started = time.time()
         options = EngineOptions(**{k: v for k, v in engine.items() if hasattr(EngineOptions, k)})
-        self.app = build_app(ServerConfig(api_key=api_key, models=[model]), options)
+        self.ladle_app = build_app(ServerConfig(api_key=api_key, models=[model]), options)
         self.model = model
 
     def __serve_build_asgi_app__(self) -> Any:
-        return _replica_header(self.app, self.replica)
+        return _replica_header(self.ladle_app, self.replica)
 
     def replica_stats(self) -> dict[str, Any]:
         """This replica's counters (the numbers its /metrics exports), for checks across replicas."""
-        manager = self.app.state.ladle.manager
+        manager = self.ladle_app.state.ladle.manager
         models = {m.name: m.engine.stats for m in manager.loaded()}
         return {
             "replica": self.replica,

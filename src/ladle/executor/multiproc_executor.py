@@ -258,13 +258,39 @@ class TPExecutor:
         return self.dead_error is None and not self._closed
 
     def allocate_kv_cache(self, num_blocks: int) -> None:
-        self._broadcast("kv", num_blocks)
-        self.runner.allocate_kv_cache(num_blocks)
-        self._await_all("ok", "allocating the KV cache")
+        self._call_all("allocate_kv_cache", num_blocks)
 
-    @property
-    def kv_caches(self):
-        return self.runner.kv_caches
+    def profile_run(self, num_tokens: int, num_seqs: int, sampler=None) -> None:
+        # Only rank 0 samples; the workers run the same forward passes (their collectives pair with ours).
+        self._call_all("profile_run", num_tokens, num_seqs, local_args=(sampler,))
+
+    def capture_graphs(self, max_num_seqs: int, max_model_len: int) -> float:
+        # Every rank captures the same batch sizes in the same order: a captured step's collectives must
+        # pair across ranks exactly as eager ones do.
+        return self._call_all("capture_graphs", max_num_seqs, max_model_len)
+
+    def _call_all(self, name: str, *args: Any, local_args: tuple = ()) -> Any:
+        if self.dead_error is not None:
+            raise self.dead_error
+        self._broadcast("call", (name, args))
+        try:
+            result = getattr(self.runner, name)(*args, *local_args)
+        except Exception as exc:
+            self._raise_dead(exc)
+        self._await_all("ok", name)
+        return result
+
+    def __getattr__(self, name: str) -> Any:
+        # Plain attributes (kv_caches, graphs, device...) read through to rank 0's runner. Methods don't:
+        # one that runs the model on rank 0 alone would wait forever in its collectives.
+        if name.startswith("_") or "runner" not in self.__dict__:
+            raise AttributeError(name)
+        value = getattr(self.runner, name)
+        if callable(value):
+            raise AttributeError(
+                f"TPExecutor does not forward ModelRunner.{name}() to its workers; add it to the executor"
+            )
+        return value
 
     def execute(self, batch: ScheduledBatch):
         if self.dead_error is not None:

@@ -4,7 +4,7 @@ then runs every step the engine sends until told to stop (or until the engine's 
 Control channel: a multiprocessing.connection (socket + authkey) to the engine, used the same way whether
 the process was started by multiprocessing (one host) or as a Ray actor (any node). Messages are pickled
 tuples (kind, payload):
-  engine -> worker: ("init", WorkerInit), ("kv", num_blocks), ("step", StepInput), ("stop", None)
+  engine -> worker: ("init", WorkerInit), ("step", StepInput), ("call", (runner method, args)), ("stop", None)
   worker -> engine: ("hello", (rank, pid)), ("ready", None), ("ok", None), ("error", traceback text)
 A step gets no reply: the ranks meet in the step's collectives, and rank 0 (in the engine) returns logits.
 """
@@ -171,8 +171,11 @@ def _serve(conn: Connection, rank: int) -> None:
         kind, payload = pickle.loads(conn.recv_bytes())
         if kind == "step":
             runner.execute(payload.to_batch())
-        elif kind == "kv":
-            runner.allocate_kv_cache(payload)
+        elif kind == "call":
+            # A runner method that runs the model (allocate_kv_cache, profile_run, capture_graphs): every
+            # rank runs it in the same order as rank 0, since the forward passes meet in collectives.
+            name, args = payload
+            getattr(runner, name)(*args)
             _send(conn, "ok")
         elif kind == "stop":
             return

@@ -126,6 +126,8 @@ def build_rank_runner(
         dummy=config.load_format == "dummy",
         seed=config.seed,
     )
+    if device.type == "cuda" and hasattr(model, "fuse_weights"):
+        model.fuse_weights()  # as the single-GPU engine does: this rank's q/k/v (gate/up) shards in one GEMM
     return ModelRunner(model, device, dtype, config.block_size)
 
 

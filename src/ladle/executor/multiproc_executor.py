@@ -132,10 +132,16 @@ class TPExecutor:
         ranks = list(range(1, tp))
         self.launcher.start(self._listener.address, self._authkey, ranks, device)
         self._accept(ranks)
-        self._monitor = threading.Thread(target=self._watch, name="ladle-tp-monitor", daemon=True)
+        self._monitor = threading.Thread(
+            target=_watch, args=(weakref.ref(self), dict(self._conns)), name="ladle-tp-monitor", daemon=True
+        )
         self._monitor.start()
         store = create_store(host, tp, self.timeout_s)
+        # CPU ranks share the host's cores: by default each worker takes its share (rank 0 keeps torch's
+        # setting, which the engine process owns).
         threads = os.environ.get("LADLE_TP_WORKER_THREADS")
+        if not threads and device.type == "cpu":
+            threads = str(max(1, (os.cpu_count() or 1) // tp))
         for rank in ranks:
             init = WorkerInit(
                 config=config,
@@ -197,23 +203,15 @@ class TPExecutor:
             self._conns[rank] = conn
 
     # -- the monitor -------------------------------------------------------------------------------------
-    def _watch(self) -> None:
-        live = {conn: rank for rank, conn in self._conns.items()}
-        while live and not self._closed:
-            for conn in wait(list(live), timeout=1.0):
-                rank = live[conn]
-                try:
-                    kind, payload = pickle.loads(conn.recv_bytes())
-                except (EOFError, OSError):
-                    del live[conn]
-                    if not self._closed:
-                        self._mark_dead(rank)
-                    continue
-                if kind == "error":
-                    self._errors[rank] = payload
-                    logger.error("tensor-parallel worker rank %d failed:\n%s", rank, payload)
-                else:
-                    self._replies[rank].put(kind)
+    def _on_message(self, rank: int, kind: str | None, payload: Any) -> None:
+        if kind is None:  # the connection closed: the worker is gone
+            if not self._closed:
+                self._mark_dead(rank)
+        elif kind == "error":
+            self._errors[rank] = payload
+            logger.error("tensor-parallel worker rank %d failed:\n%s", rank, payload)
+        else:
+            self._replies[rank].put(kind)
 
     def _mark_dead(self, rank: int) -> None:
         if self.dead_error is not None:
@@ -326,3 +324,26 @@ def _close(listener: Listener, conns: dict[int, Connection], launcher: Any) -> N
     for conn in conns.values():
         conn.close()
     listener.close()
+
+
+def _watch(ref: weakref.ref, conns: dict[int, Connection]) -> None:
+    """The monitor thread: reads every worker's messages and notices a closed connection at once. It holds
+    the executor only weakly, so dropping the engine still shuts its workers down (weakref.finalize)."""
+    live = {conn: rank for rank, conn in conns.items()}
+    while live:
+        try:
+            ready = wait(list(live), timeout=1.0)
+        except OSError:
+            return  # the connections were closed by shutdown
+        executor = ref()
+        if executor is None or executor._closed:
+            return
+        for conn in ready:
+            rank = live[conn]
+            try:
+                kind, payload = pickle.loads(conn.recv_bytes())
+            except (EOFError, OSError):
+                del live[conn]
+                kind, payload = None, None
+            executor._on_message(rank, kind, payload)
+        del executor

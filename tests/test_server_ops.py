@@ -145,3 +145,60 @@ def test_async_engine_abort_frees_blocks(tiny_folder):
                 pass
 
     asyncio.run(main())
+
+
+def test_error_after_streaming_began_is_the_last_event(tiny_folder):
+    app = build_app(ServerConfig(models=[str(tiny_folder)]))
+    with TestClient(app) as client:
+        while client.get("/health").status_code != 200:
+            pass
+        engine = app.state.ladle.manager.models[str(tiny_folder)].engine.engine
+        real_step = engine.step
+        body = {"prompt": "hi", "max_tokens": 200, "stream": True, "ignore_eos": True}
+        events = []
+        with client.stream("POST", "/v1/completions", json=body) as r:
+            assert r.status_code == 200
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    events.append(line[6:])
+                    if len(events) == 1:
+                        engine.step = lambda: (_ for _ in ()).throw(RuntimeError("boom"))
+        engine.step = real_step
+        assert events[-1] == "[DONE]"
+        assert "boom" in events[-2] and '"error"' in events[-2]
+
+
+def test_load_on_first_request_and_health_while_loading(tiny_folder):
+    app = build_app(ServerConfig())
+    manager = app.state.ladle.manager
+    gate = threading.Event()
+    build = manager._build_engine
+
+    def slow_build(name, path):
+        gate.wait(30)
+        return build(name, path)
+
+    manager._build_engine = slow_build
+    with TestClient(app) as client:
+        assert client.get("/health").status_code == 200  # nothing to load yet
+        assert client.get("/v1/models").json()["data"] == []
+        result = {}
+
+        def first_request():
+            body = {"model": str(tiny_folder), "prompt": "hi", "max_tokens": 2}
+            result["response"] = client.post("/v1/completions", json=body)
+
+        thread = threading.Thread(target=first_request)
+        thread.start()
+        for _ in range(200):
+            if manager.is_loading:
+                break
+            threading.Event().wait(0.01)
+        assert client.get("/health").status_code == 503
+        gate.set()
+        thread.join(60)
+        assert result["response"].status_code == 200
+        assert client.get("/health").status_code == 200
+        assert [m["id"] for m in client.get("/v1/models").json()["data"]] == [str(tiny_folder)]
+        r = client.post("/v1/completions", json={"model": "/no/such/folder", "prompt": "hi"})
+        assert r.status_code == 404 and r.json()["error"]["param"] == "model"

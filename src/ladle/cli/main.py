@@ -13,6 +13,11 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", "-v", action="version", version=f"ladle version {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
+    from ladle.cli import models, run
+
+    run.add_parser(sub)
+    models.add_parsers(sub)
+
     bench = sub.add_parser("bench", help="benchmark the engine")
     bench_sub = bench.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)
     from ladle.bench import throughput
@@ -32,12 +37,21 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         handler(args)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return 1  # `ladle run ... | head`: the reader left
+    except Exception as exc:  # noqa: BLE001 - the user gets one line, never a traceback
+        print(f"Error: {_one_line(exc)}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    if not text:
+        return type(exc).__name__
+    return text.splitlines()[0]
 
 
 if __name__ == "__main__":

@@ -13,6 +13,12 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", "-v", action="version", version=f"ladle version {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
+    from ladle.cli import serve
+
+    serve_parser = sub.add_parser("serve", help="serve the OpenAI and Ollama APIs on one port")
+    serve.add_arguments(serve_parser)
+    serve_parser.set_defaults(handler=serve.run)
+
     from ladle.cli import models, run
 
     run.add_parser(sub)

@@ -30,20 +30,27 @@ def show_progress(events: Iterable[dict[str, Any]], console: Console | None = No
         TimeRemainingColumn(),
     )
     bars: dict[str, TaskID] = {}
+    progress: Progress | None = None  # started at the first bar, so a failed pull prints no empty bar area
     last: dict[str, Any] | None = None
     last_status = None
-    with Progress(*columns, console=console, transient=False, auto_refresh=console.is_terminal) as progress:
+    try:
         for event in events:
             last = event
             status = str(event.get("status", ""))
             digest = event.get("digest")
             if digest and event.get("total"):
+                if progress is None:
+                    progress = Progress(*columns, console=console, auto_refresh=console.is_terminal)
+                    progress.start()
                 task = bars.get(digest)
                 if task is None:
                     task = progress.add_task(status, total=int(event["total"]))
                     bars[digest] = task
                 progress.update(task, completed=int(event.get("completed") or 0))
             elif status and status != last_status:
-                progress.console.print(status)
+                console.print(status, soft_wrap=True)
             last_status = status
+    finally:
+        if progress is not None:
+            progress.stop()
     return last

@@ -5,7 +5,7 @@
     resolve_model_path("stories")       # just the path (LLM(model=...) uses this)
 
 Order: an existing path wins; then something that looks like a path but is missing is an error; then the
-special name `demo` (see `_resolve_demo`); then a store name (`name[:tag]`, `hf.co/org/repo[:quant]`,
+special name `demo` (models_hub/demo.py stores it from the `demo` extra on first use); then a store name (`name[:tag]`, `hf.co/org/repo[:quant]`,
 `org/repo`), pulled when missing unless `pull_missing=False` (the HTTP server's choice: a request naming
 a model that is not there answers 404, as Ollama's does; `ladle run` and `/api/pull` pull explicitly).
 
@@ -43,7 +43,7 @@ def looks_like_path(model: str) -> bool:
 def model_key(model: str, store: Store | None = None) -> str:
     """The id a reference is served under, without touching the network: `stories` and `stories:latest` are
     one model. Raises InvalidModelName for a name that can never resolve."""
-    if Path(model).expanduser().exists() or looks_like_path(model) or model == DEMO_NAME:
+    if Path(model).expanduser().exists() or looks_like_path(model):
         return model
     from ladle.store import Store
 
@@ -63,8 +63,8 @@ def resolve_model(
         return ResolvedModel(name=model, path=str(path))
     if looks_like_path(model):
         raise FileNotFoundError(f"model {model!r} not found: no such file or folder")
-    if model == DEMO_NAME:
-        return _resolve_demo()
+    if model in (DEMO_NAME, f"{DEMO_NAME}:latest"):
+        return _resolve_demo(store)
 
     from ladle.store import ModelNotFound, Store, pull
 
@@ -83,10 +83,13 @@ def resolve_model_path(model: str) -> str:
     return resolve_model(model).path
 
 
-def _resolve_demo() -> ResolvedModel:
-    """Hook for the offline demo model (Gemma 3 270M Q4_K_M from the `demo` extra; another issue).
-    Until it exists, `demo` answers that it is not installed. A local model stored as `demo:latest` is not
-    reachable by the bare name `demo` on purpose: the name is reserved."""
-    from ladle.store import ModelNotFound
+def _resolve_demo(store: Store | None) -> ResolvedModel:
+    """The offline demo model (models_hub/demo.py): stored on first use from the `demo` extra's package."""
+    from ladle.models_hub.demo import DemoNotInstalled, ensure_demo_model
+    from ladle.store import ModelNotFound, Store
 
-    raise ModelNotFound("model 'demo' is not installed (the demo extra is not available yet)")
+    try:
+        local = ensure_demo_model(store or Store())
+    except DemoNotInstalled as exc:
+        raise ModelNotFound(f"model 'demo' not found: {exc}") from None
+    return ResolvedModel(name=str(local.name), path=str(local.model_path), local=local)

@@ -307,6 +307,16 @@ async def pull_model(body: PullRequest, request: Request) -> Response:
         raise _store_error(exc) from None
 
     def work(progress: Callable[[dict[str, Any]], None]) -> LocalModel:
+        from ladle.models_hub.demo import DemoNotInstalled, ensure_demo_model, is_demo
+
+        if is_demo(name):  # the demo model comes from an installed package, not a registry
+            progress({"status": "preparing the demo model"})
+            try:
+                model = ensure_demo_model(store)
+            except DemoNotInstalled as exc:
+                raise ModelNotFound(f"model 'demo' not found: {exc}") from None
+            progress({"status": "success"})
+            return model
         return pull(store, qualified, progress)
 
     # Ready once the manifest is in hand (a blob is being fetched) or the pull is done.

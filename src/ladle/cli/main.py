@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import NoReturn
 
 from ladle.version import __version__
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes are one line too (`Error: ...`, exit code 2), like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"Error: {message} (see `{self.prog} --help`)\n")
+
+
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ladle", description="Run and serve large language models.")
+    parser = _Parser(prog="ladle", description="Run and serve large language models.")
     parser.add_argument("--version", "-v", action="version", version=f"ladle version {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -36,7 +44,13 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # `ladle run MODEL --verbose why is the sky blue`: words after a flag are still the prompt.
+        if getattr(args, "command", None) == "run" and not any(word.startswith("-") for word in extra):
+            args.prompt = [*args.prompt, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     handler = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()

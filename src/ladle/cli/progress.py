@@ -16,6 +16,8 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from ladle.cli.format import human_bytes
+
 
 def show_progress(events: Iterable[dict[str, Any]], console: Console | None = None) -> dict[str, Any] | None:
     """Print each status line once and one bar per blob (`pulling <digest12>` with total/completed), like
@@ -30,7 +32,8 @@ def show_progress(events: Iterable[dict[str, Any]], console: Console | None = No
         TimeRemainingColumn(),
     )
     bars: dict[str, TaskID] = {}
-    progress: Progress | None = None  # started at the first bar, so a failed pull prints no empty bar area
+    done: set[str] = set()
+    progress: Progress | None = None  # live bars while blobs download (on a terminal)
     last: dict[str, Any] | None = None
     last_status = None
     try:
@@ -39,15 +42,25 @@ def show_progress(events: Iterable[dict[str, Any]], console: Console | None = No
             status = str(event.get("status", ""))
             digest = event.get("digest")
             if digest and event.get("total"):
+                total, completed = int(event["total"]), int(event.get("completed") or 0)
+                if not console.is_terminal:  # a log or a pipe: one line per blob, when it is complete
+                    if completed >= total and digest not in done:
+                        done.add(digest)
+                        console.print(f"{status}: 100% {human_bytes(total)}", soft_wrap=True)
+                    continue
                 if progress is None:
-                    progress = Progress(*columns, console=console, auto_refresh=console.is_terminal)
+                    progress = Progress(*columns, console=console)
                     progress.start()
                 task = bars.get(digest)
                 if task is None:
-                    task = progress.add_task(status, total=int(event["total"]))
+                    task = progress.add_task(status, total=total)
                     bars[digest] = task
-                progress.update(task, completed=int(event.get("completed") or 0))
+                progress.update(task, completed=completed)
             elif status and status != last_status:
+                if progress is not None:  # the downloads are over: leave the bars above what follows
+                    progress.stop()
+                    progress = None
+                    bars.clear()
                 console.print(status, soft_wrap=True)
             last_status = status
     finally:

@@ -101,7 +101,9 @@ def run(args: argparse.Namespace) -> None:
     prompts = list(args.prompt)
     interactive = sys.stdin.isatty()
     if not interactive:
-        prompts.insert(0, sys.stdin.read())
+        piped = sys.stdin.read()
+        if piped or not prompts:
+            prompts.insert(0, piped)
     interactive = interactive and not prompts
     session = Session(model=args.model, verbose=args.verbose, keep_alive=args.keepalive)
     with connect() as client:

@@ -36,6 +36,16 @@ class ResolvedModel:
     local: LocalModel | None = None  # the store's model (template, params, system, licenses), if any
 
 
+def path_exists(model: str) -> bool:
+    """Whether `model` names an existing file or folder (False for names no file system can hold)."""
+    if not model:
+        return False
+    try:
+        return Path(model).expanduser().exists()
+    except (OSError, ValueError):  # too long, NUL bytes
+        return False
+
+
 def looks_like_path(model: str) -> bool:
     return model.startswith(("/", "./", "../", "~", ".\\")) or model.endswith(".gguf") or "\\" in model
 
@@ -43,7 +53,7 @@ def looks_like_path(model: str) -> bool:
 def model_key(model: str, store: Store | None = None) -> str:
     """The id a reference is served under, without touching the network: `stories` and `stories:latest` are
     one model. Raises InvalidModelName for a name that can never resolve."""
-    if Path(model).expanduser().exists() or looks_like_path(model):
+    if path_exists(model) or looks_like_path(model):
         return model
     from ladle.store import Store
 
@@ -58,9 +68,8 @@ def resolve_model(
     progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> ResolvedModel:
     """Resolve `model` (see the module docstring); `progress` receives /api/pull events if it pulls."""
-    path = Path(model).expanduser()
-    if model and path.exists():
-        return ResolvedModel(name=model, path=str(path))
+    if path_exists(model):
+        return ResolvedModel(name=model, path=str(Path(model).expanduser()))
     if looks_like_path(model):
         raise FileNotFoundError(f"model {model!r} not found: no such file or folder")
     if model in (DEMO_NAME, f"{DEMO_NAME}:latest"):

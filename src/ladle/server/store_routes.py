@@ -21,6 +21,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from ladle.models_hub.resolve import path_exists
 from ladle.server.errors import ApiError, bad_request
 from ladle.server.state import server_state
 from ladle.server.streams import ndjson
@@ -479,7 +480,7 @@ async def show(body: ShowRequest, request: Request) -> Any:
         from ladle.server import ollama_models_routes
 
         return await ollama_models_routes.show(ollama_models_routes.ShowRequest(model=name), request)
-    if not Path(name).expanduser().exists():
+    if not path_exists(name):
         try:
             local = await asyncio.to_thread(manager.store.resolve, name)
         except (StoreError, ValueError) as exc:

@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> None:
         if not interactive:
             generate_once(client, session, " ".join(prompts))
             return
-        session.messages = list(info.get("messages") or [])
+        # The model's own MESSAGEs and SYSTEM are added by the server (as Ollama's does), not repeated here.
         load(client, session)
         chat_loop(client, session, info)
 
@@ -314,7 +314,7 @@ def command(client: Client, session: Session, info: dict[str, Any], line: str) -
         print(f"Loading model '{words[1]}'")
         new_info = ensure_model(client, words[1])
         session.model = words[1]
-        session.messages = list(new_info.get("messages") or [])
+        session.messages = []
         session.system = None
         session.options = {}
         load(client, session)

@@ -39,6 +39,14 @@ def _build_parser() -> argparse.ArgumentParser:
     tp = bench_sub.add_parser("throughput", help="offline throughput (like vllm bench throughput)")
     throughput.add_arguments(tp)
     tp.set_defaults(handler=throughput.run)
+
+    from ladle.bench import serve as bench_serve
+
+    bs = bench_sub.add_parser(
+        "serve", help="load a running server through its OpenAI route (like vllm bench serve)"
+    )
+    bench_serve.add_arguments(bs)
+    bs.set_defaults(handler=bench_serve.run)
     return parser
 
 

@@ -113,6 +113,8 @@ class AsyncEngine:
         request, which the loop applies at its next step (freeing its KV blocks)."""
         if self.dead_error is not None:
             raise EngineDeadError(f"the engine stopped after an error: {self.dead_error}")
+        if self._stopping:
+            raise EngineDeadError("the engine was shut down (its model was unloaded)")
         if self.num_in_flight >= self.engine.config.max_num_seqs + self.max_queue:
             raise QueueFullError(
                 f"the server is busy: {self.num_in_flight} requests in flight (queue limit {self.max_queue})"

@@ -140,7 +140,16 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     first, outputs = primed
     if body.stream:
         return StreamingResponse(
-            _completion_stream(body, model.name, request_id, created, inputs, outputs, request.url.path),
+            _completion_stream(
+                body,
+                model.name,
+                request_id,
+                created,
+                inputs,
+                outputs,
+                request.url.path,
+                model.tokenizer is None,
+            ),
             media_type="text/event-stream",
         )
     result = await cancel_on_disconnect(
@@ -191,8 +200,10 @@ async def _completion_full(body, model_name, request_id, created, inputs, output
 
 
 async def _completion_stream(
-    body, model_name, request_id, created, inputs, outputs, path
+    body, model_name, request_id, created, inputs, outputs, path, no_text: bool
 ) -> AsyncIterator[str]:
+    # A model served without a tokenizer (dummy-weight benchmarks) makes no text: send each step's
+    # tokens anyway, so streaming clients still see every step.
     include_usage = body.include_usage()
     n = body.n
     done = set()
@@ -224,7 +235,7 @@ async def _completion_stream(
                     text = (inputs[i][0] or "") + text
                 finished = c.finish_reason is not None
                 completion_tokens += len(ids)
-                if not text and not finished and not (ids and body.logprobs is not None):
+                if not text and not finished and not (ids and (body.logprobs is not None or no_text)):
                     continue
                 logprobs = None
                 if body.logprobs is not None and c.logprobs is not None and ids:

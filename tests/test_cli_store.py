@@ -214,4 +214,4 @@ def test_http_errors_are_400_or_404_with_an_error_field(pulled: Ladle) -> None:
         error = response.json()["error"]
         assert isinstance(error, str) and error and "\n" not in error
     unreachable = httpx.post(url + "/api/pull", json={"model": "127.0.0.1:9/library/x"}, timeout=30)
-    assert unreachable.status_code == 502 and "connection refused" in unreachable.json()["error"]
+    assert unreachable.status_code == 404 and "connection refused" in unreachable.json()["error"]

@@ -3,7 +3,8 @@ and the store-aware /api/tags, /api/show, /api/ps (which take precedence over th
 ollama_models_routes, still used for models loaded by path).
 
 Shapes are Ollama's, so the official `ollama` client parses them. Errors are {"error": "..."}: 400 for a bad
-name or Modelfile, 404 for a missing model, 502 when the registry can't be reached or fails.
+name or Modelfile, 404 for a missing model, also when a pull fails (not in the registry, registry
+unreachable, a broken download).
 """
 
 from __future__ import annotations
@@ -113,7 +114,9 @@ def _store_error(exc: Exception) -> ApiError:
     if isinstance(exc, ReadOnlyModel):
         return ApiError(400, message)
     if isinstance(exc, PullError):
-        return ApiError(404 if "not found" in message else 502, message)
+        # Not found there, or no registry to ask: either way this server has no such model to give. (Not
+        # a 5xx: the server itself is fine, and clients treat 5xx as "retry".)
+        return ApiError(404, message)
     return ApiError(400, message)
 
 

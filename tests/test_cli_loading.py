@@ -134,10 +134,14 @@ def test_two_models_loaded_at_once_keep_alive_and_stop(tmp_path_factory, folders
 
 
 def test_max_loaded_models_swaps_on_demand(tmp_path_factory, folders, reference) -> None:
+    from ladle.store import Store
+
     ladle = make_env(tmp_path_factory.mktemp("swap-home"), free_port(), LADLE_MAX_LOADED_MODELS="1")
-    with serve(ladle):
-        for name, folder in folders.items():
-            create(ladle, name, folder)
+    store = Store(ladle.home, ollama_dirs=[])
+    for name, folder in folders.items():
+        store.create(name, f"FROM {folder}")
+    with serve(ladle, "tiny-b"):  # `ladle serve NAME` with a store name: loaded before /health says ready
+        assert set(loaded(ladle)) == {"tiny-b:latest"}
         for name in ["tiny-a", "tiny-b", "tiny-a", "tiny-b"]:
             assert generate(ladle, name)["response"] == reference[name]
             assert set(loaded(ladle)) == {f"{name}:latest"}

@@ -138,6 +138,24 @@ def test_interactive_chat(ladle: Ladle) -> None:
         assert generated_tokens(ladle) == stopped_at  # aborted on the server, not just hidden
         assert 0 < stopped_at - before < 2500
 
+        # /save keeps the session (system, parameters, messages) as a new model; /load switches to it
+        child.sendline("/set system Talk like a pirate.")
+        child.expect_exact("Set system message.")
+        child.expect_exact(">>> ")
+        child.sendline("/save pirate")
+        child.expect_exact("Created new model 'pirate'")
+        child.expect_exact(">>> ")
+        saved = httpx.post(ladle.url + "/api/show", json={"model": "pirate"}, timeout=30).json()
+        assert saved["system"] == "Talk like a pirate."
+        assert f"{'num_predict':<30} 3000" in saved["parameters"]
+        assert [m["content"] for m in saved["messages"][:2]] == ["Hello there", first]
+        child.sendline("/load pirate")
+        child.expect_exact("Loading model 'pirate'")
+        child.expect_exact(">>> ")
+        child.sendline("/show system")
+        child.expect_exact("Talk like a pirate.")
+        child.expect_exact(">>> ")
+
         child.sendline("/clear")
         child.expect_exact("Cleared session context")
         child.expect_exact(">>> ")

@@ -152,6 +152,37 @@ def test_the_official_ollama_client(pulled: Ladle, registry, tiny_model_factory)
     assert "tiny-chat:latest" not in {m.model for m in client.ps().models}
 
 
+def test_create_from_a_modelfile(pulled: Ladle, tiny_model_factory) -> None:
+    folder, _ = tiny_model_factory("llama")
+    workdir = pulled.home / "work"
+    (workdir / "sub").mkdir(parents=True, exist_ok=True)
+    link = workdir / "sub" / "weights"
+    if not link.exists():
+        link.symlink_to(folder, target_is_directory=True)
+    # FROM is relative to the Modelfile's folder, not to where `ladle create` runs
+    (workdir / "sub" / "Modelfile").write_text(
+        'FROM ./weights\nPARAMETER temperature 0.2\nPARAMETER stop "<|end|>"\nSYSTEM """Be brief."""\n'
+        "LICENSE MIT\nMESSAGE user hi\nMESSAGE assistant hello\n"
+    )
+    created = pulled.run("create", "made", "-f", str(workdir / "sub" / "Modelfile"))
+    assert created.returncode == 0, created.stderr
+    assert created.stderr.splitlines()[0] == "gathering model components"
+    assert created.stderr.splitlines()[-1] == "success"
+    shown = httpx.post(pulled.url + "/api/show", json={"model": "made"}, timeout=30).json()
+    assert shown["system"] == "Be brief." and shown["license"] == "MIT"
+    assert shown["messages"] == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    assert shown["parameters"].splitlines() == [f"{'temperature':<30} 0.2", f'{"stop":<30} "<|end|>"']
+    assert pulled.call("show", "made", "--system").stdout == "Be brief.\n"
+
+    # Ollama's older form: the Modelfile text itself
+    body = {"model": "made-too", "modelfile": "FROM made\nSYSTEM Be verbose.", "stream": False}
+    response = httpx.post(pulled.url + "/api/create", json=body, timeout=30)
+    assert response.status_code == 200 and response.json() == {"status": "success"}
+    shown = httpx.post(pulled.url + "/api/show", json={"model": "made-too"}, timeout=30).json()
+    assert shown["system"] == "Be verbose." and "temperature" in shown["parameters"]
+    assert shown["details"]["parent_model"] == "made:latest"
+
+
 def test_bad_names_missing_models_and_registry_errors_are_one_line(pulled: Ladle) -> None:
     long_name = "a" * 300
     for args, fragment in [

@@ -441,7 +441,10 @@ class ModelManager:
                     model.touch()  # still answering: its keep_alive starts when it is done
                     continue
                 if model.expires_at is not None and now >= model.expires_at and not model.is_busy:
-                    await self.unload_async(model.name)
+                    try:
+                        await self.unload_async(model.name)
+                    except Exception:  # noqa: BLE001 - one bad unload must not stop expiry for the rest
+                        logger.exception("unloading %s failed", model.name)
 
     def shutdown(self) -> None:
         if self._reaper is not None:

@@ -103,7 +103,8 @@ def go_template_to_jinja(template: str) -> str | None:
     if "{{ Response }}" not in body:
         body += "{{ Response }}"  # as Ollama's template parser does for templates without it
     prompt_only = body.partition("{{ Response }}")[0]
-    # Ollama's legacy chat: the system prompt goes with the first turn; each user message is a Prompt and
+    # `+` on the tags next to the template's own text: the renderer's trim_blocks / lstrip_blocks must not
+    # eat its newlines (Go templates keep them). Ollama's legacy chat: the system prompt goes with the first turn; each user message is a Prompt and
     # the next assistant message its Response; the final turn is cut at {{ .Response }}.
     return (
         "{%- set ns = namespace(system='', turns=[], prompt=none) -%}"
@@ -117,10 +118,10 @@ def go_template_to_jinja(template: str) -> str | None:
         "{%- endfor -%}"
         "{%- for t in ns.turns -%}"
         "{%- set System = ns.system if loop.first else '' -%}{%- set Prompt = t[0] -%}"
-        "{%- set Response = t[1] -%}" + body + "{%- endfor -%}"
+        "{%- set Response = t[1] +%}" + body + "{%+ endfor -%}"
         "{%- if ns.prompt is not none or add_generation_prompt and not ns.turns -%}"
         "{%- set System = ns.system if not ns.turns else '' -%}{%- set Prompt = ns.prompt or '' -%}"
-        "{%- set Response = '' -%}" + prompt_only + "{%- endif -%}"
+        "{%- set Response = '' +%}" + prompt_only + "{%+ endif -%}"
     )
 
 
@@ -142,16 +143,16 @@ def _translate(template: str) -> str | None:
         if action in _FIELDS:
             out.append("{{ " + _FIELDS[action] + " }}")
         elif action.startswith("if ") and action[3:].strip() in _FIELDS:
-            out.append("{% if " + _FIELDS[action[3:].strip()] + " %}")
+            out.append("{%+ if " + _FIELDS[action[3:].strip()] + " +%}")
             depth += 1
         elif action == "else":
             if depth == 0:
                 return None
-            out.append("{% else %}")
+            out.append("{%+ else +%}")
         elif action == "end":
             if depth == 0:
                 return None
-            out.append("{% endif %}")
+            out.append("{%+ endif +%}")
             depth -= 1
         elif action.startswith("/*") and action.endswith("*/"):
             continue

@@ -158,7 +158,9 @@ def test_max_loaded_models_swaps_on_demand(tmp_path_factory, folders, reference)
 
 def test_pulled_gguf_runs(tmp_path_factory) -> None:
     """stories260K pulled from the loopback registry answers like llama.cpp (MODELS.md's reference)."""
-    pytest.importorskip("ladle.loader.gguf_loader", reason="GGUF loading has not landed on this branch yet")
+    loader = pytest.importorskip("ladle.loader.gguf_loader", reason="GGUF loading has not landed here yet")
+    if not hasattr(loader, "open_gguf_checkpoint"):
+        pytest.skip("GGUF loading has not landed here yet (no open_gguf_checkpoint)")
     with RegistryServer() as registry:
         registry.add_model("stories")
         ladle = make_env(tmp_path_factory.mktemp("gguf-home"), free_port(), LADLE_REGISTRY=registry.url)

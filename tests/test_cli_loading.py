@@ -170,3 +170,34 @@ def test_pulled_gguf_runs(tmp_path_factory) -> None:
             assert "success" in one_shot.stderr and one_shot.stdout.strip()
             answer = generate(ladle, "stories", options={"temperature": 0, "num_predict": 24})
             assert answer["response"].startswith(", there was a little girl named Lily. She loved to play")
+
+
+def test_short_memory_unloads_the_idle_model_that_expires_soonest(folders, tmp_path, monkeypatch) -> None:
+    """In-process ModelManager: with memory reported short once, loading a third model unloads the idle
+    model whose keep_alive ends first, and only that one."""
+    from ladle.models_hub import manager as manager_module
+    from ladle.store import Store
+
+    torch.set_num_threads(1)
+    monkeypatch.delenv("LADLE_MAX_LOADED_MODELS", raising=False)
+    manager = manager_module.ModelManager(
+        manager_module.EngineOptions(max_num_seqs=4), store=Store(tmp_path, ollama_dirs=[])
+    )
+    free_memory = iter([])  # plenty, until the test says otherwise
+    monkeypatch.setattr(manager_module, "_available_memory", lambda device: next(free_memory, 1 << 40))
+    a, b = str(folders["tiny-a"]), str(folders["tiny-b"])
+    third = a + "/."  # the same weights under another served name
+
+    async def scenario() -> set[str]:
+        for name, keep_alive in ((a, "10m"), (b, "1m")):
+            model = await manager.get(name, keep_alive)
+            model.handed_out_at = 0.0  # its request is over
+        nonlocal free_memory
+        free_memory = iter([0])  # short when the third model asks, plenty once one model is gone
+        await manager.get(third)
+        return set(manager.models)
+
+    try:
+        assert asyncio.run(scenario()) == {a, third}
+    finally:
+        manager.shutdown()

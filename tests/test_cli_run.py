@@ -198,3 +198,18 @@ def test_one_shot_with_piped_stdin_prints_only_the_answer(ladle: Ladle) -> None:
     assert verbose.stdout == result.stdout
     assert re.search(r"eval count: +8 token\(s\)", verbose.stderr)
     assert "prompt eval count:" in verbose.stderr and "eval rate:" in verbose.stderr
+
+
+def test_the_models_system_prompt_applies_to_both_apis(ladle: Ladle) -> None:
+    """The manifest's SYSTEM is the default system prompt on /api/chat and /v1/chat/completions alike."""
+    user = [{"role": "user", "content": "Who are you?"}]
+    with_system = api_chat(ladle, [{"role": "system", "content": SYSTEM}, *user])
+    assert api_chat(ladle, user) == with_system
+    response = httpx.post(
+        ladle.url + "/v1/chat/completions",
+        json={"model": MODEL, "messages": user, "temperature": 0},  # max_tokens: the model's num_predict 8
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    choice = response.json()["choices"][0]
+    assert choice["message"]["content"] == with_system and response.json()["usage"]["completion_tokens"] == 8

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ladle.engine.async_engine import AsyncEngine
+from ladle.engine.async_engine import AsyncEngine, EngineDeadError
 from ladle.models_hub.keep_alive import DEFAULT_KEEP_ALIVE_SECONDS, parse_keep_alive
 from ladle.outputs import RequestOutput
 from ladle.sampling_params import SamplingParams
@@ -55,6 +55,10 @@ class ModelNotFoundError(LookupError):
         )
         super().__init__(message)
         self.name = name
+
+
+class ModelLoadError(EngineDeadError):
+    """A model that resolves but fails to load: the server answers 503 with this one-line message."""
 
 
 @dataclass
@@ -316,6 +320,12 @@ class ModelManager:
             except ValueError as exc:
                 # A path that exists but is not a model we can open: still "not found" as a model.
                 raise ModelNotFoundError(name, str(exc)) from None
+            except Exception as exc:  # noqa: BLE001 - out of memory, a missing kernel, a loader bug ...
+                logger.exception("loading %s failed", name)
+                reason = str(exc).splitlines()[0] if str(exc) else ""
+                raise ModelLoadError(
+                    f"could not load model '{name}': {type(exc).__name__}: {reason}"
+                ) from None
             model = LoadedModel(
                 name=name,
                 path=path,

@@ -280,7 +280,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     model = await state.manager.get(body.model)
     text, ids = await prompts.render_chat(
         model,
-        body.template_messages(),
+        model.with_model_messages(body.template_messages()),  # a store model's SYSTEM / MESSAGEs, as Ollama
         add_generation_prompt=body.add_generation_prompt and not body.continue_final_message,
         chat_template=body.chat_template,
         template_kwargs=body.chat_template_kwargs,

@@ -93,7 +93,8 @@ class AsyncEngine:
 
     @property
     def is_dead(self) -> bool:
-        return self.dead_error is not None
+        # A tensor-parallel worker can die while the engine is idle; the engine knows at once (/health: 503).
+        return self.dead_error is not None or not self.engine.is_healthy()
 
     @property
     def num_in_flight(self) -> int:
@@ -148,6 +149,7 @@ class AsyncEngine:
             self._stopping = True
             self._wakeup.notify()
         self._thread.join(timeout)
+        self.engine.shutdown()  # stops tensor-parallel workers (nothing to do for one device)
 
     def _submit(self, kind: str, payload: Any) -> None:
         with self._wakeup:

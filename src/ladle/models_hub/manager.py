@@ -72,6 +72,9 @@ class EngineOptions:
     max_num_batched_tokens: int = 2048
     load_format: str = "auto"
     seed: int = 0
+    tensor_parallel_size: int = 1  # GPUs per engine (--tensor-parallel-size)
+    distributed_executor_backend: str = "mp"  # mp: processes on this host; ray: a Ray cluster
+    data_parallel_size: int = 1  # engine replicas per model behind this server (--data-parallel-size)
     # LADLE_MAX_QUEUE: requests allowed to wait beyond the running slots before answering 503.
     max_queue: int = field(default_factory=lambda: int(os.environ.get("LADLE_MAX_QUEUE", "512")))
 
@@ -388,6 +391,8 @@ class ModelManager:
             max_num_batched_tokens=opts.max_num_batched_tokens,
             load_format=opts.load_format,
             seed=opts.seed,
+            tensor_parallel_size=opts.tensor_parallel_size,
+            distributed_executor_backend=opts.distributed_executor_backend,
         )
         on_finished = self.on_finished
 
@@ -398,6 +403,16 @@ class ModelManager:
             if on_finished is not None:
                 on_finished(name, output)
 
+        if opts.data_parallel_size > 1:
+            from ladle.engine.replicas import ReplicaPool, replica_configs
+
+            # One AsyncEngine face over K replicas (least-loaded routing), each on its own devices.
+            return ReplicaPool(  # type: ignore[return-value]
+                [
+                    AsyncEngine(LLMEngine(c), max_queue=opts.max_queue, on_finished=hook)
+                    for c in replica_configs(config, opts.data_parallel_size)
+                ]
+            )
         return AsyncEngine(LLMEngine(config), max_queue=opts.max_queue, on_finished=hook)
 
     # ---- unloading -----------------------------------------------------------------------------------

@@ -204,3 +204,23 @@ def test_dropping_the_engine_stops_its_workers(tiny_model_factory):
     gc.collect()
     for proc in procs:
         assert proc.wait(timeout=30) == 0  # told to stop, not killed
+
+
+@pytest.mark.timeout(120)
+def test_hung_worker_times_out_instead_of_hanging(tiny_model_factory):
+    """A worker that stops responding (SIGSTOP) without dying: rank 0's collective times out."""
+    import datetime
+
+    folder, _ = tiny_model_factory("llama")
+    llm = LLM(str(folder), tensor_parallel_size=2)
+    engine = llm.llm_engine
+    try:
+        engine.runner.group.pg.set_timeout(datetime.timedelta(seconds=3))  # LADLE_TP_TIMEOUT_S, shortened
+        os.kill(engine.runner.launcher.procs[1].pid, signal.SIGSTOP)
+        start = time.monotonic()
+        with pytest.raises(WorkerDiedError, match="out of step"):
+            llm.generate([{"prompt_token_ids": [5, 6, 7]}], SamplingParams(max_tokens=4, ignore_eos=True))
+        assert time.monotonic() - start < 30
+        assert not engine.is_healthy()
+    finally:
+        engine.shutdown()  # kills the stopped worker after its grace period

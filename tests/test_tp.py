@@ -223,4 +223,5 @@ def test_hung_worker_times_out_instead_of_hanging(tiny_model_factory):
         assert time.monotonic() - start < 30
         assert not engine.is_healthy()
     finally:
-        engine.shutdown()  # kills the stopped worker after its grace period
+        os.kill(engine.runner.launcher.procs[1].pid, signal.SIGKILL)  # else shutdown waits out its grace period
+        engine.shutdown()

@@ -141,6 +141,17 @@ def test_quantized_weight_is_dequantized_then_sharded():
 
     part = shard_tensor(FakeQuant(), (1, 3, 6, 3), torch.float32)
     assert torch.equal(part, torch.arange(24, dtype=torch.float32).view(4, 6)[:, 3:6])
+
+    class FakeRows(FakeQuant):  # GGUF weights can take a block of their rows and stay quantized
+        def rows(self, index):
+            kept = FakeRows()
+            kept.dense = self.dense[index]
+            return kept
+
+    rows = shard_tensor(FakeRows(), (0, 2, 4, 2), torch.float32)
+    assert isinstance(rows, FakeRows) and torch.equal(rows.dense, torch.arange(12, 24.0).view(2, 6))
+    cols = shard_tensor(FakeRows(), (1, 0, 3, 3), torch.float32)  # columns: dequantized fallback
+    assert isinstance(cols, torch.Tensor) and cols.shape == (4, 3)
     padded = shard_tensor(torch.ones(3, 2), (0, 2, 3, 2), torch.float32)
     assert padded.tolist() == [[1.0, 1.0], [0.0, 0.0]]
 
@@ -223,5 +234,7 @@ def test_hung_worker_times_out_instead_of_hanging(tiny_model_factory):
         assert time.monotonic() - start < 30
         assert not engine.is_healthy()
     finally:
-        os.kill(engine.runner.launcher.procs[1].pid, signal.SIGKILL)  # else shutdown waits out its grace period
+        os.kill(
+            engine.runner.launcher.procs[1].pid, signal.SIGKILL
+        )  # else shutdown waits out its grace period
         engine.shutdown()

@@ -145,13 +145,19 @@ def _pad(tensor: torch.Tensor, shard: Shard) -> torch.Tensor:
 
 
 def shard_tensor(weight: Any, shard: Shard, dtype: torch.dtype) -> Any:
-    """This rank's part of a full weight already in memory. A quantized weight that can slice itself
-    (`shard(dim, start, end)`) stays quantized; otherwise it is dequantized, then sliced (documented
-    fallback: memory and speed of the dense form for that layer)."""
+    """This rank's part of a full weight already in memory.
+
+    A quantized weight stays quantized when it can slice itself: `shard(dim, start, end)`, or for a block of
+    output rows (column-parallel layers, the vocabulary) `rows(index)`, which GGUF weights have. Otherwise
+    (row-parallel o_proj/down_proj, whose columns cut through quantization blocks, or a padded vocabulary
+    shard) it is dequantized, then sliced: correct, at the dense form's memory and speed for that layer."""
     dim, start, end, _ = shard
     if is_quantized(weight):
-        if hasattr(weight, "shard") and end - start == shard[3]:
+        whole = end - start == shard[3]
+        if whole and hasattr(weight, "shard"):
             return weight.shard(dim, start, end)
+        if whole and dim == 0 and hasattr(weight, "rows"):
+            return weight.rows(torch.arange(start, end))
         weight = weight.dequantize(dtype)
     return _pad(weight.narrow(dim, start, end - start).contiguous(), shard)
 

@@ -120,6 +120,11 @@ def test_two_models_loaded_at_once_keep_alive_and_stop(tmp_path_factory, folders
         assert generate(ladle, "tiny-a", keep_alive=0)["response"] == reference["tiny-a"]
         assert wait_until(lambda: "tiny-a:latest" not in loaded(ladle), timeout=5)
 
+        # the same through `ladle run --keepalive`
+        one_shot = ladle.call("run", "tiny-a", "--keepalive", "0", PROMPT)
+        assert one_shot.returncode == 0, one_shot.stderr
+        assert wait_until(lambda: "tiny-a:latest" not in loaded(ladle), timeout=5)
+
         # a short keep_alive expires; a negative one never does
         generate(ladle, "tiny-a", keep_alive="1s")
         generate(ladle, "tiny-b", keep_alive=-1)

@@ -285,9 +285,14 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
         chat_template=body.chat_template,
         template_kwargs=body.chat_template_kwargs,
     )
-    if body.continue_final_message and text.rstrip().endswith(model.tokenizer.eos_token or "\0"):
-        # Let the model go on writing the last assistant message rather than starting a new turn.
-        text = text.rstrip()[: -len(model.tokenizer.eos_token)]
+    if body.continue_final_message:
+        # Let the model go on writing the last message: cut what the template put after its content (the
+        # end-of-turn marker), as vLLM does.
+        final = str(body.template_messages()[-1]["content"])
+        cut = text.rfind(final) if final else -1
+        if cut == -1:
+            raise ApiError(400, "continue_final_message: the final message's content is not in the prompt")
+        text = text[: cut + len(final)]
         ids = await prompts.encode(model, text, add_special_tokens=False)
     defaults = model.default_sampling_values()
     param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"

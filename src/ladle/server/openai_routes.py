@@ -98,10 +98,6 @@ def _error_event(path: str, exc: BaseException) -> str:
     return sse(error_body(path, status, str(exc)))
 
 
-def _finish_reason(reason: str | None) -> str | None:
-    return reason
-
-
 async def _start(
     model: LoadedModel, inputs: list[tuple[str | None, list[int]]], params_list, prefix: str
 ) -> AsyncIterator[tuple[int, RequestOutput]]:
@@ -183,7 +179,7 @@ async def _completion_full(body, model_name, request_id, created, inputs, output
                     "index": i * body.n + c.index,
                     "text": (prompt_text if body.echo else "") + c.text,
                     "logprobs": logprobs,
-                    "finish_reason": _finish_reason(c.finish_reason),
+                    "finish_reason": c.finish_reason,
                     "stop_reason": c.stop_reason,
                 }
             )
@@ -250,7 +246,7 @@ async def _completion_stream(
                         "index": index,
                         "text": text,
                         "logprobs": logprobs,
-                        "finish_reason": _finish_reason(c.finish_reason),
+                        "finish_reason": c.finish_reason,
                         "stop_reason": c.stop_reason if finished else None,
                     }
                 )
@@ -329,7 +325,7 @@ async def _chat_full(body, model_name, request_id, created, outputs) -> dict[str
                 "index": c.index,
                 "message": {"role": "assistant", "content": c.text, "tool_calls": []},
                 "logprobs": logprobs,
-                "finish_reason": _finish_reason(c.finish_reason),
+                "finish_reason": c.finish_reason,
                 "stop_reason": c.stop_reason,
             }
         )
@@ -384,7 +380,7 @@ async def _chat_stream(
                 if finished:
                     done.add(c.index)
                 delta = {"content": text} if text or not finished else {}
-                yield chunk(c.index, delta, logprobs, _finish_reason(c.finish_reason))
+                yield chunk(c.index, delta, logprobs, c.finish_reason)
         if include_usage:
             yield sse(
                 {

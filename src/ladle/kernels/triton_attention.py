@@ -49,6 +49,10 @@ def _write_kv_kernel(
         tl.store(v_cache_ptr + slot * ROW + offs, v.to(v_cache_ptr.dtype.element_ty), mask=mask)
 
 
+def _dot_precision(q: torch.Tensor) -> str:
+    return "ieee" if q.dtype == torch.float32 else "tf32"
+
+
 def write_kv_cache(
     k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor
 ) -> None:
@@ -97,6 +101,7 @@ def _prefill_kernel(
     BLOCK_N: tl.constexpr,  # keys per iteration
     BLOCK_SIZE: tl.constexpr,  # KV-cache block size (tokens)
     USE_WINDOW: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,  # "ieee" for float32 caches (exact tests), else "tf32" (unused for bf16)
 ):
     work = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -144,7 +149,7 @@ def _prefill_kernel(
         kv_offs = (slot * NUM_KV_HEADS + kv_head)[:, None] * HEAD_DIM + d[None, :]
         kv_mask = n_valid[:, None] & d_valid[None, :]
         k = tl.load(k_cache_ptr + kv_offs, mask=kv_mask, other=0.0)
-        s = tl.dot(q, tl.trans(k)) * scale_log2
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
         visible = (n[None, :] <= q_pos[:, None]) & n_valid[None, :]
         if USE_WINDOW:
             visible = visible & (n[None, :] > q_pos[:, None] - window)
@@ -156,7 +161,7 @@ def _prefill_kernel(
         alpha = tl.math.exp2(m_i - m_shift)
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(v_cache_ptr + kv_offs, mask=kv_mask, other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
 
     out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
@@ -233,6 +238,7 @@ def prefill_attention(
         BLOCK_N=block_n,
         BLOCK_SIZE=block_size,
         USE_WINDOW=sliding_window is not None,
+        DOT_PRECISION=_dot_precision(q),
         num_warps=4 if block_d <= 128 else 8,
         num_stages=2,
     )
@@ -268,6 +274,7 @@ def _decode_kernel(
     USE_WINDOW: tl.constexpr,
     SPLIT: tl.constexpr,
     MAX_SPLITS: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -306,14 +313,14 @@ def _decode_kernel(
         kv_mask = n_valid[:, None] & d_valid[None, :]
         k = tl.load(k_cache_ptr + kv_offs, mask=kv_mask, other=0.0)
         v = tl.load(v_cache_ptr + kv_offs, mask=kv_mask, other=0.0)
-        s = tl.dot(q, tl.trans(k)) * scale_log2
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
         s = tl.where(n_valid[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
         p = tl.math.exp2(s - m_shift[:, None])
         alpha = tl.math.exp2(m_i - m_shift)
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
 
     out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
@@ -434,6 +441,7 @@ def decode_attention(
         USE_WINDOW=sliding_window is not None,
         SPLIT=split,
         MAX_SPLITS=MAX_DECODE_SPLITS,
+        DOT_PRECISION=_dot_precision(q),
         num_warps=4,
         num_stages=2,
     )

@@ -20,6 +20,11 @@ def _build_parser() -> argparse.ArgumentParser:
     tp = bench_sub.add_parser("throughput", help="offline throughput (like vllm bench throughput)")
     throughput.add_arguments(tp)
     tp.set_defaults(handler=throughput.run)
+    from ladle.bench import latency
+
+    lat = bench_sub.add_parser("latency", help="decode latency vs the bandwidth roofline, TTFT, batch sweep")
+    latency.add_arguments(lat)
+    lat.set_defaults(handler=latency.run)
     return parser
 
 

@@ -71,6 +71,8 @@ class LLMEngine:
             dummy=config.load_format == "dummy",
             seed=config.seed,
         )
+        if self.device.type == "cuda":
+            model.fuse_weights()
         self.load_seconds = time.perf_counter() - start
         self.runner = ModelRunner(model, self.device, self.dtype, config.block_size)
         self.sampler = Sampler()

@@ -26,7 +26,7 @@ MAX_DECODE_SPLITS = 32
 # --------------------------------------------------------------------------------------------------------
 # KV-cache write (reshape_and_cache)
 # --------------------------------------------------------------------------------------------------------
-@triton.jit
+@triton.jit(do_not_specialize_on_alignment=["slot_ptr"])
 def _write_kv_kernel(
     k_ptr,
     v_ptr,
@@ -74,7 +74,12 @@ def write_kv_cache(
 # --------------------------------------------------------------------------------------------------------
 # Mixed-batch (prefill + decode) attention over the paged cache
 # --------------------------------------------------------------------------------------------------------
-@triton.jit
+# Values that change from step to step (strides, and the alignment of metadata tensors that are slices of
+# one packed buffer) are not specialized on: each new specialization would be a recompile mid-run.
+_STEP_POINTERS = ["block_tables_ptr", "seq_lens_ptr", "query_start_ptr", "work_seq_ptr", "work_qblock_ptr"]
+
+
+@triton.jit(do_not_specialize=["stride_bt", "window"], do_not_specialize_on_alignment=_STEP_POINTERS)
 def _prefill_kernel(
     q_ptr,
     k_cache_ptr,
@@ -247,7 +252,10 @@ def prefill_attention(
 # --------------------------------------------------------------------------------------------------------
 # Decode attention (one new token per sequence), split over the context, and the reduce over splits
 # --------------------------------------------------------------------------------------------------------
-@triton.jit
+@triton.jit(
+    do_not_specialize=["stride_bt", "window", "num_splits"],
+    do_not_specialize_on_alignment=["block_tables_ptr", "seq_lens_ptr"],
+)
 def _decode_kernel(
     q_ptr,
     k_cache_ptr,
@@ -338,7 +346,7 @@ def _decode_kernel(
         )
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_splits"])
 def _decode_reduce_kernel(
     part_ptr,  # [S, H, MAX_SPLITS, D] float32
     lse_ptr,  # [S, H, MAX_SPLITS] float32

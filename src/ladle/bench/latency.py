@@ -36,6 +36,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--peak-bandwidth-gbs", type=float, default=3350.0, help="H100 SXM HBM3: 3350 GB/s")
     p.add_argument("--baseline", choices=["none", "transformers"], default="none")
+    p.add_argument(
+        "--baseline-json",
+        default=None,
+        help="reuse a transformers baseline measured earlier (a latency result JSON, or the baseline's own)",
+    )
     p.add_argument("--attention-backend", default="auto", choices=["auto", "torch", "triton"])
     p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
     p.add_argument("--max-num-seqs", type=int, default=256)
@@ -96,6 +101,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     baseline = None
     if args.baseline == "transformers":
         baseline = _transformers_baseline(model, args)
+    elif args.baseline_json:
+        saved = json.loads(Path(args.baseline_json).read_text())
+        baseline = saved.get("transformers", saved)
 
     rng = random.Random(args.seed)
     t0 = time.perf_counter()

@@ -12,6 +12,8 @@ Importing this module needs Triton; ladle.layers.attention_triton imports it onl
 The torch reference these are tested against is ladle.layers.attention.TorchAttentionBackend.
 """
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -47,6 +49,16 @@ def _write_kv_kernel(
         v = tl.load(v_ptr + t * stride_v_t + offs, mask=mask)
         tl.store(k_cache_ptr + slot * ROW + offs, k.to(k_cache_ptr.dtype.element_ty), mask=mask)
         tl.store(v_cache_ptr + slot * ROW + offs, v.to(v_cache_ptr.dtype.element_ty), mask=mask)
+
+
+def _tile_config(env: str, default: tuple[int, int, int]) -> tuple[int, int, int]:
+    """(BLOCK_N, num_warps, num_stages); LADLE_DECODE_TILES / LADLE_PREFILL_TILES="64,4,2" override the
+    defaults (benchmarks/sweep_attention.py measures the choices)."""
+    value = os.environ.get(env)
+    if not value:
+        return default
+    block_n, warps, stages = (int(x) for x in value.split(","))
+    return block_n, warps, stages
 
 
 def _dot_precision(q: torch.Tensor) -> str:
@@ -213,7 +225,7 @@ def prefill_attention(
     block_size = k_cache.shape[1]
     group = num_heads // num_kv_heads
     block_d = triton.next_power_of_2(head_dim)
-    block_n = 64 if block_d <= 128 else 32
+    block_n, warps, stages = _tile_config("LADLE_PREFILL_TILES", (64, 4, 2) if block_d <= 128 else (32, 8, 2))
     grid = (work_seq.shape[0], num_kv_heads)
     if grid[0] == 0:
         return
@@ -244,8 +256,8 @@ def prefill_attention(
         BLOCK_SIZE=block_size,
         USE_WINDOW=sliding_window is not None,
         DOT_PRECISION=_dot_precision(q),
-        num_warps=4 if block_d <= 128 else 8,
-        num_stages=2,
+        num_warps=warps,
+        num_stages=stages,
     )
 
 
@@ -414,7 +426,7 @@ def decode_attention(
     num_kv_heads = k_cache.shape[2]
     group = num_heads // num_kv_heads
     block_d = triton.next_power_of_2(head_dim)
-    block_n = 64 if block_d <= 128 else 32
+    block_n, warps, stages = _tile_config("LADLE_DECODE_TILES", (64, 4, 2) if block_d <= 128 else (32, 4, 2))
     split = num_splits > 1
     if split:
         part = torch.empty(
@@ -450,8 +462,8 @@ def decode_attention(
         SPLIT=split,
         MAX_SPLITS=MAX_DECODE_SPLITS,
         DOT_PRECISION=_dot_precision(q),
-        num_warps=4,
-        num_stages=2,
+        num_warps=warps,
+        num_stages=stages,
     )
     if split:
         _decode_reduce_kernel[(num_seqs, num_heads)](

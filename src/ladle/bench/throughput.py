@@ -27,6 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-num-batched-tokens", type=int, default=2048)
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--attention-backend", default="auto", choices=["auto", "torch", "triton"])
+    p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
     p.add_argument(
         "--output-json", default=None, help="where to write the JSON result (default benchmarks/results/)"
     )
@@ -48,6 +50,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     model, load_format = model_arguments(args)
     rng = random.Random(args.seed)
+    t0 = time.perf_counter()
     llm = LLM(
         model,
         load_format=load_format,
@@ -57,7 +60,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens,
         seed=args.seed,
+        attention_backend=args.attention_backend,
+        enforce_eager=args.enforce_eager,
     )
+    engine_ready_s = time.perf_counter() - t0
     vocab = llm.llm_engine.arch.vocab_size
     prompts, params = [], []
     for _ in range(args.num_prompts):
@@ -87,6 +93,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "dtype": str(llm.llm_engine.dtype),
         "kv_blocks": llm.llm_engine.kv.num_blocks,
         "preemptions": llm.llm_engine.scheduler.num_preemptions,
+        "attention_backend": llm.llm_engine.attention_backend.name,
+        "cuda_graphs": llm.llm_engine.runner.graphs is not None,
+        "engine_ready_s": round(engine_ready_s, 2),
+        "graph_capture_s": round(llm.llm_engine.graph_capture_seconds, 2),
+        "memory_profile": llm.llm_engine.memory_profile,
     }
     path = write_result("throughput", result, path=args.output_json)
     print(

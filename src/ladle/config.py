@@ -30,6 +30,8 @@ class EngineConfig:
     # Overrides the computed pool size (tests use it to force preemption).
     num_kv_blocks: int | None = None
     attention_backend: str = "auto"  # auto: triton on CUDA when available, else torch
+    # True: no CUDA graphs (every step runs eagerly), as vLLM's option of that name.
+    enforce_eager: bool = False
     tokenizer: str | None = None  # a folder with tokenizer.json, when the model folder has none
 
     def __post_init__(self) -> None:

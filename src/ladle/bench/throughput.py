@@ -27,6 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-num-batched-tokens", type=int, default=2048)
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--attention-backend", default="auto", choices=["auto", "torch", "triton"])
+    p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
     p.add_argument(
         "--tensor-parallel-size", "-tp", type=int, default=1, help="GPUs (or CPU processes) per model"
     )
@@ -54,6 +56,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     model, load_format = model_arguments(args)
     rng = random.Random(args.seed)
+    t0 = time.perf_counter()
     llm = LLM(
         model,
         load_format=load_format,
@@ -65,7 +68,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         seed=args.seed,
         tensor_parallel_size=args.tensor_parallel_size,
         distributed_executor_backend=args.distributed_executor_backend,
+        attention_backend=args.attention_backend,
+        enforce_eager=args.enforce_eager,
     )
+    engine_ready_s = time.perf_counter() - t0
     vocab = llm.llm_engine.arch.vocab_size
     prompts, params = [], []
     for _ in range(args.num_prompts):
@@ -96,6 +102,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "kv_blocks": llm.llm_engine.kv.num_blocks,
         "preemptions": llm.llm_engine.scheduler.num_preemptions,
         "tensor_parallel_size": args.tensor_parallel_size,
+        "attention_backend": llm.llm_engine.attention_backend.name,
+        "cuda_graphs": llm.llm_engine.runner.graphs is not None,
+        "engine_ready_s": round(engine_ready_s, 2),
+        "graph_capture_s": round(llm.llm_engine.graph_capture_seconds, 2),
+        "memory_profile": llm.llm_engine.memory_profile,
     }
     llm.llm_engine.shutdown()
     path = write_result("throughput", result, path=args.output_json)

@@ -192,6 +192,22 @@ def _available_memory(device: str) -> int | None:
     return None
 
 
+def _kv_reserve(device: str) -> int:
+    """Memory a new model needs beyond its weights: room for a useful KV pool and activations. On CUDA an
+    engine sizes its pool from what is free, so without this a second model could start with a pool of a few
+    blocks; a quarter of the card makes the idle model expiring soonest give way instead. On CPU the pool is
+    at most LADLE_CPU_KV_CACHE_BYTES (2 GiB by default)."""
+    try:
+        import torch
+
+        if device in ("auto", "cuda") or device.startswith("cuda:"):
+            if torch.cuda.is_available():
+                return int(torch.cuda.mem_get_info()[1] * 0.25)
+    except Exception:  # noqa: BLE001
+        pass
+    return int(os.environ.get("LADLE_CPU_KV_CACHE_BYTES", 2 << 30)) + (256 << 20)
+
+
 def _max_loaded_models() -> int:
     raw = os.environ.get("LADLE_MAX_LOADED_MODELS", "").strip()
     if not raw:
@@ -358,7 +374,7 @@ class ModelManager:
             )
             await self.unload_async(victim)
         # Weights plus room for activations and the KV pool (the engine sizes its pool from what is left).
-        needed = int(new_model_bytes * 1.2) + (256 << 20)
+        needed = int(new_model_bytes * 1.2) + await asyncio.to_thread(_kv_reserve, self.options.device)
         while self.models:
             free = await asyncio.to_thread(_available_memory, self.options.device)
             if free is None or free >= needed:

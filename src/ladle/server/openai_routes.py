@@ -98,10 +98,6 @@ def _error_event(path: str, exc: BaseException) -> str:
     return sse(error_body(path, status, str(exc)))
 
 
-def _finish_reason(reason: str | None) -> str | None:
-    return reason
-
-
 async def _start(
     model: LoadedModel, inputs: list[tuple[str | None, list[int]]], params_list, prefix: str
 ) -> AsyncIterator[tuple[int, RequestOutput]]:
@@ -183,7 +179,7 @@ async def _completion_full(body, model_name, request_id, created, inputs, output
                     "index": i * body.n + c.index,
                     "text": (prompt_text if body.echo else "") + c.text,
                     "logprobs": logprobs,
-                    "finish_reason": _finish_reason(c.finish_reason),
+                    "finish_reason": c.finish_reason,
                     "stop_reason": c.stop_reason,
                 }
             )
@@ -250,7 +246,7 @@ async def _completion_stream(
                         "index": index,
                         "text": text,
                         "logprobs": logprobs,
-                        "finish_reason": _finish_reason(c.finish_reason),
+                        "finish_reason": c.finish_reason,
                         "stop_reason": c.stop_reason if finished else None,
                     }
                 )
@@ -285,9 +281,14 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
         chat_template=body.chat_template,
         template_kwargs=body.chat_template_kwargs,
     )
-    if body.continue_final_message and text.rstrip().endswith(model.tokenizer.eos_token or "\0"):
-        # Let the model go on writing the last assistant message rather than starting a new turn.
-        text = text.rstrip()[: -len(model.tokenizer.eos_token)]
+    if body.continue_final_message:
+        # Let the model go on writing the last message: cut what the template put after its content (the
+        # end-of-turn marker), as vLLM does.
+        final = str(body.template_messages()[-1]["content"])
+        cut = text.rfind(final) if final else -1
+        if cut == -1:
+            raise ApiError(400, "continue_final_message: the final message's content is not in the prompt")
+        text = text[: cut + len(final)]
         ids = await prompts.encode(model, text, add_special_tokens=False)
     defaults = model.default_sampling_values()
     param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
@@ -324,7 +325,7 @@ async def _chat_full(body, model_name, request_id, created, outputs) -> dict[str
                 "index": c.index,
                 "message": {"role": "assistant", "content": c.text, "tool_calls": []},
                 "logprobs": logprobs,
-                "finish_reason": _finish_reason(c.finish_reason),
+                "finish_reason": c.finish_reason,
                 "stop_reason": c.stop_reason,
             }
         )
@@ -379,7 +380,7 @@ async def _chat_stream(
                 if finished:
                     done.add(c.index)
                 delta = {"content": text} if text or not finished else {}
-                yield chunk(c.index, delta, logprobs, _finish_reason(c.finish_reason))
+                yield chunk(c.index, delta, logprobs, c.finish_reason)
         if include_usage:
             yield sse(
                 {

@@ -11,6 +11,7 @@ same prompts with tensor_parallel_size=1 and 2. float32 must match token for tok
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 import tempfile
@@ -59,6 +60,7 @@ def run(folder: Path, tp: int, dtype: str, max_tokens: int, eager: bool = False)
         dtype=dtype,
         gpu_memory_utilization=0.5,
         max_model_len=1024,
+        max_num_seqs=16,
         **extra,
     )
     prompts = [
@@ -67,7 +69,12 @@ def run(folder: Path, tp: int, dtype: str, max_tokens: int, eager: bool = False)
     ]
     outs = llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True))
     llm.llm_engine.shutdown()
-    return [o.outputs[0].token_ids for o in outs]
+    tokens = [o.outputs[0].token_ids for o in outs]
+    del llm, outs
+    gc.collect()  # free this engine's KV pool before the next one sizes its own from free memory
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return tokens
 
 
 def main() -> int:

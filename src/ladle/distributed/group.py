@@ -83,8 +83,12 @@ def group_from_store(
 ) -> TPGroup:
     if backend == "nccl":
         torch.cuda.set_device(device)
+        # The options torch.distributed's own NCCL groups get (distributed_c10d._new_process_group_helper).
         opts = dist.ProcessGroupNCCL.Options()
+        opts.is_high_priority_stream = False
         opts._timeout = timeout
+        opts.global_ranks_in_group = list(range(world_size))
+        opts.group_name = f"ladle-tp-{store.port if hasattr(store, 'port') else id(store)}"
         pg = dist.ProcessGroupNCCL(dist.PrefixStore("ladle-tp", store), rank, world_size, opts)
     elif backend == "gloo":
         pg = dist.ProcessGroupGloo(dist.PrefixStore("ladle-tp", store), rank, world_size, timeout)

@@ -16,6 +16,7 @@ import torch
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'ladle[ray]')")
 
 from ladle import LLM, SamplingParams  # noqa: E402
+from ladle.distributed.group import WorkerDiedError  # noqa: E402
 
 os.environ.setdefault("LADLE_TP_WORKER_THREADS", "1")
 os.environ.setdefault("LADLE_TP_TIMEOUT_S", "120")
@@ -57,6 +58,14 @@ def test_tp2_on_ray_matches_transformers(ray_cluster, tiny_model_factory):
         assert llm.llm_engine.runner.launcher.actors  # rank 1 really is a Ray actor
         outputs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], GREEDY)
         assert [o.outputs[0].token_ids for o in outputs] == expected
+        # A rank lost with its actor (node failure, OOM kill): the engine says so instead of hanging.
+        ray.kill(llm.llm_engine.runner.launcher.actors[1])
+        deadline = time.monotonic() + 30
+        while llm.llm_engine.is_healthy() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not llm.llm_engine.is_healthy()
+        with pytest.raises(WorkerDiedError, match=r"rank 1 \(Ray actor"):
+            llm.generate([{"prompt_token_ids": PROMPTS[0]}], GREEDY)
     finally:
         llm.llm_engine.shutdown()
 

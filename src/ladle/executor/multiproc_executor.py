@@ -53,6 +53,13 @@ class ProcessLauncher:
         self.procs: dict[int, subprocess.Popen] = {}
 
     def start(self, address: tuple[str, int], authkey: bytes, ranks: list[int], device: torch.device) -> None:
+        if device.type == "cuda":
+            needed = (device.index or 0) + len(ranks) + 1
+            if needed > torch.cuda.device_count():
+                raise ValueError(
+                    f"tensor_parallel_size: {len(ranks) + 1} GPUs from {device} needs {needed} visible GPUs, "
+                    f"this host shows {torch.cuda.device_count()}"
+                )
         env = dict(os.environ, LADLE_WORKER_AUTHKEY=authkey.hex())
         # Keep the engine's import path (tests and source checkouts run with PYTHONPATH or sys.path edits).
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)

@@ -82,7 +82,8 @@ def group_from_store(
     device: torch.device,
 ) -> TPGroup:
     if backend == "nccl":
-        torch.cuda.set_device(device)
+        # "cuda" without an index means the current device (rank 0 in the engine process).
+        torch.cuda.set_device(device.index if device.index is not None else torch.cuda.current_device())
         # The options torch.distributed's own NCCL groups get (distributed_c10d._new_process_group_helper).
         opts = dist.ProcessGroupNCCL.Options()
         opts.is_high_priority_stream = False

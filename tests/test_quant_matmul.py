@@ -143,6 +143,11 @@ def test_ggml_weight_interface() -> None:
     assert y.shape == (2, 3, rows)
     assert (y - ref).abs().max() <= 2e-2 * ref.abs().max()
     assert torch.equal(weight.rows(torch.tensor([5, 1])).dequantize(), dense[[5, 1]])
+    stacked = GGMLWeight.stack([weight, weight.rows(torch.arange(8))])
+    assert stacked is not None and stacked.shape == (48, cols)
+    assert torch.equal(stacked.linear(x), torch.cat([y, weight.linear(x)[..., :8]], dim=-1))
+    other = GGMLWeight(torch.from_numpy(random_weight(Q.Q8_0, 4, cols, seed=5)), Q.Q8_0, (4, cols))
+    assert GGMLWeight.stack([weight, other]) is None
     with pytest.raises(ValueError, match="expected uint8 bytes"):
         GGMLWeight(torch.from_numpy(raw[:, :-1].copy()), qtype, (rows, cols))
 

@@ -7,6 +7,8 @@ only the looked-up rows, so a quantized token embedding never exists in float32 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
@@ -71,6 +73,16 @@ class GGMLWeight:
         """Rows `ids` of W, dequantized: [*ids.shape, in_features] float32."""
         rows = self.raw.index_select(0, ids.reshape(-1).long())
         return dequantize(rows, self.qtype).reshape(*ids.shape, self.shape[1])
+
+    @staticmethod
+    def stack(weights: Sequence[GGMLWeight]) -> GGMLWeight | None:
+        """One weight holding the rows of all of them (e.g. q, k and v, to run one matmul instead of three);
+        None when their formats or input sizes differ (Q4_K_M files mix types within a layer)."""
+        first = weights[0]
+        if any(w.qtype != first.qtype or w.shape[1] != first.shape[1] for w in weights):
+            return None
+        raw = torch.cat([w.raw for w in weights])
+        return GGMLWeight(raw, first.qtype, (raw.shape[0], first.shape[1]))
 
     def rows(self, index: torch.Tensor) -> GGMLWeight:
         """A new weight made of the given rows (e.g. to undo llama.cpp's Q/K row permutation)."""

@@ -45,6 +45,9 @@ def demo_modelfile(gguf_path: Path) -> str:
             f"FROM {gguf_path}",
             f'TEMPLATE """{_chat_template()}"""',
             "PARAMETER stop <end_of_turn>",
+            # A base model rarely emits end-of-sequence: without a cap a one-shot `ladle run demo` would
+            # write until the 32k context is full.
+            "PARAMETER num_predict 128",
             f'LICENSE """{ABOUT}"""',
             f'LICENSE """{GEMMA_TERMS}"""',
         ]

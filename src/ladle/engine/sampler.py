@@ -10,6 +10,7 @@ Order of processing, per row (matching vLLM and Hugging Face where they agree):
     penalty_window        (Ollama's repeat_last_n) 3-4 look only at the last N tokens of prompt + output;
                           frequency/presence count the output tokens among those. 0 = no penalties,
                           None or -1 = everything.
+ 4b. grammar bitmask     rows under structured outputs: tokens the grammar does not allow -> -inf.
  5. greedy rows (temperature < 1e-5) take the argmax here; the lowest index wins a tie.
  6. temperature           divide.
  7. top_k                 keep the k largest (and any tied with the k-th).
@@ -51,6 +52,7 @@ class _StepPlan:
     greedy_rows: list[int] = field(default_factory=list)
     random_rows: list[int] = field(default_factory=list)
     logprob_rows: list[int] = field(default_factory=list)
+    grammar_rows: list[int] = field(default_factory=list)
     logit_bias: bool = False
     min_tokens: bool = False
     penalties: bool = False
@@ -63,6 +65,8 @@ class _StepPlan:
             (plan.greedy_rows if p.greedy else plan.random_rows).append(i)
             if p.logprobs is not None:
                 plan.logprob_rows.append(i)
+            if row.token_bitmask is not None:
+                plan.grammar_rows.append(i)
             plan.logit_bias = plan.logit_bias or bool(p.logit_bias)
             plan.min_tokens = plan.min_tokens or row.min_tokens_active
             plan.penalties = plan.penalties or has_penalties(p)
@@ -70,7 +74,7 @@ class _StepPlan:
 
     @property
     def edits_logits(self) -> bool:
-        return self.logit_bias or self.min_tokens or self.penalties
+        return self.logit_bias or self.min_tokens or self.penalties or bool(self.grammar_rows)
 
 
 @dataclass
@@ -136,6 +140,10 @@ class Sampler:
                 work = apply_min_tokens(work, rows)
             if plan.penalties:
                 work = apply_penalties(work, rows)
+            if plan.grammar_rows:
+                from ladle.structured.bitmask import apply_bitmasks  # xgrammar loads only when used
+
+                apply_bitmasks(work, plan.grammar_rows, [rows[i].token_bitmask for i in plan.grammar_rows])
 
         greedy_tokens = work.argmax(dim=-1) if plan.greedy_rows else None
         if not plan.random_rows:

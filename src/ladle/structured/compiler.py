@@ -8,6 +8,7 @@ server answering the same schema again pays nothing.
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
@@ -161,5 +162,14 @@ def choice_grammar(choices: list[str]) -> str:
 
 
 def _first_line(error: BaseException) -> str:
+    return clean_error(error)
+
+
+_CPP_PREFIX = re.compile(r"^\[[0-9:]+\] \S+:\d+: ")
+
+
+def clean_error(error: BaseException) -> str:
+    """xgrammar's message without its C++ log prefix ("[12:00:00] /project/cpp/x.cc:83: "), one line."""
     text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0] if len(text) < 400 else text[:400]
+    text = _CPP_PREFIX.sub("", text.splitlines()[0])
+    return text[:400]

@@ -229,8 +229,9 @@ def scan_objects(text: str, pos: int, skip: str = " \t\r\n;,") -> list[PartialCa
 
 # -- grammars ----------------------------------------------------------------------------------------------
 
-# Whitespace runs allowed inside arguments (see ladle.structured.compiler.MAX_JSON_WHITESPACE).
-_ARGS_WHITESPACE = 12
+# Longest whitespace run inside arguments: calls are written on one line in every family's examples, and
+# a loose bound lets weak models pad them with whitespace for hundreds of tokens.
+_ARGS_WHITESPACE = 4
 
 
 def tool_schema(tool: dict[str, Any]) -> dict[str, Any]:

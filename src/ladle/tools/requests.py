@@ -58,12 +58,12 @@ def validate_tools(tools: Any, field_name: str = "tools") -> list[dict[str, Any]
 def _check_schema(schema: dict[str, Any], where: str) -> None:
     import xgrammar as xgr
 
-    from ladle.structured.compiler import patch_json_schema
+    from ladle.structured.compiler import clean_error, patch_json_schema
 
     try:
         xgr.Grammar.from_json_schema(json.dumps(patch_json_schema(schema)))
     except Exception as e:  # xgrammar raises several types, all meaning "this schema is not usable"
-        raise ValueError(f"{where}: {str(e).strip().splitlines()[0] if str(e).strip() else e}") from None
+        raise ValueError(f"{where}: {clean_error(e)}") from None
 
 
 def plan_tools(

@@ -28,3 +28,7 @@ def tiny_model_factory(tmp_path_factory):
 def tiny_model(request, tiny_model_factory):
     folder, model = tiny_model_factory(request.param)
     return request.param, folder, model
+
+
+# The server tests' fixtures (a `ladle serve` subprocess shared by the session).
+from server_helpers import ladle_server, reference_llm  # noqa: E402, F401

@@ -13,6 +13,12 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", "-v", action="version", version=f"ladle version {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
+    from ladle.cli import serve
+
+    serve_parser = sub.add_parser("serve", help="serve the OpenAI and Ollama APIs on one port")
+    serve.add_arguments(serve_parser)
+    serve_parser.set_defaults(handler=serve.run)
+
     bench = sub.add_parser("bench", help="benchmark the engine")
     bench_sub = bench.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)
     from ladle.bench import throughput
@@ -20,6 +26,14 @@ def _build_parser() -> argparse.ArgumentParser:
     tp = bench_sub.add_parser("throughput", help="offline throughput (like vllm bench throughput)")
     throughput.add_arguments(tp)
     tp.set_defaults(handler=throughput.run)
+
+    from ladle.bench import serve as bench_serve
+
+    bs = bench_sub.add_parser(
+        "serve", help="load a running server through its OpenAI route (like vllm bench serve)"
+    )
+    bench_serve.add_arguments(bs)
+    bs.set_defaults(handler=bench_serve.run)
     return parser
 
 

@@ -1,0 +1,85 @@
+"""`ladle serve [MODEL ...]`: one HTTP server for the OpenAI and Ollama APIs (uvicorn, run in-process)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 11434
+
+
+def parse_host(value: str | None) -> tuple[str, int]:
+    """LADLE_HOST as Ollama reads OLLAMA_HOST: `host`, `host:port`, `:port` or a URL."""
+    if not value:
+        return DEFAULT_HOST, DEFAULT_PORT
+    value = value.split("://", 1)[-1].rstrip("/")
+    host, sep, port = value.rpartition(":")
+    if not sep or "]" in port:
+        return value or DEFAULT_HOST, DEFAULT_PORT
+    try:
+        return host.strip("[]") or DEFAULT_HOST, int(port)
+    except ValueError:
+        raise ValueError(f"LADLE_HOST: {value!r} is not host:port") from None
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    env_host, env_port = parse_host(os.environ.get("LADLE_HOST"))
+    p.add_argument(
+        "models", nargs="*", metavar="MODEL", help="models to load at start (others load on demand)"
+    )
+    p.add_argument(
+        "--host", default=env_host, help=f"address to bind (default {DEFAULT_HOST}, or LADLE_HOST)"
+    )
+    p.add_argument("--port", type=int, default=env_port, help=f"port (default {DEFAULT_PORT}, or LADLE_HOST)")
+    p.add_argument(
+        "--api-key", default=os.environ.get("LADLE_API_KEY"), help="require Authorization: Bearer KEY"
+    )
+    p.add_argument("--allowed-origins", nargs="*", default=[], help="CORS origins to allow (default: none)")
+    p.add_argument("--max-num-seqs", type=int, default=256)
+    p.add_argument("--max-num-batched-tokens", type=int, default=2048)
+    p.add_argument("--max-model-len", type=int, default=None)
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--load-format", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+
+
+def run(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from ladle.models_hub.manager import EngineOptions
+    from ladle.models_hub.resolve import resolve_model_path
+    from ladle.server.app import build_app
+    from ladle.server.state import ServerConfig
+
+    for name in args.models:
+        resolve_model_path(name)  # a typo fails now, with the resolver's message, not later in a log
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    config = ServerConfig(
+        host=args.host,
+        port=args.port,
+        api_key=args.api_key or None,
+        allowed_origins=list(args.allowed_origins or []),
+        models=list(args.models),
+    )
+    options = EngineOptions(
+        dtype=args.dtype,
+        device=args.device,
+        max_model_len=args.max_model_len,
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        load_format=args.load_format,
+        seed=args.seed,
+    )
+    app = build_app(config, options)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5
+        )
+    )
+    server.run()

@@ -1,0 +1,204 @@
+"""Ollama-compatible generation routes: /api/generate and /api/chat (NDJSON streaming by default), plus
+/api/version. Durations are in nanoseconds, as Ollama reports them."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from ladle.models_hub.manager import LoadedModel
+from ladle.outputs import RequestOutput
+from ladle.server import prompts
+from ladle.server.errors import ApiError, bad_request
+from ladle.server.protocol_ollama import ChatRequest, GenerateRequest
+from ladle.server.state import server_state
+from ladle.server.streams import cancel_on_disconnect, ndjson, prime
+from ladle.version import __version__
+
+router = APIRouter(tags=["ollama"])
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _ns(seconds: float) -> int:
+    return max(0, int(seconds * 1e9))
+
+
+class _Timing:
+    """Wall-clock marks of one request, for Ollama's duration fields."""
+
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+        self.load_seconds = 0.0
+
+    def summary(self, out: RequestOutput | None) -> dict[str, Any]:
+        total = time.monotonic() - self.start
+        result: dict[str, Any] = {"total_duration": _ns(total), "load_duration": _ns(self.load_seconds)}
+        if out is None:
+            return result
+        m = out.metrics
+        completion = out.outputs[0]
+        prompt_eval = eval_time = 0.0
+        if m is not None and m.first_token_time is not None:
+            prompt_eval = m.first_token_time - (m.first_scheduled_time or m.arrival_time)
+            eval_time = (m.finished_time or time.monotonic()) - m.first_token_time
+        result.update(
+            {
+                # Like Ollama: prompt tokens actually evaluated (a prefix-cache hit is not counted).
+                "prompt_eval_count": max(1, len(out.prompt_token_ids) - out.num_cached_tokens),
+                "prompt_eval_duration": _ns(prompt_eval),
+                "eval_count": len(completion.token_ids),
+                "eval_duration": _ns(eval_time),
+            }
+        )
+        return result
+
+
+def _done_reason(reason: str | None) -> str:
+    return {"length": "length", "stop": "stop"}.get(reason or "", reason or "stop")
+
+
+async def _model(request: Request, name: str, timing: _Timing) -> LoadedModel:
+    manager = server_state(request).manager
+    start = time.monotonic()
+    model = await manager.get(name)
+    timing.load_seconds = time.monotonic() - start
+    return model
+
+
+async def _run(
+    request: Request,
+    model: LoadedModel,
+    body: GenerateRequest | ChatRequest,
+    text: str | None,
+    ids: list[int],
+    shape,
+    timing: _Timing,
+) -> Response:
+    """Starts the engine request and answers in NDJSON (stream) or one object; `shape(text, out, final)`
+    builds one response object in the route's own format."""
+    if not ids:
+        raise bad_request("prompt: is empty after templating", "prompt")
+    if len(ids) >= model.max_model_len:
+        raise bad_request(
+            f"prompt: {len(ids)} tokens is too long; this model's context length is {model.max_model_len}",
+            "prompt",
+        )
+    prompts.check_token_ids(model, ids, "context")
+    defaults = model.default_sampling_values()
+    params = body.sampling_params(defaults, len(ids), model.max_model_len - len(ids))
+    stream = model.engine.generate(
+        {"prompt": text, "prompt_token_ids": ids}, params, request_id=f"ollama-{uuid.uuid4().hex}"
+    )
+    primed = await cancel_on_disconnect(request, prime(stream))
+    if primed is None:
+        return Response(status_code=499)
+    _, outputs = primed
+    if body.stream is not False:
+        return StreamingResponse(_stream(outputs, shape, timing), media_type="application/x-ndjson")
+    result = await cancel_on_disconnect(request, _full(outputs, shape, timing))
+    return JSONResponse(result) if result is not None else Response(status_code=499)
+
+
+async def _stream(outputs: AsyncIterator[RequestOutput], shape, timing: _Timing) -> AsyncIterator[str]:
+    try:
+        last = None
+        async for out in outputs:
+            last = out
+            text = out.deltas[0][0] if out.deltas else ""
+            if text:
+                yield ndjson(shape(text, out, False))
+        if last is None or not last.finished:
+            raise ApiError(503, "the request was aborted by the server before it finished")
+        yield ndjson({**shape("", last, True), **timing.summary(last)})
+    except Exception as exc:  # noqa: BLE001 - after the 200 is sent, an error can only be a line
+        yield ndjson({"error": str(exc)})
+
+
+async def _full(outputs: AsyncIterator[RequestOutput], shape, timing: _Timing) -> dict[str, Any]:
+    last = None
+    async for out in outputs:
+        last = out
+    if last is None or not last.finished:
+        raise ApiError(503, "the request was aborted by the server before it finished")
+    return {**shape(last.outputs[0].text, last, True), **timing.summary(last)}
+
+
+def _load_only(model_name: str, timing: _Timing, extra: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "model": model_name,
+        "created_at": _now(),
+        **extra,
+        "done": True,
+        "done_reason": "load",
+        **timing.summary(None),
+    }
+
+
+# -- /api/generate -----------------------------------------------------------------------------------------
+@router.post("/api/generate")
+async def generate(body: GenerateRequest, request: Request) -> Response:
+    body.check_unsupported()
+    timing = _Timing()
+    model = await _model(request, body.model, timing)
+    if not body.prompt and not body.context:
+        # Ollama's idiom for "load this model now".
+        return JSONResponse(_load_only(model.name, timing, {"response": ""}))
+    prompt = body.prompt or ""
+    if body.raw or (not model.chat_template and not body.template):
+        text = (body.system + "\n\n" + prompt) if body.system and not body.raw else prompt
+        ids = await prompts.encode(model, text, add_special_tokens=not body.context) if text else []
+    else:
+        messages = ([{"role": "system", "content": body.system}] if body.system else []) + [
+            {"role": "user", "content": prompt}
+        ]
+        text, ids = await prompts.render_chat(model, messages, chat_template=body.template, param="prompt")
+    ids = list(body.context or []) + ids
+
+    def shape(text: str, out: RequestOutput, final: bool) -> dict[str, Any]:
+        data: dict[str, Any] = {"model": model.name, "created_at": _now(), "response": text, "done": final}
+        if final:
+            completion = out.outputs[0]
+            data["done_reason"] = _done_reason(completion.finish_reason)
+            data["context"] = list(out.prompt_token_ids) + list(completion.token_ids)
+        return data
+
+    return await _run(request, model, body, text, ids, shape, timing)
+
+
+# -- /api/chat ---------------------------------------------------------------------------------------------
+@router.post("/api/chat")
+async def chat(body: ChatRequest, request: Request) -> Response:
+    body.check_unsupported()
+    timing = _Timing()
+    model = await _model(request, body.model, timing)
+    messages = body.template_messages()
+    if not messages:
+        return JSONResponse(_load_only(model.name, timing, {"message": {"role": "assistant", "content": ""}}))
+    text, ids = await prompts.render_chat(model, messages)
+
+    def shape(text: str, out: RequestOutput, final: bool) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "model": model.name,
+            "created_at": _now(),
+            "message": {"role": "assistant", "content": text},
+            "done": final,
+        }
+        if final:
+            data["done_reason"] = _done_reason(out.outputs[0].finish_reason)
+        return data
+
+    return await _run(request, model, body, text, ids, shape, timing)
+
+
+@router.get("/api/version")
+async def version() -> dict[str, str]:
+    return {"version": __version__}

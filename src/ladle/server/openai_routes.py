@@ -1,0 +1,425 @@
+"""OpenAI-compatible routes: /v1/completions, /v1/chat/completions (SSE when streaming), /v1/models."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from ladle.models_hub.manager import LoadedModel
+from ladle.outputs import CompletionOutput, Logprob, RequestOutput
+from ladle.server import prompts
+from ladle.server.errors import ApiError, error_body
+from ladle.server.protocol_openai import ChatCompletionRequest, CompletionRequest
+from ladle.server.state import server_state
+from ladle.server.streams import cancel_on_disconnect, merge, prime, sse
+from ladle.version import __version__
+
+router = APIRouter(tags=["openai"])
+
+SYSTEM_FINGERPRINT = f"fp_ladle_{__version__}"
+# JSON has no -inf; like vLLM, an impossible token's logprob is reported as this.
+_MIN_LOGPROB = -9999.0
+
+
+def _logprob(value: float) -> float:
+    return max(value, _MIN_LOGPROB)
+
+
+def _top(entry: dict[int, Logprob], k: int) -> list[tuple[int, Logprob]]:
+    ranked = [(t, lp) for t, lp in entry.items() if lp.rank is not None and lp.rank <= k]
+    return sorted(ranked, key=lambda item: item[1].rank or 0)[:k]
+
+
+def _token_text(lp: Logprob) -> str:
+    return lp.decoded_token if lp.decoded_token is not None else ""
+
+
+def chat_logprobs(token_ids: list[int], entries: list[dict[int, Logprob]], k: int) -> dict[str, Any]:
+    content = []
+    for token, entry in zip(token_ids, entries):
+        chosen = entry[token]
+        text = _token_text(chosen)
+        content.append(
+            {
+                "token": text,
+                "logprob": _logprob(chosen.logprob),
+                "bytes": list(text.encode("utf-8")),
+                "top_logprobs": [
+                    {
+                        "token": _token_text(lp),
+                        "logprob": _logprob(lp.logprob),
+                        "bytes": list(_token_text(lp).encode("utf-8")),
+                    }
+                    for _, lp in _top(entry, k)
+                ],
+            }
+        )
+    return {"content": content}
+
+
+def completion_logprobs(
+    token_ids: list[int], entries: list[dict[int, Logprob]], k: int, offset: int
+) -> dict[str, Any]:
+    """OpenAI's legacy completions shape: parallel lists, text_offset counted from `offset`."""
+    tokens, token_logprobs, tops, offsets = [], [], [], []
+    for token, entry in zip(token_ids, entries):
+        chosen = entry[token]
+        text = _token_text(chosen)
+        tokens.append(text)
+        token_logprobs.append(_logprob(chosen.logprob))
+        tops.append({_token_text(lp): _logprob(lp.logprob) for _, lp in _top(entry, k)} if k else None)
+        offsets.append(offset)
+        offset += len(text)
+    return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": tops, "text_offset": offsets}
+
+
+def _delta_entries(c: CompletionOutput, ids: list[int]) -> list[dict[int, Logprob]]:
+    # The engine's logprobs list keeps growing after this output was made (token_ids is a copy), so the
+    # delta's entries are found by position, not from the end.
+    start = len(c.token_ids) - len(ids)
+    return (c.logprobs or [])[start : start + len(ids)]
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def _error_event(path: str, exc: BaseException) -> str:
+    status = exc.status if isinstance(exc, ApiError) else (400 if isinstance(exc, ValueError) else 500)
+    return sse(error_body(path, status, str(exc)))
+
+
+def _finish_reason(reason: str | None) -> str | None:
+    return reason
+
+
+async def _start(
+    model: LoadedModel, inputs: list[tuple[str | None, list[int]]], params_list, prefix: str
+) -> AsyncIterator[tuple[int, RequestOutput]]:
+    engine = model.engine
+    streams = [
+        engine.generate({"prompt": text, "prompt_token_ids": ids}, params, request_id=f"{prefix}-{i}")
+        for i, ((text, ids), params) in enumerate(zip(inputs, params_list))
+    ]
+    return merge(streams)
+
+
+# -- /v1/completions ---------------------------------------------------------------------------------------
+@router.post("/v1/completions")
+async def create_completion(body: CompletionRequest, request: Request) -> Response:
+    state = server_state(request)
+    body.check_unsupported()
+    model = await state.manager.get(body.model)
+    inputs: list[tuple[str | None, list[int]]] = []
+    for p in body.prompts():
+        if isinstance(p, str):
+            inputs.append((p, await prompts.encode(model, p, body.add_special_tokens)))
+        else:
+            prompts.check_token_ids(model, p)
+            inputs.append((None, p))
+    defaults = model.default_sampling_values()
+    params_list = []
+    for _, ids in inputs:
+        max_tokens = prompts.check_context(model, len(ids), body.max_tokens or defaults.get("max_tokens"))
+        params_list.append(body.sampling_params(defaults, max_tokens, body.logprobs))
+    request_id = f"cmpl-{uuid.uuid4().hex}"
+    created = int(time.time())
+    merged = await _start(model, inputs, params_list, request_id)
+    primed = await cancel_on_disconnect(request, prime(merged))
+    if primed is None:
+        return Response(status_code=499)
+    first, outputs = primed
+    if body.stream:
+        return StreamingResponse(
+            _completion_stream(
+                body,
+                model.name,
+                request_id,
+                created,
+                inputs,
+                outputs,
+                request.url.path,
+                model.tokenizer is None,
+            ),
+            media_type="text/event-stream",
+        )
+    result = await cancel_on_disconnect(
+        request, _completion_full(body, model.name, request_id, created, inputs, outputs)
+    )
+    return JSONResponse(result) if result is not None else Response(status_code=499)
+
+
+async def _collect(outputs: AsyncIterator[tuple[int, RequestOutput]], count: int) -> list[RequestOutput]:
+    finals: list[RequestOutput | None] = [None] * count
+    async for i, out in outputs:
+        if out.finished:
+            finals[i] = out
+    if any(f is None for f in finals):
+        raise ApiError(503, "the request was aborted by the server before it finished")
+    return finals  # type: ignore[return-value]
+
+
+async def _completion_full(body, model_name, request_id, created, inputs, outputs) -> dict[str, Any]:
+    finals = await _collect(outputs, len(inputs))
+    choices, completion_tokens = [], 0
+    for i, out in enumerate(finals):
+        prompt_text = inputs[i][0] or ""
+        for c in out.outputs:
+            completion_tokens += len(c.token_ids)
+            logprobs = None
+            if body.logprobs is not None and c.logprobs is not None:
+                logprobs = completion_logprobs(c.token_ids, c.logprobs, body.logprobs, 0)
+            choices.append(
+                {
+                    "index": i * body.n + c.index,
+                    "text": (prompt_text if body.echo else "") + c.text,
+                    "logprobs": logprobs,
+                    "finish_reason": _finish_reason(c.finish_reason),
+                    "stop_reason": c.stop_reason,
+                }
+            )
+    prompt_tokens = sum(len(ids) for _, ids in inputs)
+    return {
+        "id": request_id,
+        "object": "text_completion",
+        "created": created,
+        "model": model_name,
+        "system_fingerprint": SYSTEM_FINGERPRINT,
+        "choices": choices,
+        "usage": _usage(prompt_tokens, completion_tokens),
+    }
+
+
+async def _completion_stream(
+    body, model_name, request_id, created, inputs, outputs, path, no_text: bool
+) -> AsyncIterator[str]:
+    # A model served without a tokenizer (dummy-weight benchmarks) makes no text: send each step's
+    # tokens anyway, so streaming clients still see every step.
+    include_usage = body.include_usage()
+    n = body.n
+    done = set()
+    echoed = set()
+    offsets: dict[int, int] = {}
+    completion_tokens = 0
+
+    def chunk(choice: dict[str, Any]) -> str:
+        data = {
+            "id": request_id,
+            "object": "text_completion",
+            "created": created,
+            "model": model_name,
+            "system_fingerprint": SYSTEM_FINGERPRINT,
+            "choices": [choice],
+        }
+        if include_usage:
+            data["usage"] = None
+        return sse(data)
+
+    try:
+        async for i, out in outputs:
+            for c, (text, ids) in zip(out.outputs, out.deltas):
+                index = i * n + c.index
+                if index in done:
+                    continue
+                if body.echo and index not in echoed:
+                    echoed.add(index)
+                    text = (inputs[i][0] or "") + text
+                finished = c.finish_reason is not None
+                completion_tokens += len(ids)
+                if not text and not finished and not (ids and (body.logprobs is not None or no_text)):
+                    continue
+                logprobs = None
+                if body.logprobs is not None and c.logprobs is not None and ids:
+                    logprobs = completion_logprobs(
+                        ids, _delta_entries(c, ids), body.logprobs, offsets.get(index, 0)
+                    )
+                offsets[index] = offsets.get(index, 0) + len(text)
+                if finished:
+                    done.add(index)
+                yield chunk(
+                    {
+                        "index": index,
+                        "text": text,
+                        "logprobs": logprobs,
+                        "finish_reason": _finish_reason(c.finish_reason),
+                        "stop_reason": c.stop_reason if finished else None,
+                    }
+                )
+        if include_usage:
+            prompt_tokens = sum(len(ids) for _, ids in inputs)
+            yield sse(
+                {
+                    "id": request_id,
+                    "object": "text_completion",
+                    "created": created,
+                    "model": model_name,
+                    "system_fingerprint": SYSTEM_FINGERPRINT,
+                    "choices": [],
+                    "usage": _usage(prompt_tokens, completion_tokens),
+                }
+            )
+    except Exception as exc:  # noqa: BLE001 - after the 200 is sent, an error can only be an event
+        yield _error_event(path, exc)
+    yield sse("[DONE]")
+
+
+# -- /v1/chat/completions ----------------------------------------------------------------------------------
+@router.post("/v1/chat/completions")
+async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
+    state = server_state(request)
+    body.check_unsupported()
+    model = await state.manager.get(body.model)
+    text, ids = await prompts.render_chat(
+        model,
+        body.template_messages(),
+        add_generation_prompt=body.add_generation_prompt and not body.continue_final_message,
+        chat_template=body.chat_template,
+        template_kwargs=body.chat_template_kwargs,
+    )
+    if body.continue_final_message and text.rstrip().endswith(model.tokenizer.eos_token or "\0"):
+        # Let the model go on writing the last assistant message rather than starting a new turn.
+        text = text.rstrip()[: -len(model.tokenizer.eos_token)]
+        ids = await prompts.encode(model, text, add_special_tokens=False)
+    defaults = model.default_sampling_values()
+    param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+    max_tokens = prompts.check_context(
+        model, len(ids), body.requested_max_tokens() or defaults.get("max_tokens"), param
+    )
+    params = body.sampling_params(defaults, max_tokens, body.num_logprobs())
+    request_id = f"chatcmpl-{uuid.uuid4().hex}"
+    created = int(time.time())
+    merged = await _start(model, [(text, ids)], [params], request_id)
+    primed = await cancel_on_disconnect(request, prime(merged))
+    if primed is None:
+        return Response(status_code=499)
+    _, outputs = primed
+    if body.stream:
+        return StreamingResponse(
+            _chat_stream(body, model.name, request_id, created, len(ids), outputs, request.url.path),
+            media_type="text/event-stream",
+        )
+    result = await cancel_on_disconnect(request, _chat_full(body, model.name, request_id, created, outputs))
+    return JSONResponse(result) if result is not None else Response(status_code=499)
+
+
+async def _chat_full(body, model_name, request_id, created, outputs) -> dict[str, Any]:
+    (out,) = await _collect(outputs, 1)
+    k = body.top_logprobs or 0
+    choices = []
+    for c in out.outputs:
+        logprobs = None
+        if body.logprobs and c.logprobs is not None:
+            logprobs = chat_logprobs(c.token_ids, c.logprobs, k)
+        choices.append(
+            {
+                "index": c.index,
+                "message": {"role": "assistant", "content": c.text, "tool_calls": []},
+                "logprobs": logprobs,
+                "finish_reason": _finish_reason(c.finish_reason),
+                "stop_reason": c.stop_reason,
+            }
+        )
+    return {
+        "id": request_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model_name,
+        "system_fingerprint": SYSTEM_FINGERPRINT,
+        "choices": choices,
+        "usage": _usage(len(out.prompt_token_ids), sum(len(c.token_ids) for c in out.outputs)),
+    }
+
+
+async def _chat_stream(
+    body, model_name, request_id, created, prompt_len, outputs, path
+) -> AsyncIterator[str]:
+    include_usage = body.include_usage()
+    k = body.top_logprobs or 0
+
+    def chunk(index: int, delta: dict[str, Any], logprobs=None, finish_reason=None) -> str:
+        data = {
+            "id": request_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model_name,
+            "system_fingerprint": SYSTEM_FINGERPRINT,
+            "choices": [
+                {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
+            ],
+        }
+        if include_usage:
+            data["usage"] = None
+        return sse(data)
+
+    done: set[int] = set()
+    completion_tokens = 0
+    try:
+        for index in range(body.n):
+            yield chunk(index, {"role": "assistant", "content": ""})
+        async for _, out in outputs:
+            for c, (text, ids) in zip(out.outputs, out.deltas):
+                if c.index in done:
+                    continue
+                finished = c.finish_reason is not None
+                completion_tokens += len(ids)
+                if not text and not finished and not (ids and body.logprobs):
+                    continue
+                logprobs = None
+                if body.logprobs and c.logprobs is not None and ids:
+                    logprobs = chat_logprobs(ids, _delta_entries(c, ids), k)
+                if finished:
+                    done.add(c.index)
+                delta = {"content": text} if text or not finished else {}
+                yield chunk(c.index, delta, logprobs, _finish_reason(c.finish_reason))
+        if include_usage:
+            yield sse(
+                {
+                    "id": request_id,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": model_name,
+                    "system_fingerprint": SYSTEM_FINGERPRINT,
+                    "choices": [],
+                    "usage": _usage(prompt_len, completion_tokens),
+                }
+            )
+    except Exception as exc:  # noqa: BLE001 - after the 200 is sent, an error can only be an event
+        yield _error_event(path, exc)
+    yield sse("[DONE]")
+
+
+# -- /v1/models --------------------------------------------------------------------------------------------
+def _model_card(model: LoadedModel) -> dict[str, Any]:
+    return {
+        "id": model.name,
+        "object": "model",
+        "created": int(model.loaded_at),
+        "owned_by": "ladle",
+        "root": model.path,
+        "parent": None,
+        "max_model_len": model.max_model_len,
+    }
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> dict[str, Any]:
+    manager = server_state(request).manager
+    return {"object": "list", "data": [_model_card(m) for m in manager.loaded()]}
+
+
+@router.get("/v1/models/{model_id:path}")
+async def retrieve_model(model_id: str, request: Request) -> dict[str, Any]:
+    manager = server_state(request).manager
+    model = manager.models.get(model_id)
+    if model is None:
+        raise ApiError(404, f"model {model_id!r} not found", "model")
+    return _model_card(model)

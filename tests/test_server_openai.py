@@ -1,0 +1,255 @@
+"""The OpenAI routes through the official `openai` client against a real `ladle serve`; greedy output must
+equal ladle.LLM's for the same prompt and model."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from ladle import SamplingParams
+
+PROMPT = "Once upon a time"
+MESSAGES = [{"role": "user", "content": "The quick brown fox"}]
+
+
+@pytest.fixture(scope="module")
+def client(ladle_server):
+    return openai.OpenAI(base_url=ladle_server.url + "/v1", api_key="unused", max_retries=0)
+
+
+def _greedy(max_tokens: int = 12, **kw) -> SamplingParams:
+    return SamplingParams(temperature=0.0, max_tokens=max_tokens, **kw)
+
+
+def test_completion_greedy_equals_offline(client, ladle_server, reference_llm):
+    expected = reference_llm.generate(PROMPT, _greedy())[0]
+    resp = client.completions.create(model=ladle_server.model, prompt=PROMPT, max_tokens=12, temperature=0)
+    choice = resp.choices[0]
+    assert choice.text == expected.outputs[0].text
+    assert choice.finish_reason == expected.outputs[0].finish_reason
+    assert resp.usage.prompt_tokens == len(expected.prompt_token_ids)
+    assert resp.usage.completion_tokens == len(expected.outputs[0].token_ids)
+    assert resp.object == "text_completion" and resp.model == ladle_server.model
+    assert resp.id.startswith("cmpl-") and resp.system_fingerprint and resp.created > 0
+
+
+def test_completion_streaming_equals_offline(client, ladle_server, reference_llm):
+    expected = reference_llm.generate(PROMPT, _greedy(16))[0].outputs[0]
+    stream = client.completions.create(
+        model=ladle_server.model,
+        prompt=PROMPT,
+        max_tokens=16,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert text == expected.text
+    finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finish == [expected.finish_reason]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == len(expected.token_ids)
+    assert all(c.usage is None for c in chunks[:-1])
+
+
+def test_completion_token_id_prompt_and_batch(client, ladle_server, reference_llm):
+    ids = reference_llm.get_tokenizer().encode(PROMPT)
+    expected = reference_llm.generate([PROMPT, "Lily"], _greedy(6))
+    resp = client.completions.create(model=ladle_server.model, prompt=[ids], max_tokens=6, temperature=0)
+    assert resp.choices[0].text == expected[0].outputs[0].text
+    resp = client.completions.create(
+        model=ladle_server.model, prompt=[PROMPT, "Lily"], max_tokens=6, temperature=0, echo=True
+    )
+    assert [c.index for c in resp.choices] == [0, 1]
+    assert resp.choices[1].text == "Lily" + expected[1].outputs[0].text
+
+
+def test_chat_greedy_equals_offline(client, ladle_server, reference_llm):
+    expected = reference_llm.chat(MESSAGES, _greedy())[0]
+    resp = client.chat.completions.create(
+        model=ladle_server.model, messages=MESSAGES, max_completion_tokens=12, temperature=0
+    )
+    assert resp.choices[0].message.content == expected.outputs[0].text
+    assert resp.choices[0].message.role == "assistant"
+    assert resp.usage.prompt_tokens == len(expected.prompt_token_ids)
+    assert resp.object == "chat.completion" and resp.id.startswith("chatcmpl-")
+
+    stream = client.chat.completions.create(
+        model=ladle_server.model,
+        messages=MESSAGES,
+        max_tokens=12,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == expected.outputs[0].text
+    assert chunks[-1].usage.total_tokens == len(expected.prompt_token_ids) + len(
+        expected.outputs[0].token_ids
+    )
+
+
+def test_n_choices_and_seed(client, ladle_server):
+    resp = client.chat.completions.create(
+        model=ladle_server.model, messages=MESSAGES, max_tokens=8, n=2, temperature=1.0, seed=3
+    )
+    assert [c.index for c in resp.choices] == [0, 1]
+    again = client.chat.completions.create(
+        model=ladle_server.model, messages=MESSAGES, max_tokens=8, n=2, temperature=1.0, seed=3
+    )
+    assert [c.message.content for c in again.choices] == [c.message.content for c in resp.choices]
+    stream = client.completions.create(
+        model=ladle_server.model, prompt=PROMPT, max_tokens=5, n=2, temperature=1.0, seed=1, stream=True
+    )
+    texts = {0: "", 1: ""}
+    for chunk in stream:
+        texts[chunk.choices[0].index] += chunk.choices[0].text
+    batch = client.completions.create(
+        model=ladle_server.model, prompt=PROMPT, max_tokens=5, n=2, temperature=1.0, seed=1
+    )
+    assert [texts[0], texts[1]] == [c.text for c in batch.choices]
+
+
+def test_stop_strings(client, ladle_server, reference_llm):
+    full = reference_llm.generate(PROMPT, _greedy(24))[0].outputs[0].text
+    stop = full[5:7]
+    cut = full.find(stop)
+    expected = reference_llm.generate(PROMPT, _greedy(24, stop=[stop]))[0].outputs[0]
+    resp = client.completions.create(
+        model=ladle_server.model, prompt=PROMPT, max_tokens=24, temperature=0, stop=[stop]
+    )
+    assert resp.choices[0].text == expected.text == full[:cut]
+    assert resp.choices[0].finish_reason == "stop"
+    stream = client.completions.create(
+        model=ladle_server.model, prompt=PROMPT, max_tokens=24, temperature=0, stop=stop, stream=True
+    )
+    assert "".join(c.choices[0].text for c in stream) == full[:cut]
+
+
+def test_logprobs(client, ladle_server, reference_llm):
+    expected = reference_llm.generate(PROMPT, _greedy(6, logprobs=3))[0].outputs[0]
+    resp = client.completions.create(
+        model=ladle_server.model, prompt=PROMPT, max_tokens=6, temperature=0, logprobs=3
+    )
+    lp = resp.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == 6
+    want = [e[t].logprob for t, e in zip(expected.token_ids, expected.logprobs)]
+    assert lp.token_logprobs == pytest.approx(want, abs=1e-4)
+    assert all(len(top) == 3 for top in lp.top_logprobs)
+    assert lp.text_offset[0] == 0
+
+    chat = client.chat.completions.create(
+        model=ladle_server.model,
+        messages=MESSAGES,
+        max_tokens=4,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=2,
+    )
+    content = chat.choices[0].logprobs.content
+    assert len(content) == 4 and all(len(c.top_logprobs) == 2 for c in content)
+    # Greedy: the chosen token is the top one.
+    assert all(c.logprob == pytest.approx(c.top_logprobs[0].logprob) for c in content)
+    stream = client.chat.completions.create(
+        model=ladle_server.model,
+        messages=MESSAGES,
+        max_tokens=4,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=2,
+        stream=True,
+    )
+    streamed = [
+        e for c in stream if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content
+    ]
+    assert [e.logprob for e in streamed] == pytest.approx([e.logprob for e in content], abs=1e-4)
+
+
+def test_vllm_extra_fields(client, ladle_server, reference_llm):
+    expected = reference_llm.generate(PROMPT, _greedy(10, ignore_eos=True, min_tokens=10))[0].outputs[0]
+    resp = client.completions.create(
+        model=ladle_server.model,
+        prompt=PROMPT,
+        max_tokens=10,
+        temperature=0,
+        extra_body={"ignore_eos": True, "min_tokens": 10, "top_k": 5, "repetition_penalty": 1.0},
+    )
+    assert resp.choices[0].text == expected.text
+
+
+def test_models_list_and_retrieve(client, ladle_server):
+    models = client.models.list()
+    assert [m.id for m in models.data] == [ladle_server.model]
+    card = httpx.get(f"{ladle_server.url}/v1/models/{ladle_server.model}").json()
+    assert card["id"] == ladle_server.model and card["object"] == "model"
+
+
+def test_errors_are_typed(client, ladle_server):
+    with pytest.raises(openai.NotFoundError) as err:
+        client.completions.create(model="no-such-model", prompt="x", max_tokens=2)
+    assert err.value.body["param"] == "model" or "model" in err.value.message
+    with pytest.raises(openai.BadRequestError, match="max_tokens"):
+        client.completions.create(model=ladle_server.model, prompt="x", max_tokens=-1)
+    with pytest.raises(openai.BadRequestError, match="max_tokens"):
+        client.completions.create(model=ladle_server.model, prompt="x", max_tokens=10**12)
+    with pytest.raises(openai.BadRequestError, match="temperature"):
+        client.chat.completions.create(model=ladle_server.model, messages=MESSAGES, temperature=-1)
+    with pytest.raises(openai.BadRequestError, match="prompt"):
+        client.completions.create(model=ladle_server.model, prompt="hello " * 600, max_tokens=2)
+    with pytest.raises(openai.BadRequestError, match="structured output"):
+        client.chat.completions.create(
+            model=ladle_server.model, messages=MESSAGES, response_format={"type": "json_object"}
+        )
+    with pytest.raises(openai.BadRequestError, match="tool calling"):
+        client.chat.completions.create(
+            model=ladle_server.model,
+            messages=MESSAGES,
+            tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}],
+        )
+    with pytest.raises(openai.BadRequestError, match="logit_bias"):
+        client.completions.create(model=ladle_server.model, prompt="x", max_tokens=2, logit_bias={"99999": 5})
+
+
+@pytest.mark.parametrize(
+    "body,field",
+    [
+        ("{not json", "JSON"),
+        ('["a list"]', "object"),
+        ('{"prompt": 5}', "prompt"),
+        ('{"prompt": "x", "max_tokens": "many"}', "max_tokens"),
+        ('{"prompt": "x", "n": 0}', "n"),
+        ('{"prompt": "x", "top_p": 2}', "top_p"),
+        ('{"prompt": "x", "logprobs": 50}', "logprobs"),
+        ('{"prompt": [1, 99999], "max_tokens": 2}', "prompt"),
+        ('{"prompt": "x", "stop_token_ids": [99999]}', "stop_token_ids"),
+        ('{"prompt": "x", "seed": 99999999999999999999999}', "seed"),
+        ('{"prompt": "x", "min_tokens": 9, "max_tokens": 2}', "min_tokens"),
+    ],
+)
+def test_bad_completion_bodies_name_the_field(ladle_server, body, field):
+    r = httpx.post(
+        ladle_server.url + "/v1/completions", content=body, headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert field in error["message"] and set(error) == {"message", "type", "param", "code"}
+
+
+def test_api_key(tiny_model_factory, tmp_path):
+    from server_helpers import run_server
+
+    folder, _ = tiny_model_factory("llama")
+    with run_server(folder, tmp_path, "--api-key", "sesame") as server:
+        bad = openai.OpenAI(base_url=server.url + "/v1", api_key="wrong", max_retries=0)
+        with pytest.raises(openai.AuthenticationError):
+            bad.models.list()
+        good = openai.OpenAI(base_url=server.url + "/v1", api_key="sesame", max_retries=0)
+        assert good.models.list().data[0].id == server.model
+        assert httpx.get(server.url + "/health").status_code == 200
+        assert httpx.get(server.url + "/").text == "ladle is running"
+        r = httpx.get(server.url + "/api/tags")
+        assert r.status_code == 401 and "API key" in r.json()["error"]
+        assert httpx.get(server.url + "/metrics").status_code == 401

@@ -15,18 +15,9 @@ PARSERS: dict[str, type[ToolParser]] = {
     "gemma": GemmaToolParser,
 }
 
-# Architectures (config.json model_type) whose chat templates don't say.
-_BY_MODEL_TYPE = {
-    "llama": "llama3_json",
-    "qwen2": "hermes",
-    "qwen3": "hermes",
-    "qwen3_moe": "hermes",
-    "mistral": "mistral",
-    "gemma": "gemma",
-    "gemma2": "gemma",
-    "gemma3": "gemma",
-    "gemma3_text": "gemma",
-}
+# For chat templates that don't say: a family by a substring of the model_type or architecture name
+# (config.json's "qwen3" / "Qwen3ForCausalLM", ...).
+_BY_ARCHITECTURE = (("qwen", "hermes"), ("mistral", "mistral"), ("gemma", "gemma"), ("llama", "llama3_json"))
 
 
 def tool_family(chat_template: str | None, model_type: str | None = None) -> str:
@@ -39,7 +30,8 @@ def tool_family(chat_template: str | None, model_type: str | None = None) -> str
         return "llama3_json"
     if "<start_of_turn>" in template:
         return "gemma"
-    return _BY_MODEL_TYPE.get((model_type or "").lower(), "hermes")
+    name = (model_type or "").lower()
+    return next((family for key, family in _BY_ARCHITECTURE if key in name), "hermes")
 
 
 def get_tool_parser(family: str) -> ToolParser:

@@ -149,10 +149,10 @@ def test_json_object_and_compact_json(llama):
     text = llm.generate(PROMPT, _params(so))[0].outputs[0].text
     assert json.loads(text)["k"] in (1, 2) and not re.search(r"\s", text.replace(": ", "").replace(", ", ""))
     outs = llm.generate(
-        [PROMPT] * 4,
+        [PROMPT] * 2,
         [
-            _params(StructuredOutputsParams(json_object=True), temperature=1.0, seed=s, max_tokens=400)
-            for s in range(4)
+            _params(StructuredOutputsParams(json_object=True), temperature=1.0, seed=s, max_tokens=150)
+            for s in range(2)
         ],
     )
     for out in outs:
@@ -203,6 +203,15 @@ def test_choice_outputs_are_one_of_the_choices(llama):
     texts = [o.outputs[0].text for o in llm.generate([PROMPT] * len(params), params)]
     assert all(t in choices for t in texts), texts
     assert len(set(texts)) > 1  # sampling reaches more than one choice
+
+
+def test_min_tokens_does_not_outlast_a_finished_grammar(llama):
+    _, _, llm = llama
+    so = StructuredOutputsParams(choice=["yes", "no"])
+    for out in llm.generate(
+        [PROMPT] * 2, [_params(so, min_tokens=8), _params(so, min_tokens=8, temperature=1.0, seed=1)]
+    ):
+        assert out.outputs[0].text in ("yes", "no") and out.outputs[0].finish_reason == "stop"
 
 
 def test_ebnf_grammar(llama):
@@ -356,7 +365,7 @@ def test_compiled_grammars_are_cached(llama):
 
 def test_masks_filled_synchronously_give_the_same_outputs(llama):
     _, _, llm = llama
-    so = StructuredOutputsParams(json=SCHEMAS[13])
+    so = StructuredOutputsParams(json=SCHEMAS[13], disable_any_whitespace=True)
     params = [_params(so, temperature=1.0, seed=s) for s in range(3)]
     overlapped = [o.outputs[0].token_ids for o in llm.generate([PROMPT] * 3, params)]
     llm.llm_engine.structured.overlap = False

@@ -81,3 +81,27 @@ def test_auto_leaves_the_model_free_and_none_has_no_parser(qwen):
     out = qwen.chat(MESSAGES, SamplingParams(temperature=0.0, max_tokens=8), tools=auto.tools)[0].outputs[0]
     parsed = auto.parser.parse(out.text)
     assert parsed.tool_calls == [] and parsed.content == out.text
+
+
+def test_mistral_marker_token_is_allowed_as_the_single_special_token(tmp_path):
+    """[TOOL_CALLS] is a special token in Mistral's vocabularies: the grammar must accept it as that one
+    token (what the model was trained to write), while other special tokens stay out of the grammar."""
+    import xgrammar as xgr
+
+    from ladle.loader.tokenizer import Tokenizer, load_hf_tokenizer
+    from ladle.structured.compiler import GrammarCache
+    from tiny_models import build_tokenizer
+
+    build_tokenizer(tmp_path, 384)
+    backend = load_hf_tokenizer(tmp_path).backend
+    backend.add_special_tokens(["[TOOL_CALLS]"])
+    tokenizer = Tokenizer(backend=backend, eos_token_ids=[2])
+    marker = backend.token_to_id("[TOOL_CALLS]")
+    cache = GrammarCache.for_tokenizer(tokenizer, backend.get_vocab_size(), [2])
+    plan = plan_tools(TOOLS, {"type": "function", "function": {"name": "get_time"}}, family="mistral")
+    matcher = xgr.GrammarMatcher(cache.get(plan.structured_outputs))
+    assert not matcher.accept_token(1)  # <s>: special, never part of a grammar
+    assert matcher.accept_token(marker)
+    body = tokenizer.encode('[{"name": "get_time", "arguments": {"tz": "UTC"}}]', add_special_tokens=False)
+    assert all(matcher.accept_token(t) for t in body)
+    assert matcher.accept_token(2) and matcher.is_terminated()

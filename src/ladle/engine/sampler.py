@@ -3,14 +3,15 @@
 Order of processing, per row (matching vLLM and Hugging Face where they agree):
 
  1. logit_bias            add the bias to the named tokens.
- 2. min_tokens            while fewer than min_tokens outputs: EOS ids and stop_token_ids -> -inf.
+ 1b. grammar bitmask    rows under structured outputs: tokens the grammar does not allow -> -inf.
+ 2. min_tokens            while fewer than min_tokens outputs: EOS ids and stop_token_ids -> -inf
+                          (unless the grammar allows nothing else: a finished document ends).
  3. repetition_penalty    tokens seen in prompt or output: positive logits / penalty, negative * penalty.
  4. frequency_penalty     minus penalty * the token's count in the output,
     presence_penalty      minus penalty if the token is in the output (OpenAI's rule, as vLLM).
     penalty_window        (Ollama's repeat_last_n) 3-4 look only at the last N tokens of prompt + output;
                           frequency/presence count the output tokens among those. 0 = no penalties,
                           None or -1 = everything.
- 4b. grammar bitmask     rows under structured outputs: tokens the grammar does not allow -> -inf.
  5. greedy rows (temperature < 1e-5) take the argmax here; the lowest index wins a tie.
  6. temperature           divide.
  7. top_k                 keep the k largest (and any tied with the k-th).
@@ -136,14 +137,14 @@ class Sampler:
                 work = logits.clone()
             if plan.logit_bias:
                 work = apply_logit_bias(work, rows)
-            if plan.min_tokens:
-                work = apply_min_tokens(work, rows)
-            if plan.penalties:
-                work = apply_penalties(work, rows)
             if plan.grammar_rows:
                 from ladle.structured.bitmask import apply_bitmasks  # xgrammar loads only when used
 
                 apply_bitmasks(work, plan.grammar_rows, [rows[i].token_bitmask for i in plan.grammar_rows])
+            if plan.min_tokens:
+                work = _min_tokens_under_grammar(work, rows, plan.grammar_rows)
+            if plan.penalties:
+                work = apply_penalties(work, rows)
 
         greedy_tokens = work.argmax(dim=-1) if plan.greedy_rows else None
         if not plan.random_rows:
@@ -180,6 +181,22 @@ class Sampler:
         tokens = processed.greedy_tokens.clone()
         tokens[torch.tensor(processed.random_rows, device=tokens.device)] = sampled
         return tokens
+
+
+def _min_tokens_under_grammar(
+    work: torch.Tensor, rows: list[SamplingRow], grammar_rows: list[int]
+) -> torch.Tensor:
+    """min_tokens, except on grammar rows whose only allowed tokens it would remove (the document is
+    complete and can only end): those keep their grammar-masked logits."""
+    if not grammar_rows:
+        return apply_min_tokens(work, rows)
+    index = torch.tensor(grammar_rows, device=work.device)
+    before = work[index]
+    work = apply_min_tokens(work, rows)
+    dead = ~work[index].isfinite().any(dim=-1)
+    if bool(dead.any()):
+        work[index[dead]] = before[dead]
+    return work
 
 
 def _on_rows(x: torch.Tensor, rows: list[int], fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:

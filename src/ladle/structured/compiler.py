@@ -30,6 +30,11 @@ MAX_CACHED_GRAMMARS = 256
 MAX_JSON_WHITESPACE = 12
 
 
+# Special tokens that open or delimit tool calls keep their text, so the tool-call grammars (which spell
+# them as strings) let the model write them as the single token it was trained to use.
+TOOL_MARKER_TOKENS = frozenset({"[TOOL_CALLS]", "[ARGS]", "<|python_tag|>", "<tool_call>", "</tool_call>"})
+
+
 def detect_vocab_type(tokenizer: Tokenizer) -> tuple[xgr.VocabType, bool]:
     """(vocab type, add_prefix_space) of a tokenizer, as xgrammar's Hugging Face path detects them: from the
     serialized backend (decoder: ByteLevel / ByteFallback), overruled by the vocabulary itself when the two
@@ -57,7 +62,8 @@ def build_tokenizer_info(
     Special tokens (<s>, <|eot_id|>, ...) get an empty string, which xgrammar never matches against text:
     the detokenizer drops them from the output, so letting a grammar spell "<s>" with them would make the
     text the user sees differ from the text the grammar accepted. Stop tokens are still allowed where the
-    grammar may end.
+    grammar may end. Tool-call markers are the exception (TOOL_MARKER_TOKENS; tool requests keep special
+    tokens in the text where the family needs it).
     """
     vocab = tokenizer.backend.get_vocab(with_added_tokens=True)
     size = max(vocab_size, max(vocab.values(), default=-1) + 1)
@@ -65,7 +71,7 @@ def build_tokenizer_info(
     for token, index in vocab.items():
         encoded[index] = token
     for index in tokenizer.special_token_ids:
-        if index < size:
+        if index < size and encoded[index] not in TOOL_MARKER_TOKENS:
             encoded[index] = ""
     vocab_type, add_prefix_space = detect_vocab_type(tokenizer)
     stops = sorted({t for t in stop_token_ids if 0 <= t < size})

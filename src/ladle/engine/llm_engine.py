@@ -239,7 +239,7 @@ class LLMEngine:
                     output_token_ids=r.output_token_ids,
                     generator=r.generator,
                     eos_token_ids=r.eos_token_ids,
-                    token_bitmask=r.grammar.mask() if r.grammar is not None else None,
+                    token_bitmask=self.structured.mask(r.grammar) if r.grammar is not None else None,
                 )
                 for r in sampled
             ]

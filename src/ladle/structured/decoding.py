@@ -10,8 +10,10 @@ before the next step's forward even starts.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import xgrammar as xgr
@@ -22,6 +24,16 @@ from ladle.structured.matcher import GrammarState
 
 if TYPE_CHECKING:
     from ladle.loader.tokenizer import Tokenizer
+
+
+@dataclass
+class MaskTimes:
+    """Where bitmask work went (seconds): filled on the worker, the engine thread blocked waiting for it,
+    and filled on the engine thread itself (no overlap, or a mask nobody started)."""
+
+    worker_fill: float = 0.0
+    waited: float = 0.0
+    inline_fill: float = 0.0
 
 
 class StructuredDecoding:
@@ -36,6 +48,7 @@ class StructuredDecoding:
         self._cache: GrammarCache | None = None  # built on first use: reading a large vocabulary takes time
         self._pool: ThreadPoolExecutor | None = None
         self._pending: list[Future[None]] = []
+        self.times = MaskTimes()
 
     @property
     def cache(self) -> GrammarCache:
@@ -65,13 +78,24 @@ class StructuredDecoding:
             return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ladle-grammar")
-        self._pending.append(self._pool.submit(_fill_all, todo))
+        self._pending.append(self._pool.submit(self._fill_all, todo))
 
     def wait(self) -> None:
         """Join the fills started so far (re-raising their errors); the states are then safe to touch."""
         pending, self._pending = self._pending, []
+        start = time.perf_counter()
         for future in pending:
             future.result()
+        self.times.waited += time.perf_counter() - start
+
+    def mask(self, state: GrammarState):
+        """The state's next-token bitmask (filled here if the worker did not)."""
+        if state.mask_ready:
+            return state.bitmask
+        start = time.perf_counter()
+        state.fill()
+        self.times.inline_fill += time.perf_counter() - start
+        return state.bitmask
 
     def accept(self, state: GrammarState, token_id: int) -> bool:
         return state.accept(token_id)
@@ -82,7 +106,8 @@ class StructuredDecoding:
             self._pool.shutdown(wait=True)
             self._pool = None
 
-
-def _fill_all(states: list[GrammarState]) -> None:
-    for state in states:
-        state.fill()
+    def _fill_all(self, states: list[GrammarState]) -> None:
+        start = time.perf_counter()
+        for state in states:
+            state.fill()
+        self.times.worker_fill += time.perf_counter() - start

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,6 +81,7 @@ class LLMEngine:
         self.scheduler = Scheduler(self.kv, config.max_num_batched_tokens, config.max_num_seqs)
         self.sampler = Sampler()
         self._structured = None  # ladle.structured.StructuredDecoding, made by the first constrained request
+        self._structured_lock = threading.Lock()
         self.parents: dict[str, _Parent] = {}
         self.counters = EngineCounters()
         self._ids = itertools.count()
@@ -206,9 +208,11 @@ class LLMEngine:
         if self._structured is None:
             from ladle.structured import StructuredDecoding
 
-            self._structured = StructuredDecoding(
-                self.tokenizer, self.arch.vocab_size, self.arch.eos_token_ids
-            )
+            with self._structured_lock:  # the server compiles grammars from its own threads too
+                if self._structured is None:
+                    self._structured = StructuredDecoding(
+                        self.tokenizer, self.arch.vocab_size, self.arch.eos_token_ids
+                    )
         return self._structured
 
     # -- the step ----------------------------------------------------------------------------------------

@@ -32,6 +32,18 @@ def timed(fn: Callable[[], object], device: torch.device, iters: int) -> tuple[f
     return statistics.median(samples) * 1e3, min(samples) * 1e3
 
 
+def make_logits(shape: str, num_rows: int, vocab: int, device: torch.device) -> torch.Tensor:
+    """ "flat": N(0, 3^2) logits, a pessimistic case whose top-p 0.95 nucleus holds thousands of tokens.
+    "llm": closer to a language model's: a N(0, 2.5^2) bulk plus 32 tokens at 18, 17.4, ... (top-1 holds
+    about half the probability at temperature 1; the top-p 0.95 nucleus is a few tokens)."""
+    logits = torch.randn(num_rows, vocab, device=device) * (3.0 if shape == "flat" else 2.5)
+    if shape == "llm":
+        head = torch.rand(num_rows, vocab, device=device).topk(32, dim=-1).indices  # 32 random tokens per row
+        values = 18.0 - 0.6 * torch.arange(32, device=device, dtype=logits.dtype)
+        logits.scatter_(1, head, values.expand(num_rows, 32).contiguous())
+    return logits
+
+
 def make_rows(kind: str, num_rows: int, vocab: int, device: torch.device, prompt_len: int, output_len: int):
     g = torch.Generator().manual_seed(0)
     rows = []
@@ -74,11 +86,19 @@ def main() -> None:
     parser.add_argument("--prompt-len", type=int, default=512)
     parser.add_argument("--output-len", type=int, default=128)
     parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--shape", choices=("llm", "flat"), default="llm")
+    parser.add_argument(
+        "--profile", action="store_true", help="print a torch.profiler table of the full case"
+    )
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    logits = torch.randn(args.rows, args.vocab, device=device) * 3
+    logits = make_logits(args.shape, args.rows, args.vocab, device)
     sampler = Sampler()
-    print(f"{args.rows} rows x {args.vocab} vocab on {device} ({torch.get_num_threads()} CPU threads)")
+    threads = torch.get_num_threads()
+    print(f"{args.rows} rows x {args.vocab} vocab, {args.shape} logits, on {device} ({threads} CPU threads)")
     baseline = timed(lambda: logits.argmax(dim=-1).tolist(), device, args.iters)
     print(f"  {'ms per call':<34} {'median':>8} {'best':>8}")
     print(f"  {'bare argmax + tolist (floor)':<34} {baseline[0]:8.3f} {baseline[1]:8.3f}")
@@ -86,6 +106,15 @@ def main() -> None:
         rows = make_rows(kind, args.rows, args.vocab, device, args.prompt_len, args.output_len)
         ms = timed(lambda rows=rows: sampler(logits, rows), device, args.iters)
         print(f"  {kind:<34} {ms[0]:8.3f} {ms[1]:8.3f}")
+    if args.profile:
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if device.type == "cuda":
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        with torch.profiler.profile(activities=activities) as prof:
+            for _ in range(5):
+                sampler(logits, rows)
+        sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        print(prof.key_averages().table(sort_by=sort_by, row_limit=25))
 
 
 if __name__ == "__main__":

@@ -421,3 +421,30 @@ def test_tied_logprobs_share_the_best_rank() -> None:
     out = Sampler()(logits, [SamplingRow(SamplingParams(temperature=0.0, logprobs=4), [], [])])
     assert out.token_ids == [0]
     assert out.ranks[0] == {0: 1, 1: 1, 2: 3, 3: 3}
+
+
+def test_penalties_follow_growing_and_rewound_outputs_across_steps() -> None:
+    """The sampler keeps token arrays between steps; it must see appends, rewinds and new lists."""
+    vocab = 50
+    cases = [
+        SamplingParams(temperature=0.0, repetition_penalty=1.4, frequency_penalty=0.6),
+        SamplingParams(temperature=0.0, presence_penalty=1.5, penalty_window=6),
+        SamplingParams(temperature=0.0, frequency_penalty=2.0, repetition_penalty=2.0, penalty_window=3),
+    ]
+    rows = [SamplingRow(p, [4, 8, 15, 16, 23, 42], []) for p in cases]
+    sampler = Sampler()
+    for step in range(40):
+        logits = make_logits(1, vocab=vocab, seed=step, scale=0.5).expand(len(rows), vocab).contiguous()
+        logits[:, 7] += 3.0  # a strong favourite that the penalties must push away
+        out = sampler(logits, rows)
+        for row, token in zip(rows, out.token_ids, strict=True):
+            expected = reference_log_distribution(
+                logits[0].numpy(), row.params, row.prompt_token_ids, row.output_token_ids, []
+            )
+            assert token == int(np.argmax(expected))
+            row.output_token_ids.append(token)
+        if step == 20:
+            del rows[0].output_token_ids[-5:]  # rewound in place (shorter): converted afresh
+            rows[1].output_token_ids = list(rows[1].output_token_ids)  # a new list object
+            rows[2].output_token_ids[-1] = 49  # in-place edit of the newest token: penalty_window=3 sees it
+    assert len(set(rows[0].output_token_ids)) > 3

@@ -27,7 +27,9 @@ Logprobs are reported from the raw model distribution (log_softmax of the logits
 does by default, and always include the chosen token.
 
 The sampler never edits the logits it is given. Rows that ask for nothing special cost nothing: a batch
-of plain greedy rows is one argmax.
+of plain greedy rows is one argmax. One Sampler serves an engine for its life: it keeps numpy copies of the
+rows' token lists between steps for the penalties (TokenArrays: prompt lists must not be edited in place;
+output lists may change in any way).
 """
 
 from __future__ import annotations
@@ -39,9 +41,11 @@ import torch
 
 from ladle.engine.sampling.draw import draw_tokens
 from ladle.engine.sampling.logprobs import prompt_logprobs, token_logprobs
-from ladle.engine.sampling.penalties import apply_logit_bias, apply_min_tokens, apply_penalties, has_penalties
+from ladle.engine.sampling.penalties import apply_logit_bias, apply_min_tokens, apply_penalties
+from ladle.engine.sampling.token_arrays import TokenArrays
 from ladle.engine.sampling.truncation import apply_min_p, apply_temperature, apply_top_k_top_p
 from ladle.engine.sampling.types import SamplerOutput, SamplingRow
+from ladle.sampling_params import _GREEDY_EPSILON
 
 __all__ = ["Sampler", "SamplerOutput", "SamplingRow", "prompt_logprobs"]
 
@@ -60,17 +64,24 @@ class _StepPlan:
 
     @classmethod
     def of(cls, rows: list[SamplingRow]) -> _StepPlan:
+        # Runs for every row every step, also for plain greedy batches: plain attribute tests, no calls.
         plan = cls()
+        greedy, random, logprob_rows = plan.greedy_rows, plan.random_rows, plan.logprob_rows
         for i, row in enumerate(rows):
             p = row.params
-            (plan.greedy_rows if p.greedy else plan.random_rows).append(i)
+            (greedy if p.temperature < _GREEDY_EPSILON else random).append(i)
             if p.logprobs is not None:
-                plan.logprob_rows.append(i)
+                logprob_rows.append(i)
             if row.token_bitmask is not None:
                 plan.grammar_rows.append(i)
-            plan.logit_bias = plan.logit_bias or bool(p.logit_bias)
-            plan.min_tokens = plan.min_tokens or row.min_tokens_active
-            plan.penalties = plan.penalties or has_penalties(p)
+            if p.logit_bias:
+                plan.logit_bias = True
+            if p.min_tokens and len(row.output_token_ids) < p.min_tokens:
+                plan.min_tokens = True
+            if (
+                p.repetition_penalty != 1.0 or p.presence_penalty != 0.0 or p.frequency_penalty != 0.0
+            ) and p.penalty_window != 0:
+                plan.penalties = True
         return plan
 
     @property
@@ -88,11 +99,18 @@ class _Processed:
 
 
 class Sampler:
+    """One per engine: it keeps the sequences' token arrays from step to step (see TokenArrays)."""
+
+    def __init__(self) -> None:
+        self._token_arrays = TokenArrays()
+
     def __call__(self, logits: torch.Tensor, rows: list[SamplingRow]) -> SamplerOutput:
         if not rows:
             return SamplerOutput(token_ids=[], logprobs=[], ranks=[])
         plan = _StepPlan.of(rows)
-        processed = self._process(logits, rows, plan)
+        processed = self._process(logits, rows, plan, self._token_arrays)
+        if plan.penalties:
+            self._token_arrays.end_step()
         tokens = self._choose(processed, rows)
 
         logprobs: list[dict[int, float] | None] = [None] * len(rows)
@@ -120,7 +138,7 @@ class Sampler:
         result = torch.full((num_rows, vocab_size), float("-inf"), device=logits.device)
         if not rows:
             return result
-        processed = self._process(logits, rows, _StepPlan.of(rows))
+        processed = self._process(logits, rows, _StepPlan.of(rows), TokenArrays())
         if processed.greedy_tokens is not None:
             result.scatter_(1, processed.greedy_tokens.unsqueeze(1), 0.0)
         if processed.random_logits is not None:
@@ -128,7 +146,9 @@ class Sampler:
             result[index] = processed.random_logits.log_softmax(dim=-1)
         return result
 
-    def _process(self, logits: torch.Tensor, rows: list[SamplingRow], plan: _StepPlan) -> _Processed:
+    def _process(
+        self, logits: torch.Tensor, rows: list[SamplingRow], plan: _StepPlan, token_arrays: TokenArrays
+    ) -> _Processed:
         if logits.shape[0] != len(rows):
             raise ValueError(f"Sampler got {logits.shape[0]} rows of logits for {len(rows)} sequences")
         work = logits.float()  # a no-op for float32 logits; then `work` is the caller's tensor: don't edit it
@@ -144,7 +164,7 @@ class Sampler:
             if plan.min_tokens:
                 work = _min_tokens_under_grammar(work, rows, plan.grammar_rows)
             if plan.penalties:
-                work = apply_penalties(work, rows)
+                work = apply_penalties(work, rows, token_arrays)
 
         greedy_tokens = work.argmax(dim=-1) if plan.greedy_rows else None
         if not plan.random_rows:
@@ -157,7 +177,7 @@ class Sampler:
         temperature = torch.tensor([p.temperature for p in random], dtype=torch.float32, device=device)
         work = apply_temperature(work, temperature)  # a new tensor: from here on it is ours to edit
 
-        # Truncate only the rows that ask for it: top-k/top-p sort the whole vocabulary.
+        # Truncate only the rows that ask for it: top-k/top-p take a topk (at worst a sort) of each row.
         truncated = [j for j, p in enumerate(random) if p.top_k > 0 or p.top_p < 1.0]
         if truncated:
             top_k = [random[j].top_k for j in truncated]

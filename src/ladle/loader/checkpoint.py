@@ -33,7 +33,8 @@ class Checkpoint:
 
 def open_checkpoint(model: str | Path, load_format: str = "auto", tokenizer: str | None = None) -> Checkpoint:
     path = Path(model).expanduser()
-    if path.is_file() and path.suffix == ".gguf" or load_format == "gguf":
+    # Store blobs are named by digest (sha256-...), so a GGUF is known by its magic, not only its suffix.
+    if path.is_file() and (path.suffix == ".gguf" or _has_gguf_magic(path)) or load_format == "gguf":
         from ladle.loader.gguf_loader import open_gguf_checkpoint
 
         return open_gguf_checkpoint(path)
@@ -42,6 +43,14 @@ def open_checkpoint(model: str | Path, load_format: str = "auto", tokenizer: str
     if path.exists():
         raise ValueError(f"{path}: not a model (expected a .gguf file or a Hugging Face model folder)")
     raise FileNotFoundError(f"model {str(model)!r} not found: no such file or folder")
+
+
+def _has_gguf_magic(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"GGUF"
+    except OSError:
+        return False
 
 
 def _open_hf_folder(folder: Path, load_format: str, tokenizer: str | None) -> Checkpoint:

@@ -13,7 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ladle.models_hub.manager import EngineOptions, ModelManager
-from ladle.server import ollama_models_routes, ollama_routes, openai_routes, ops_routes
+from ladle.server import ollama_models_routes, ollama_routes, openai_routes, ops_routes, store_routes
 from ladle.server.errors import error_body, install_error_handlers
 from ladle.server.metrics import ServerMetrics
 from ladle.server.state import ServerConfig, ServerState
@@ -78,6 +78,8 @@ def build_app(config: ServerConfig | None = None, options: EngineOptions | None 
     app = FastAPI(title="ladle", version=__version__, lifespan=lifespan)
     app.state.ladle = state
     install_error_handlers(app)
+    # The store's routes first: its /api/tags, /api/show, /api/ps cover stored models as well as loaded paths.
+    app.include_router(store_routes.router)
     for module in (openai_routes, ollama_routes, ollama_models_routes, ops_routes):
         app.include_router(module.router)
     app.add_middleware(JsonBodyMiddleware)

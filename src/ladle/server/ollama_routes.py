@@ -12,12 +12,14 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from ladle.models_hub.keep_alive import parse_keep_alive
 from ladle.models_hub.manager import LoadedModel
+from ladle.models_hub.model_options import fill_options
 from ladle.outputs import RequestOutput
 from ladle.server import prompts
 from ladle.server import structured as so
 from ladle.server.errors import ApiError, bad_request
-from ladle.server.protocol_ollama import ChatRequest, GenerateRequest
+from ladle.server.protocol_ollama import ChatRequest, GenerateRequest, Options
 from ladle.server.state import server_state
 from ladle.server.streams import cancel_on_disconnect, ndjson, prime
 from ladle.version import __version__
@@ -67,12 +69,26 @@ def _done_reason(reason: str | None) -> str:
     return {"length": "length", "stop": "stop"}.get(reason or "", reason or "stop")
 
 
-async def _model(request: Request, name: str, timing: _Timing) -> LoadedModel:
+async def _model(request: Request, body: GenerateRequest | ChatRequest, timing: _Timing) -> LoadedModel:
     manager = server_state(request).manager
     start = time.monotonic()
-    model = await manager.get(name)
+    model = await manager.get(body.model, body.keep_alive)
     timing.load_seconds = time.monotonic() - start
+    # The store model's PARAMETERs are defaults under the request's options (models_hub/model_options.py).
+    body.options = fill_options(body.options or Options(), model.model_params)
     return model
+
+
+def _unload_only(
+    request: Request, body: GenerateRequest | ChatRequest, extra: dict[str, Any]
+) -> Response | None:
+    """keep_alive 0 with nothing to answer (`ladle stop`, Ollama's idiom): unload now, never load."""
+    if parse_keep_alive(body.keep_alive, default=-1.0) != 0:
+        return None
+    server_state(request).manager.expire(body.model)
+    return JSONResponse(
+        {"model": body.model, "created_at": _now(), **extra, "done": True, "done_reason": "unload"}
+    )
 
 
 async def _run(
@@ -166,7 +182,11 @@ def _load_only(model_name: str, timing: _Timing, extra: dict[str, Any]) -> dict[
 async def generate(body: GenerateRequest, request: Request) -> Response:
     body.check_unsupported()
     timing = _Timing()
-    model = await _model(request, body.model, timing)
+    if not body.prompt and not body.context and (done := _unload_only(request, body, {"response": ""})):
+        return done
+    model = await _model(request, body, timing)
+    if body.system is None:
+        body.system = model.default_system
     if not body.prompt and not body.context:
         # Ollama's idiom for "load this model now".
         return JSONResponse(_load_only(model.name, timing, {"response": ""}))
@@ -197,8 +217,14 @@ async def generate(body: GenerateRequest, request: Request) -> Response:
 async def chat(body: ChatRequest, request: Request) -> Response:
     body.check_unsupported()
     timing = _Timing()
-    model = await _model(request, body.model, timing)
+    if not body.messages and (
+        done := _unload_only(request, body, {"message": {"role": "assistant", "content": ""}})
+    ):
+        return done
+    model = await _model(request, body, timing)
     messages = body.template_messages()
+    if messages:
+        messages = model.with_model_messages(messages)
     if not messages:
         return JSONResponse(_load_only(model.name, timing, {"message": {"role": "assistant", "content": ""}}))
     plan = so.tool_plan(model, body.tools, None)

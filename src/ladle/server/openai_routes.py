@@ -287,7 +287,8 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     plan = so.tool_plan(model, body.tools, body.tool_choice, body.parallel_tool_calls)
     text, ids = await prompts.render_chat(
         model,
-        so.template_messages(body.template_messages()),
+        # a store model's SYSTEM / MESSAGEs, as Ollama
+        so.template_messages(model.with_model_messages(body.template_messages())),
         add_generation_prompt=body.add_generation_prompt and not body.continue_final_message,
         chat_template=body.chat_template,
         template_kwargs=body.chat_template_kwargs,

@@ -51,7 +51,8 @@ async def render_chat(
             tokenizer.apply_chat_template,
             messages,
             add_generation_prompt=add_generation_prompt,
-            chat_template=chat_template,
+            chat_template=chat_template
+            or model.chat_template,  # a store model's template if the weights lack one
             tools=tools or None,
             **kwargs,
         )

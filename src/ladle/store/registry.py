@@ -65,7 +65,9 @@ def _fetch_manifest(
             break
         except (httpx.TransportError, RetryableError) as e:
             attempt += 1
-            if attempt > config.max_retries:
+            # Nothing listening (refused) or no such host won't change in a few seconds: fail at once, as
+            # Ollama does, instead of a minute of backoff. Timeouts, resets and 5xx are still retried.
+            if attempt > config.max_retries or _is_permanent(e):
                 raise PullError(f"cannot reach the registry at {base}: {_reason(e)}") from None
             time.sleep(config.backoff(attempt))
     if response.status_code == 404:
@@ -80,6 +82,13 @@ def _fetch_manifest(
     if len(response.content) > MAX_MANIFEST_BYTES:
         raise PullError(f"pull model manifest: the manifest for '{name}' is too large")
     return response.content
+
+
+def _is_permanent(error: Exception) -> bool:
+    if not isinstance(error, httpx.ConnectError):
+        return False
+    text = str(error).lower()
+    return "refused" in text or "name or service not known" in text or "nodename nor servname" in text
 
 
 def _reason(error: Exception) -> str:

@@ -7,12 +7,12 @@ with a few scatters over all rows at once rather than a Python loop over the voc
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
+from ladle.engine.sampling.token_arrays import TokenArrays
 from ladle.engine.sampling.types import SamplingRow
 from ladle.sampling_params import SamplingParams
 
@@ -37,17 +37,14 @@ def min_tokens_banned(row: SamplingRow) -> set[int]:
     )
 
 
-def penalty_window_tokens(row: SamplingRow) -> tuple[Sequence[int], Sequence[int]]:
-    """The (prompt, output) tokens the penalties look at: the last `penalty_window` of prompt + output."""
+def penalty_window(row: SamplingRow) -> tuple[int, int]:
+    """How many of the last prompt and output tokens the penalties look at: together, the last
+    `penalty_window` tokens of prompt + output (all of them when it is None or -1)."""
     window = row.params.penalty_window
-    prompt, output = row.prompt_token_ids, row.output_token_ids
+    num_prompt, num_output = len(row.prompt_token_ids), len(row.output_token_ids)
     if window is None or window < 0:
-        return prompt, output
-    if window == 0:
-        return (), ()
-    if window <= len(output):
-        return (), output[len(output) - window :]
-    return prompt[max(0, len(prompt) - (window - len(output))) :], output
+        return num_prompt, num_output
+    return min(num_prompt, max(0, window - num_output)), min(num_output, window)
 
 
 def apply_logit_bias(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Tensor:
@@ -82,11 +79,16 @@ def apply_min_tokens(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torch
     return logits
 
 
-def apply_penalties(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Tensor:
-    """Repetition (prompt or output, HF/vLLM rule), then frequency and presence (output only, OpenAI rule)."""
+def apply_penalties(
+    logits: torch.Tensor, rows: Sequence[SamplingRow], token_arrays: TokenArrays | None = None
+) -> torch.Tensor:
+    """Repetition (prompt or output, HF/vLLM rule), then frequency and presence (output only, OpenAI rule).
+
+    token_arrays: kept by the caller between steps, so that long contexts aren't converted every step."""
     penalized = [i for i, row in enumerate(rows) if has_penalties(row.params)]
     if not penalized:
         return logits
+    arrays = token_arrays or TokenArrays()
     device = logits.device
     vocab_size = logits.shape[1]
     subset = len(penalized) < len(rows)
@@ -94,15 +96,17 @@ def apply_penalties(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.
     x = logits[_to(penalized, device)] if subset else logits
     sub_rows = [rows[i] for i in penalized]
 
-    seen_tokens: list[Sequence[int]] = []  # repetition: any occurrence in the window, prompt or output
-    output_tokens: list[Sequence[int]] = []  # frequency/presence: occurrences in the window's output part
+    seen_tokens: list[np.ndarray] = []  # repetition: any occurrence in the window, prompt or output
+    output_tokens: list[np.ndarray] = []  # frequency/presence: occurrences in the window's output part
     for row in sub_rows:
-        prompt, output = penalty_window_tokens(row)
         p = row.params
-        seen_tokens.append(list(itertools.chain(prompt, output)) if p.repetition_penalty != 1.0 else ())
-        output_tokens.append(output if (p.frequency_penalty != 0.0 or p.presence_penalty != 0.0) else ())
+        prompt_window, output_window = penalty_window(row)
+        prompt = arrays.get(row.prompt_token_ids, mutable=False)[len(row.prompt_token_ids) - prompt_window :]
+        output = arrays.get(row.output_token_ids)[len(row.output_token_ids) - output_window :]
+        seen_tokens.append(np.concatenate((prompt, output)) if p.repetition_penalty != 1.0 else _EMPTY)
+        output_tokens.append(output if (p.frequency_penalty != 0.0 or p.presence_penalty != 0.0) else _EMPTY)
 
-    if any(seen_tokens):
+    if any(len(t) for t in seen_tokens):
         seen = torch.zeros(len(sub_rows) * vocab_size, dtype=torch.bool, device=device)
         seen[_flat_indices(seen_tokens, vocab_size, device)] = True
         seen = seen.view(len(sub_rows), vocab_size)
@@ -111,7 +115,7 @@ def apply_penalties(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.
         factor = torch.where(x > 0, 1.0 / penalty, penalty).masked_fill_(~seen, 1.0)
         x.mul_(factor)
 
-    if any(output_tokens):
+    if any(len(t) for t in output_tokens):
         counts = torch.zeros(len(sub_rows) * vocab_size, dtype=torch.float32, device=device)
         flat = _flat_indices(output_tokens, vocab_size, device)
         counts.index_add_(0, flat, torch.ones(flat.numel(), dtype=torch.float32, device=device))
@@ -125,14 +129,14 @@ def apply_penalties(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.
     return logits
 
 
-def _flat_indices(
-    token_lists: Sequence[Sequence[int]], vocab_size: int, device: torch.device
-) -> torch.Tensor:
-    """Indices into a flattened [len(token_lists), vocab] tensor: row * vocab + token, for every token."""
-    lengths = np.fromiter((len(t) for t in token_lists), dtype=np.int64, count=len(token_lists))
-    # np.fromiter over a chained iterator is the cheapest way found to turn many Python ints into a tensor.
-    tokens = np.fromiter(itertools.chain.from_iterable(token_lists), dtype=np.int64, count=int(lengths.sum()))
-    flat = np.repeat(np.arange(len(token_lists), dtype=np.int64) * vocab_size, lengths) + tokens
+_EMPTY = np.zeros(0, dtype=np.int64)
+
+
+def _flat_indices(token_arrays: Sequence[np.ndarray], vocab_size: int, device: torch.device) -> torch.Tensor:
+    """Indices into a flattened [len(token_arrays), vocab] tensor: row * vocab + token, for every token."""
+    lengths = np.fromiter((len(t) for t in token_arrays), dtype=np.int64, count=len(token_arrays))
+    tokens = np.concatenate(token_arrays)
+    flat = np.repeat(np.arange(len(token_arrays), dtype=np.int64) * vocab_size, lengths) + tokens
     return torch.from_numpy(flat).to(device)
 
 

@@ -91,10 +91,13 @@ def template_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for message in messages:
         calls = message.get("tool_calls")
-        if calls:
+        if calls and isinstance(calls, list):
             message = dict(message)
             fixed = []
             for call in calls:
+                if not isinstance(call, dict) or not isinstance(call.get("function", {}), dict):
+                    fixed.append(call)  # left as sent; a template that can't render it answers 400
+                    continue
                 call = dict(call)
                 function = dict(call.get("function") or {})
                 if isinstance(function.get("arguments"), str):

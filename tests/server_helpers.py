@@ -42,6 +42,8 @@ def run_server(folder: Path, log_dir: Path, *extra: str, load: bool = True) -> I
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
     env.pop("LADLE_API_KEY", None)
     env.pop("LADLE_HOST", None)
+    # The store routes must never touch the user's real store (~/.ladle) from a test.
+    env["LADLE_HOME"] = str(log_dir / "ladle-home")
     log_path = log_dir / f"server-{port}.log"
     args = [sys.executable, "-m", "ladle.cli.main", "serve", *([str(folder)] if load else [])]
     args += ["--port", str(port), "--log-level", "warning", *extra]

@@ -120,6 +120,11 @@ def test_two_models_loaded_at_once_keep_alive_and_stop(tmp_path_factory, folders
         assert generate(ladle, "tiny-a", keep_alive=0)["response"] == reference["tiny-a"]
         assert wait_until(lambda: "tiny-a:latest" not in loaded(ladle), timeout=5)
 
+        # the same through `ladle run --keepalive`
+        one_shot = ladle.call("run", "tiny-a", "--keepalive", "0", PROMPT)
+        assert one_shot.returncode == 0, one_shot.stderr
+        assert wait_until(lambda: "tiny-a:latest" not in loaded(ladle), timeout=5)
+
         # a short keep_alive expires; a negative one never does
         generate(ladle, "tiny-a", keep_alive="1s")
         generate(ladle, "tiny-b", keep_alive=-1)
@@ -168,8 +173,16 @@ def test_pulled_gguf_runs(tmp_path_factory) -> None:
             one_shot = ladle.run("run", "stories", "Once upon a time")  # pulls first, progress on stderr
             assert one_shot.returncode == 0, one_shot.stderr
             assert "success" in one_shot.stderr and one_shot.stdout.strip()
+            reference = ", there was a little girl named Lily. She loved to play"
             answer = generate(ladle, "stories", options={"temperature": 0, "num_predict": 24})
-            assert answer["response"].startswith(", there was a little girl named Lily. She loved to play")
+            assert answer["response"].startswith(reference)
+            # The GGUF has no chat template: /api/chat renders the manifest's Ollama template instead
+            # ("{{ .System }}\n{{ .Prompt }}", BOS first), as Ollama does.
+            body = {"model": "stories", "messages": [{"role": "user", "content": PROMPT}], "stream": False}
+            body["options"] = {"temperature": 0, "num_predict": 24}
+            chat = httpx.post(ladle.url + "/api/chat", json=body, timeout=60)
+            assert chat.status_code == 200, chat.text
+            assert chat.json()["message"]["content"].startswith(reference)
 
 
 def test_short_memory_unloads_the_idle_model_that_expires_soonest(folders, tmp_path, monkeypatch) -> None:

@@ -106,8 +106,8 @@ def test_a_legacy_ollama_template_renders_turn_by_turn() -> None:
         {"role": "assistant", "content": "Hello!"},
         {"role": "user", "content": "Bye"},
     ]
-    assert render_chat_template(jinja, messages) == (
-        "<|system|>\nBe kind.</s>\n<|user|>\nHi</s>\n<|assistant|>\nHello!</s>\n"
+    assert render_chat_template(jinja, messages, bos_token="<s>") == (
+        "<s><|system|>\nBe kind.</s>\n<|user|>\nHi</s>\n<|assistant|>\nHello!</s>\n"
         "<|user|>\nBye</s>\n<|assistant|>\n"
     )
     # the default TinyLlama-style template without a system prompt, and Ollama's `-` trimming

@@ -85,3 +85,30 @@ def test_dropped_streams_are_aborted_and_others_are_correct(ladle_server, refere
     generated = _metric(metrics, "generation_tokens_total")
     assert generated < NUM_DROPPING * DROP_TOKENS / 2
     assert time.monotonic() - start < 60
+
+
+def test_non_streaming_clients_that_leave_are_aborted(ladle_server):
+    def running() -> tuple[float, float]:
+        metrics = httpx.get(ladle_server.url + "/metrics").text
+        return _metric(metrics, "num_requests_running"), _metric(metrics, "kv_cache_usage_perc")
+
+    before = _metric(httpx.get(ladle_server.url + "/metrics").text, "generation_tokens_total")
+    for route, body in (
+        ("/v1/completions", {"prompt": "Once", "max_tokens": 480, "ignore_eos": True}),
+        (
+            "/api/generate",
+            {"model": ladle_server.model, "prompt": "Once", "stream": False, "options": {"num_predict": 480}},
+        ),
+    ):
+        try:
+            httpx.post(ladle_server.url + route, json=body, timeout=0.3)
+        except httpx.TimeoutException:
+            pass
+        else:
+            raise AssertionError("the request was expected to outlast the client's timeout")
+    deadline = time.monotonic() + 20
+    while running() != (0, 0) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert running() == (0, 0)
+    after = _metric(httpx.get(ladle_server.url + "/metrics").text, "generation_tokens_total")
+    assert after - before < 2 * 480

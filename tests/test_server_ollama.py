@@ -140,3 +140,16 @@ def test_errors(client, ladle_server):
 def test_version_and_root(ladle_server):
     assert httpx.get(ladle_server.url + "/").text == "ladle is running"
     assert httpx.get(ladle_server.url + "/api/version").json()["version"]
+
+
+def test_template_override(client, ladle_server, reference_llm):
+    ids = reference_llm.get_tokenizer().encode("<s>Lily!", add_special_tokens=False)
+    expected = reference_llm.generate([{"prompt_token_ids": ids}], _greedy())[0].outputs[0].text
+    resp = client.generate(
+        model=ladle_server.model,
+        prompt="Lily",
+        template="{{ bos_token }}{{ messages[-1]['content'] }}!",
+        options=GREEDY,
+        keep_alive="5m",
+    )
+    assert resp.response == expected

@@ -202,3 +202,24 @@ def test_load_on_first_request_and_health_while_loading(tiny_folder):
         assert [m["id"] for m in client.get("/v1/models").json()["data"]] == [str(tiny_folder)]
         r = client.post("/v1/completions", json={"model": "/no/such/folder", "prompt": "hi"})
         assert r.status_code == 404 and r.json()["error"]["param"] == "model"
+
+
+def test_cors_with_allowed_origins_and_host_parsing(tiny_folder):
+    from ladle.cli.serve import parse_host
+
+    assert parse_host(None) == ("127.0.0.1", 11434)
+    assert parse_host("0.0.0.0:8000") == ("0.0.0.0", 8000)
+    assert parse_host("http://example.com:9") == ("example.com", 9)
+    assert parse_host(":7000") == ("127.0.0.1", 7000)
+    assert parse_host("somehost") == ("somehost", 11434)
+    app = build_app(ServerConfig(allowed_origins=["http://ok.example"], api_key="k"))
+    with TestClient(app) as client:
+        pre = client.options(
+            "/v1/models",
+            headers={"Origin": "http://ok.example", "Access-Control-Request-Method": "GET"},
+        )
+        assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == "http://ok.example"
+        r = client.get("/v1/models", headers={"Origin": "http://ok.example", "Authorization": "Bearer k"})
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "http://ok.example"
+        r = client.get("/v1/models", headers={"Origin": "http://evil.example", "Authorization": "Bearer k"})
+        assert "access-control-allow-origin" not in r.headers

@@ -11,7 +11,7 @@ from schemathesis.checks import not_a_server_error
 from server_helpers import run_server
 
 # Per operation; ~15 operations. Enough to hit every field's edges, small enough for < 2 minutes on 2 cores.
-MAX_EXAMPLES = 20
+MAX_EXAMPLES = 15
 
 
 @pytest.fixture(scope="module")

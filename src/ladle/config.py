@@ -15,6 +15,8 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     load_format: str = "auto"  # or "dummy": random weights from config.json, for benchmarks
     tensor_parallel_size: int = 1
+    # How tensor-parallel ranks are started: "mp" (processes on this host) or "ray" (a Ray cluster's nodes).
+    distributed_executor_backend: str = "mp"
     seed: int = 0
     # 16 tokens per block: small enough that a partial last block wastes little, large enough that block
     # tables and prefix hashes stay cheap (the same choice as vLLM).
@@ -28,6 +30,8 @@ class EngineConfig:
     # Overrides the computed pool size (tests use it to force preemption).
     num_kv_blocks: int | None = None
     attention_backend: str = "auto"  # auto: triton on CUDA when available, else torch
+    # True: no CUDA graphs (every step runs eagerly), as vLLM's option of that name.
+    enforce_eager: bool = False
     tokenizer: str | None = None  # a folder with tokenizer.json, when the model folder has none
 
     def __post_init__(self) -> None:
@@ -41,5 +45,9 @@ class EngineConfig:
             )
         if self.max_num_batched_tokens < 1 or self.max_num_seqs < 1:
             raise ValueError("max_num_batched_tokens and max_num_seqs must be >= 1")
-        if self.tensor_parallel_size != 1:
-            raise ValueError("tensor_parallel_size > 1 is not supported yet in this build of ladle")
+        if self.tensor_parallel_size < 1:
+            raise ValueError(f"tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}")
+        if self.distributed_executor_backend not in ("mp", "ray"):
+            raise ValueError(
+                f"distributed_executor_backend must be mp or ray, got {self.distributed_executor_backend!r}"
+            )

@@ -27,6 +27,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-num-batched-tokens", type=int, default=2048)
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--attention-backend", default="auto", choices=["auto", "torch", "triton"])
+    p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
+    p.add_argument(
+        "--tensor-parallel-size", "-tp", type=int, default=1, help="GPUs (or CPU processes) per model"
+    )
+    p.add_argument(
+        "--distributed-executor-backend", default="mp", choices=["mp", "ray"], help="how TP ranks start"
+    )
     p.add_argument(
         "--output-json", default=None, help="where to write the JSON result (default benchmarks/results/)"
     )
@@ -48,6 +56,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     model, load_format = model_arguments(args)
     rng = random.Random(args.seed)
+    t0 = time.perf_counter()
     llm = LLM(
         model,
         load_format=load_format,
@@ -57,7 +66,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens,
         seed=args.seed,
+        tensor_parallel_size=args.tensor_parallel_size,
+        distributed_executor_backend=args.distributed_executor_backend,
+        attention_backend=args.attention_backend,
+        enforce_eager=args.enforce_eager,
     )
+    engine_ready_s = time.perf_counter() - t0
     vocab = llm.llm_engine.arch.vocab_size
     prompts, params = [], []
     for _ in range(args.num_prompts):
@@ -87,7 +101,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "dtype": str(llm.llm_engine.dtype),
         "kv_blocks": llm.llm_engine.kv.num_blocks,
         "preemptions": llm.llm_engine.scheduler.num_preemptions,
+        "tensor_parallel_size": args.tensor_parallel_size,
+        "attention_backend": llm.llm_engine.attention_backend.name,
+        "cuda_graphs": llm.llm_engine.runner.graphs is not None,
+        "engine_ready_s": round(engine_ready_s, 2),
+        "graph_capture_s": round(llm.llm_engine.graph_capture_seconds, 2),
+        "memory_profile": llm.llm_engine.memory_profile,
     }
+    llm.llm_engine.shutdown()
     path = write_result("throughput", result, path=args.output_json)
     print(
         f"Throughput: {result['requests_per_s']:.2f} requests/s, {result['total_tokens_per_s']:.1f} total tokens/s, "

@@ -47,6 +47,12 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     bench_serve.add_arguments(bs)
     bs.set_defaults(handler=bench_serve.run)
+
+    from ladle.bench import latency
+
+    lat = bench_sub.add_parser("latency", help="decode latency vs the bandwidth roofline, TTFT, batch sweep")
+    latency.add_arguments(lat)
+    lat.set_defaults(handler=latency.run)
     return parser
 
 

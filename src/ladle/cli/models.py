@@ -101,6 +101,8 @@ def ps(args: argparse.Namespace) -> None:
             cpu = round(100 * (size - vram) / size)
             processor = f"{cpu}%/{100 - cpu}% CPU/GPU"
         until = human_time(m.get("expires_at"), forever="Forever")
+        if until.endswith(" ago"):
+            until = "Stopping..."  # expired: unloading as soon as its last request ends
         rows.append(
             [
                 m.get("name", ""),

@@ -44,6 +44,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--load-format", default="auto")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tensor-parallel-size", "-tp", type=int, default=1, help="GPUs per model (default 1)")
+    p.add_argument(
+        "--distributed-executor-backend",
+        default="mp",
+        choices=["mp", "ray"],
+        help="how tensor-parallel ranks start: mp (this host) or ray (a Ray cluster)",
+    )
+    p.add_argument(
+        "--data-parallel-size", "-dp", type=int, default=1, help="engine replicas per model (default 1)"
+    )
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
@@ -75,6 +85,9 @@ def run(args: argparse.Namespace) -> None:
         max_num_batched_tokens=args.max_num_batched_tokens,
         load_format=args.load_format,
         seed=args.seed,
+        tensor_parallel_size=args.tensor_parallel_size,
+        distributed_executor_backend=args.distributed_executor_backend,
+        data_parallel_size=args.data_parallel_size,
     )
     app = build_app(config, options)
     server = uvicorn.Server(

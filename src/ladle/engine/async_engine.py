@@ -75,6 +75,7 @@ class AsyncEngine:
         self.dead_error: BaseException | None = None
         self._streams: dict[str, _Stream] = {}
         self._commands: list[tuple[str, Any]] = []
+        self._outbox: list[tuple[_Stream, Any]] = []  # loop thread only
         self._wakeup = threading.Condition()
         self._stopping = False
         self._ids = itertools.count()
@@ -93,7 +94,8 @@ class AsyncEngine:
 
     @property
     def is_dead(self) -> bool:
-        return self.dead_error is not None
+        # A tensor-parallel worker can die while the engine is idle; the engine knows at once (/health: 503).
+        return self.dead_error is not None or not self.engine.is_healthy()
 
     @property
     def num_in_flight(self) -> int:
@@ -148,6 +150,7 @@ class AsyncEngine:
             self._stopping = True
             self._wakeup.notify()
         self._thread.join(timeout)
+        self.engine.shutdown()  # stops tensor-parallel workers (nothing to do for one device)
 
     def _submit(self, kind: str, payload: Any) -> None:
         with self._wakeup:
@@ -167,6 +170,7 @@ class AsyncEngine:
             for kind, payload in commands:
                 self._apply(kind, payload)
             if not engine.has_unfinished_requests():
+                self._flush()
                 self._publish_stats()
                 continue
             try:
@@ -177,6 +181,7 @@ class AsyncEngine:
                 return
             for out in outputs:
                 self._deliver(out.request_id, out)
+            self._flush()
             self._publish_stats()
         self._fail_all(EngineDeadError("the engine was shut down"))
 
@@ -197,18 +202,38 @@ class AsyncEngine:
             self._deliver(request_id, RuntimeError(f"could not start the request: {exc}"))
 
     def _deliver(self, request_id: str, item: Any) -> None:
+        """Queues an item for a request's stream; _flush() hands the step's items over in one go."""
         stream = self._streams.get(request_id)
         if stream is None or stream.finished:
             return
-        final = item is _END or isinstance(item, BaseException) or item.finished
-        if final:
+        if item is _END or isinstance(item, BaseException) or item.finished:
             stream.finished = True
-        if isinstance(item, RequestOutput) and item.finished and self.on_finished is not None:
-            stream.loop.call_soon_threadsafe(self.on_finished, item)
-        try:
-            stream.loop.call_soon_threadsafe(stream.queue.put_nowait, item)
-        except RuntimeError:  # the event loop is closed (server shutting down)
-            pass
+        self._outbox.append((stream, item))
+
+    def _flush(self) -> None:
+        # One wake-up of the event loop per step, not one per request: with many streams the cross-thread
+        # calls (and the GIL hand-offs they cost the loop thread) would otherwise grow with the batch.
+        if not self._outbox:
+            return
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Stream, Any]]] = {}
+        for stream, item in self._outbox:
+            by_loop.setdefault(stream.loop, []).append((stream, item))
+        self._outbox = []
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(self._dispatch, items)
+            except RuntimeError:  # the event loop is closed (server shutting down)
+                pass
+
+    def _dispatch(self, items: list[tuple[_Stream, Any]]) -> None:
+        """Runs on the event loop."""
+        for stream, item in items:
+            stream.queue.put_nowait(item)
+            if isinstance(item, RequestOutput) and item.finished and self.on_finished is not None:
+                try:
+                    self.on_finished(item)
+                except Exception:  # noqa: BLE001 - a metrics hook must never break a request
+                    logger.exception("on_finished hook failed")
 
     def _die(self, exc: BaseException) -> None:
         self.dead_error = exc
@@ -219,6 +244,7 @@ class AsyncEngine:
     def _fail_all(self, error: BaseException) -> None:
         for request_id in list(self._streams):
             self._deliver(request_id, error)
+        self._flush()
 
     def _publish_stats(self) -> None:
         engine = self.engine

@@ -20,7 +20,7 @@ from ladle.engine.sampler import Sampler, SamplingRow, prompt_logprobs
 from ladle.engine.scheduler import Scheduler
 from ladle.executor.device import resolve_device, resolve_dtype
 from ladle.executor.model_runner import ModelRunner, kv_block_bytes
-from ladle.layers.attention import TorchAttentionBackend
+from ladle.layers.attention import get_attention_backend
 from ladle.loader.checkpoint import Checkpoint, open_checkpoint
 from ladle.loader.model_loader import load_model
 from ladle.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
@@ -62,24 +62,44 @@ class LLMEngine:
 
         torch.manual_seed(config.seed)
         start = time.perf_counter()
-        model = load_model(
-            self.checkpoint,
-            self.device,
-            self.dtype,
-            TorchAttentionBackend(),
-            max_positions=self.max_model_len,
-            dummy=config.load_format == "dummy",
-            seed=config.seed,
-        )
+        self.attention_backend = get_attention_backend(config.attention_backend, self.device)
+        if config.tensor_parallel_size > 1:
+            from ladle.executor import create_tp_executor
+
+            # Rank 0 runs here; the executor looks like a ModelRunner (execute, allocate_kv_cache, model,
+            # profile_run, capture_graphs), forwarding to the other ranks what runs the model.
+            self.runner = create_tp_executor(
+                config, self.checkpoint, self.device, self.dtype, self.max_model_len
+            )
+        else:
+            model = load_model(
+                self.checkpoint,
+                self.device,
+                self.dtype,
+                self.attention_backend,
+                max_positions=self.max_model_len,
+                dummy=config.load_format == "dummy",
+                seed=config.seed,
+            )
+            if self.device.type == "cuda":
+                model.fuse_weights()
+            self.runner = ModelRunner(model, self.device, self.dtype, config.block_size)
         self.load_seconds = time.perf_counter() - start
-        self.runner = ModelRunner(model, self.device, self.dtype, config.block_size)
+        self.sampler = Sampler()
+        self.memory_profile: dict[str, float] = {}
         num_blocks = self._num_kv_blocks()
         self.runner.allocate_kv_cache(num_blocks)
         # A request can never hold more tokens than the whole pool.
         self.max_model_len = min(self.max_model_len, num_blocks * config.block_size)
         self.kv = KVCacheManager(num_blocks, config.block_size, config.enable_prefix_caching)
+        self.graph_capture_seconds = 0.0
+        if (
+            self.device.type == "cuda"
+            and not config.enforce_eager
+            and self.attention_backend.name == "triton"
+        ):
+            self.graph_capture_seconds = self.runner.capture_graphs(config.max_num_seqs, self.max_model_len)
         self.scheduler = Scheduler(self.kv, config.max_num_batched_tokens, config.max_num_seqs)
-        self.sampler = Sampler()
         self._structured = None  # ladle.structured.StructuredDecoding, made by the first constrained request
         self._structured_lock = threading.Lock()
         self.parents: dict[str, _Parent] = {}
@@ -90,16 +110,50 @@ class LLMEngine:
     def _num_kv_blocks(self) -> int:
         if self.config.num_kv_blocks is not None:
             return self.config.num_kv_blocks
-        block_bytes = kv_block_bytes(self.arch, self.config.block_size, self.dtype)
+        # The runner's model config: one rank's heads under tensor parallelism (each rank has its own memory).
+        block_bytes = kv_block_bytes(self.runner.model.config, self.config.block_size, self.dtype)
         if self.device.type == "cuda":
-            free, total = torch.cuda.mem_get_info(self.device)
-            used = total - free
-            budget = total * self.config.gpu_memory_utilization - used - self._activation_reserve()
+            budget = self._cuda_kv_budget()
         else:
             budget = int(os.environ.get("LADLE_CPU_KV_CACHE_BYTES", self.config.cpu_kv_cache_bytes))
         # Never more than every sequence slot could use at full context.
         wanted = self.config.max_num_seqs * -(-self.max_model_len // self.config.block_size)
         return max(1, min(int(budget // block_bytes), wanted))
+
+    def _cuda_kv_budget(self) -> float:
+        """KV pool bytes = total * gpu_memory_utilization - what is in use (CUDA context, weights, other
+        processes) - the peak activations of the largest step, measured by running one - the same again
+        for the CUDA graphs' private memory pool (it holds a decode step's activations)."""
+        cfg = self.config
+        dev = self.device
+        torch.cuda.synchronize(dev)
+        torch.cuda.empty_cache()
+        before = torch.cuda.memory_allocated(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        start = time.perf_counter()
+        self.runner.profile_run(cfg.max_num_batched_tokens, cfg.max_num_seqs, self._profile_sampling)
+        peak = torch.cuda.max_memory_allocated(dev) - before
+        torch.cuda.empty_cache()
+        free, total = torch.cuda.mem_get_info(dev)
+        used = total - free
+        graph_reserve = 0 if cfg.enforce_eager else peak
+        budget = total * cfg.gpu_memory_utilization - used - peak - graph_reserve
+        self.memory_profile = {
+            "total_gib": total / 2**30,
+            "used_before_kv_gib": used / 2**30,
+            "weights_gib": before / 2**30,
+            "peak_activations_gib": peak / 2**30,
+            "graph_reserve_gib": graph_reserve / 2**30,
+            "kv_budget_gib": budget / 2**30,
+            "profile_seconds": time.perf_counter() - start,
+        }
+        return budget
+
+    def _profile_sampling(self, logits: torch.Tensor) -> None:
+        # The most memory-hungry sampling settings (temperature, top-k and top-p on every row).
+        params = SamplingParams(temperature=1.0, top_p=0.9, top_k=50)
+        rows = [SamplingRow(params=params, prompt_token_ids=[1], output_token_ids=[]) for _ in logits]
+        self.sampler(logits, rows)
 
     def _activation_reserve(self) -> int:
         # Peak activations of one full step: logits for every sequence plus a few hidden-size buffers per
@@ -109,6 +163,22 @@ class LLMEngine:
         per_token = (4 * cfg.hidden_size + 2 * cfg.intermediate_size) * self.dtype.itemsize
         logits = self.config.max_num_seqs * cfg.vocab_size * 4
         return tokens * per_token + 2 * logits
+
+    # -- health ------------------------------------------------------------------------------------------
+    def is_healthy(self) -> bool:
+        """False once a tensor-parallel worker has died (the server's /health answers 503 then)."""
+        check = getattr(self.runner, "is_healthy", None)
+        return check() if check is not None else True
+
+    @property
+    def dead_error(self) -> BaseException | None:
+        return getattr(self.runner, "dead_error", None)
+
+    def shutdown(self) -> None:
+        """Stops tensor-parallel workers (a no-op for a single-device engine)."""
+        stop = getattr(self.runner, "shutdown", None)
+        if stop is not None:
+            stop()
 
     # -- requests ----------------------------------------------------------------------------------------
     def tokenize_prompt(self, prompt: str | list[int] | dict[str, Any]) -> tuple[str | None, list[int]]:

@@ -44,7 +44,7 @@ from ladle.engine.sampling.logprobs import prompt_logprobs, token_logprobs
 from ladle.engine.sampling.penalties import apply_logit_bias, apply_min_tokens, apply_penalties
 from ladle.engine.sampling.token_arrays import TokenArrays
 from ladle.engine.sampling.truncation import apply_min_p, apply_temperature, apply_top_k_top_p
-from ladle.engine.sampling.types import SamplerOutput, SamplingRow
+from ladle.engine.sampling.types import SamplerOutput, SamplingRow, device_tensor
 from ladle.sampling_params import _GREEDY_EPSILON
 
 __all__ = ["Sampler", "SamplerOutput", "SamplingRow", "prompt_logprobs"]
@@ -120,7 +120,7 @@ class Sampler:
             if len(lp_rows) == len(rows):
                 raw, chosen = logits, tokens
             else:
-                index = torch.tensor(lp_rows, device=logits.device)
+                index = device_tensor(lp_rows, None, logits.device)
                 raw, chosen = logits[index], tokens[index]
             num_top = [rows[i].params.logprobs or 0 for i in lp_rows]
             values, row_ranks = token_logprobs(raw.float().log_softmax(dim=-1), chosen, num_top)
@@ -142,7 +142,7 @@ class Sampler:
         if processed.greedy_tokens is not None:
             result.scatter_(1, processed.greedy_tokens.unsqueeze(1), 0.0)
         if processed.random_logits is not None:
-            index = torch.tensor(processed.random_rows, device=logits.device)
+            index = device_tensor(processed.random_rows, None, logits.device)
             result[index] = processed.random_logits.log_softmax(dim=-1)
         return result
 
@@ -173,8 +173,8 @@ class Sampler:
         device = logits.device
         random = [rows[i].params for i in plan.random_rows]
         if len(plan.random_rows) < len(rows):
-            work = work[torch.tensor(plan.random_rows, device=device)]
-        temperature = torch.tensor([p.temperature for p in random], dtype=torch.float32, device=device)
+            work = work[device_tensor(plan.random_rows, None, device)]
+        temperature = device_tensor([p.temperature for p in random], torch.float32, device)
         work = apply_temperature(work, temperature)  # a new tensor: from here on it is ours to edit
 
         # Truncate only the rows that ask for it: top-k/top-p take a topk (at worst a sort) of each row.
@@ -185,7 +185,7 @@ class Sampler:
             work = _on_rows(work, truncated, lambda x: apply_top_k_top_p(x, top_k, top_p))
         min_p_rows = [j for j, p in enumerate(random) if p.min_p > 0.0]
         if min_p_rows:
-            min_p = torch.tensor([random[j].min_p for j in min_p_rows], dtype=torch.float32, device=device)
+            min_p = device_tensor([random[j].min_p for j in min_p_rows], torch.float32, device)
             work = _on_rows(work, min_p_rows, lambda x: apply_min_p(x, min_p))
         return _Processed(greedy_tokens, plan.random_rows, work)
 
@@ -199,7 +199,7 @@ class Sampler:
         if processed.greedy_tokens is None:
             return sampled
         tokens = processed.greedy_tokens.clone()
-        tokens[torch.tensor(processed.random_rows, device=tokens.device)] = sampled
+        tokens[device_tensor(processed.random_rows, None, tokens.device)] = sampled
         return tokens
 
 
@@ -223,6 +223,6 @@ def _on_rows(x: torch.Tensor, rows: list[int], fn: Callable[[torch.Tensor], torc
     """Apply an in-place-editing fn to rows `rows` of x (all of x when that is every row)."""
     if len(rows) == x.shape[0]:
         return fn(x)
-    index = torch.tensor(rows, device=x.device)
+    index = device_tensor(rows, None, x.device)
     x[index] = fn(x[index])
     return x

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ladle.engine.scheduler import ScheduledBatch
@@ -38,6 +39,7 @@ class ModelRunner:
         self.dtype = dtype
         self.block_size = block_size
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.graphs = None  # DecodeGraphs once capture_graphs() ran (CUDA only)
 
     def allocate_kv_cache(self, num_blocks: int) -> None:
         cfg = self.model.config
@@ -50,6 +52,71 @@ class ModelRunner:
             )
             for _ in range(cfg.num_hidden_layers)
         ]
+
+    def capture_graphs(self, max_num_seqs: int, max_model_len: int) -> float:
+        """Captures decode CUDA graphs for batch sizes up to max_num_seqs; returns the seconds it took."""
+        from ladle.executor.cuda_graphs import DecodeGraphs, capture_sizes
+        from ladle.kernels.triton_attention import decode_num_splits
+
+        cfg = self.model.config
+        num_sms = torch.cuda.get_device_properties(self.device).multi_processor_count
+        self.graphs = DecodeGraphs(
+            self.model,
+            self.kv_caches,
+            capture_sizes(max_num_seqs),
+            max_blocks_per_seq=-(-max_model_len // self.block_size),
+            block_size=self.block_size,
+            max_model_len=max_model_len,
+            device=self.device,
+            num_splits_for=lambda b: decode_num_splits(b, cfg.num_key_value_heads, None, num_sms),
+        )
+        self.graphs.capture()
+        return self.graphs.capture_seconds
+
+    @torch.inference_mode()
+    def profile_run(self, num_tokens: int, num_seqs: int, sampler=None) -> None:
+        """One step of num_tokens prompt tokens over num_seqs sequences, logits for every sequence and a
+        sampling pass over them: the largest step the scheduler can hand out, for measuring peak memory.
+        Runs on a throwaway KV cache just big enough."""
+        num_seqs = max(1, min(num_seqs, num_tokens))
+        per_seq = [num_tokens // num_seqs + (1 if i < num_tokens % num_seqs else 0) for i in range(num_seqs)]
+        size = self.block_size
+        blocks = [-(-n // size) for n in per_seq]
+        saved = self.kv_caches
+        self.allocate_kv_cache(sum(blocks))
+        try:
+            tables = torch.zeros(num_seqs, max(blocks), dtype=torch.int32)
+            slots, first = [], 0
+            for i, (n, nb) in enumerate(zip(per_seq, blocks)):
+                tables[i, :nb] = torch.arange(first, first + nb, dtype=torch.int32)
+                slots.extend(range(first * size, first * size + n))
+                first += nb
+            query_start = [0]
+            for n in per_seq:
+                query_start.append(query_start[-1] + n)
+            dev = self.device
+            meta = AttentionMetadata(
+                slot_mapping=torch.tensor(slots, dtype=torch.int64, device=dev),
+                block_tables=tables.to(dev),
+                query_start=torch.tensor(query_start, dtype=torch.int32, device=dev),
+                seq_lens=torch.tensor(per_seq, dtype=torch.int32, device=dev),
+                query_lens_host=per_seq,
+                seq_lens_host=per_seq,
+                block_size=size,
+                max_query_len=max(per_seq),
+                max_seq_len=max(per_seq),
+            )
+            ids = torch.randint(0, self.model.config.vocab_size, (num_tokens,), device=dev)
+            positions = torch.cat([torch.arange(n, device=dev) for n in per_seq])
+            hidden = self.model(ids, positions, self.kv_caches, meta)
+            last = torch.tensor([b - 1 for b in query_start[1:]], device=dev)
+            logits = self.model.compute_logits(hidden[last])
+            del hidden
+            if sampler is not None:
+                sampler(logits)
+            torch.cuda.synchronize(dev) if dev.type == "cuda" else None
+        finally:
+            self.kv_caches = saved
 
     @torch.inference_mode()
     def execute(self, batch: ScheduledBatch) -> StepLogits:
@@ -78,31 +145,63 @@ class ModelRunner:
             if req.params.prompt_logprobs is not None and start < req.num_prompt_tokens:
                 prompt_rows[i] = (row0, len(input_ids))
 
+        num_seqs = len(batch)
         max_blocks = max(len(r.block_ids) for r in batch.requests)
-        tables = torch.zeros(len(batch), max_blocks, dtype=torch.int32)
+        tables = np.zeros((num_seqs, max_blocks), dtype=np.int32)
         for i, req in enumerate(batch.requests):
-            tables[i, : len(req.block_ids)] = torch.tensor(req.block_ids, dtype=torch.int32)
+            tables[i, : len(req.block_ids)] = req.block_ids
+        max_query_len = max(query_lens)
+        graphs = self.graphs
+        if (
+            graphs is not None
+            and max_query_len == 1
+            and not prompt_rows
+            and len(sample_indices) == num_seqs
+            and graphs.graph_size(num_seqs) is not None
+        ):
+            # Decode-only: host buffers go straight into the graph's static inputs; no other host sync.
+            logits = graphs.run(
+                self._host(input_ids, torch.int64),
+                self._host(positions, torch.int64),
+                self._host(slots, torch.int64),
+                self._host(seq_lens, torch.int32),
+                self._host(tables, torch.int32),
+            )
+            return StepLogits(sample_indices=sample_indices, logits=logits, prompt_logits={})
+
         query_start = [0]
         for q in query_lens:
             query_start.append(query_start[-1] + q)
-        dev = self.device
+        num_tokens = len(input_ids)
+        # Two host-to-device copies per step (pinned memory, asynchronous): everything int64, then int32.
+        longs = self._to_device(input_ids + positions + slots + last_rows, torch.int64)
+        ints = self._to_device(query_start + seq_lens, torch.int32)
         meta = AttentionMetadata(
-            slot_mapping=torch.tensor(slots, dtype=torch.int64, device=dev),
-            block_tables=tables.to(dev),
-            query_start=torch.tensor(query_start, dtype=torch.int32, device=dev),
-            seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=dev),
+            slot_mapping=longs[2 * num_tokens : 3 * num_tokens],
+            block_tables=self._to_device(tables, torch.int32),
+            query_start=ints[: num_seqs + 1],
+            seq_lens=ints[num_seqs + 1 :],
             query_lens_host=query_lens,
             seq_lens_host=seq_lens,
             block_size=size,
-            max_query_len=max(query_lens),
+            max_query_len=max_query_len,
             max_seq_len=max(seq_lens),
         )
-        hidden = self.model(
-            torch.tensor(input_ids, dtype=torch.int64, device=dev),
-            torch.tensor(positions, dtype=torch.int64, device=dev),
-            self.kv_caches,
-            meta,
-        )
-        logits = self.model.compute_logits(hidden[last_rows]) if last_rows else hidden.new_empty(0, 0).float()
+        hidden = self.model(longs[:num_tokens], longs[num_tokens : 2 * num_tokens], self.kv_caches, meta)
+        if not last_rows:
+            logits = hidden.new_empty(0, 0).float()
+        elif len(last_rows) == num_tokens:
+            logits = self.model.compute_logits(hidden)
+        else:
+            logits = self.model.compute_logits(hidden[longs[3 * num_tokens :]])
         prompt_logits = {i: self.model.compute_logits(hidden[a:b]) for i, (a, b) in prompt_rows.items()}
         return StepLogits(sample_indices=sample_indices, logits=logits, prompt_logits=prompt_logits)
+
+    def _host(self, values, dtype: torch.dtype) -> torch.Tensor:
+        host = (
+            torch.from_numpy(values) if isinstance(values, np.ndarray) else torch.tensor(values, dtype=dtype)
+        )
+        return host.pin_memory() if self.device.type == "cuda" else host
+
+    def _to_device(self, values, dtype: torch.dtype) -> torch.Tensor:
+        return self._host(values, dtype).to(self.device, non_blocking=True)

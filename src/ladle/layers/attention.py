@@ -9,7 +9,8 @@ slot_mapping[t] = block * block_size + offset says where token t's K/V are writt
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,10 @@ class AttentionMetadata:
     block_size: int
     max_query_len: int
     max_seq_len: int
+    # Decode splits the Triton backend uses; set for CUDA graphs, whose batches must not depend on lengths.
+    decode_num_splits: int | None = None
+    # Per-step values a backend derives once and reuses in every layer (e.g. the Triton work list).
+    backend_cache: dict[Any, Any] = field(default_factory=dict)
 
     @property
     def is_decode_only(self) -> bool:
@@ -51,6 +56,21 @@ class AttentionBackend:
         sliding_window: int | None,
     ) -> torch.Tensor:  # [T, H, D]
         raise NotImplementedError
+
+
+def get_attention_backend(name: str, device: torch.device) -> AttentionBackend:
+    """auto: the Triton kernels on CUDA when Triton is installed, else the torch reference."""
+    if name not in ("auto", "torch", "triton"):
+        raise ValueError(f"attention_backend must be auto, torch or triton, got {name!r}")
+    if name == "torch" or (name == "auto" and device.type != "cuda"):
+        return TorchAttentionBackend()
+    from ladle.layers.attention_triton import TritonAttentionBackend, triton_available
+
+    if device.type == "cuda" and triton_available():
+        return TritonAttentionBackend()
+    if name == "triton":
+        raise ValueError("attention_backend: triton needs a CUDA device and the triton package")
+    return TorchAttentionBackend()
 
 
 def write_kv_cache(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ladle.kernels.availability import fused_ops_enabled
+
 
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-6, unit_offset: bool = False) -> None:
@@ -18,6 +20,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(weight, requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if fused_ops_enabled(x):
+            from ladle.kernels.fused_ops import rms_norm
+
+            return rms_norm(x, self.weight, self.eps, self.unit_offset)
         dtype = x.dtype
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)

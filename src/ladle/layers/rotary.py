@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from ladle.kernels.availability import fused_ops_enabled
 from ladle.model.config import RopeConfig
 
 
@@ -52,7 +53,11 @@ class RotaryEmbedding(nn.Module):
     def forward(
         self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """q: [T, H, D], k: [T, KVH, D], positions: [T]."""
+        """q: [T, H, D], k: [T, KVH, D], positions: [T]. On CUDA, rotates q and k in place."""
+        if fused_ops_enabled(q) and q.stride(-1) == 1 and k.stride(-1) == 1:
+            from ladle.kernels.fused_ops import rotary_
+
+            return rotary_(q, self.cos_sin, positions), rotary_(k, self.cos_sin, positions)
         cos, sin = self.cos_sin[positions].chunk(2, dim=-1)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         return _rotate(q, cos, sin), _rotate(k, cos, sin)

@@ -10,8 +10,10 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from ladle.kernels.availability import fused_ops_enabled
 from ladle.layers.activation import get_activation
 from ladle.layers.attention import AttentionBackend, AttentionMetadata
 from ladle.layers.linear import Linear, TiedLMHead, VocabEmbedding
@@ -46,14 +48,32 @@ class Attention(nn.Module):
         self.scale = cfg.attention_scale if cfg.attention_scale is not None else self.head_dim**-0.5
         self.sliding_window = cfg.window_for_layer(layer)
         self.backend = backend
+        self.qkv_weight: torch.Tensor | None = None  # set by fuse_weights(): q, k, v stacked
+        self.qkv_bias: torch.Tensor | None = None
+
+    def fuse_weights(self) -> None:
+        """One GEMM for q, k and v (the three weights become views of the stacked one)."""
+        projs = (self.q_proj, self.k_proj, self.v_proj)
+        if any(p.quantized is not None for p in projs):
+            return
+        self.qkv_weight = _stack_weights(projs)
+        if self.q_proj.bias is not None:
+            self.qkv_bias = torch.cat([p.bias for p in projs])
 
     def forward(
         self, positions: torch.Tensor, x: torch.Tensor, kv_cache: KVCache, meta: AttentionMetadata
     ) -> torch.Tensor:
         tokens = x.shape[0]
-        q = self.q_proj(x).view(tokens, self.num_heads, self.head_dim)
-        k = self.k_proj(x).view(tokens, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).view(tokens, self.num_kv_heads, self.head_dim)
+        if self.qkv_weight is not None:
+            sizes = [self.num_heads * self.head_dim] + [self.num_kv_heads * self.head_dim] * 2
+            q, k, v = F.linear(x, self.qkv_weight, self.qkv_bias).split(sizes, dim=-1)
+            q = q.view(tokens, self.num_heads, self.head_dim)
+            k = k.view(tokens, self.num_kv_heads, self.head_dim)
+            v = v.view(tokens, self.num_kv_heads, self.head_dim)
+        else:
+            q = self.q_proj(x).view(tokens, self.num_heads, self.head_dim)
+            k = self.k_proj(x).view(tokens, self.num_kv_heads, self.head_dim)
+            v = self.v_proj(x).view(tokens, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = self.rotary(positions, q, k)
@@ -68,9 +88,37 @@ class GatedMLP(nn.Module):
         self.up_proj = Linear(cfg.hidden_size, cfg.intermediate_size)
         self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size)
         self.act = get_activation(cfg.hidden_act)
+        self.is_silu = cfg.hidden_act in ("silu", "swish")
+        self.gate_up_weight: torch.Tensor | None = None  # set by fuse_weights(): gate and up stacked
+
+    def fuse_weights(self) -> None:
+        projs = (self.gate_proj, self.up_proj)
+        if any(p.quantized is not None or p.bias is not None for p in projs):
+            return
+        self.gate_up_weight = _stack_weights(projs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate_up_weight is not None:
+            gate_up = F.linear(x, self.gate_up_weight)
+            if self.is_silu and fused_ops_enabled(gate_up):
+                from ladle.kernels.fused_ops import silu_mul
+
+                return self.down_proj(silu_mul(gate_up))
+            gate, up = gate_up.chunk(2, dim=-1)
+            return self.down_proj(self.act(gate) * up)
         return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+
+
+def _stack_weights(projs) -> torch.Tensor:
+    """Concatenates the layers' weights along the output dimension and makes each layer's weight a view of
+    the result, so the fused and the separate forms share memory (and loaders still see every name)."""
+    stacked = torch.cat([p.weight for p in projs])
+    start = 0
+    for p in projs:
+        rows = p.weight.shape[0]
+        p.weight = nn.Parameter(stacked[start : start + rows], requires_grad=False)
+        start += rows
+    return stacked
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -131,6 +179,12 @@ class CausalLM(nn.Module):
         meta: AttentionMetadata,
     ) -> torch.Tensor:
         return self.model(input_ids, positions, kv_caches, meta)
+
+    def fuse_weights(self) -> None:
+        """Stacks q/k/v and gate/up weights so each is one GEMM (the GPU path; a no-op for quantized)."""
+        for module in self.modules():
+            if isinstance(module, (Attention, GatedMLP)):
+                module.fuse_weights()
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = self.lm_head(hidden).float()

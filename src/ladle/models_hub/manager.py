@@ -72,6 +72,9 @@ class EngineOptions:
     max_num_batched_tokens: int = 2048
     load_format: str = "auto"
     seed: int = 0
+    tensor_parallel_size: int = 1  # GPUs per engine (--tensor-parallel-size)
+    distributed_executor_backend: str = "mp"  # mp: processes on this host; ray: a Ray cluster
+    data_parallel_size: int = 1  # engine replicas per model behind this server (--data-parallel-size)
     # LADLE_MAX_QUEUE: requests allowed to wait beyond the running slots before answering 503.
     max_queue: int = field(default_factory=lambda: int(os.environ.get("LADLE_MAX_QUEUE", "512")))
 
@@ -187,6 +190,22 @@ def _available_memory(device: str) -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def _kv_reserve(device: str) -> int:
+    """Memory a new model needs beyond its weights: room for a useful KV pool and activations. On CUDA an
+    engine sizes its pool from what is free, so without this a second model could start with a pool of a few
+    blocks; a quarter of the card makes the idle model expiring soonest give way instead. On CPU the pool is
+    at most LADLE_CPU_KV_CACHE_BYTES (2 GiB by default)."""
+    try:
+        import torch
+
+        if device in ("auto", "cuda") or device.startswith("cuda:"):
+            if torch.cuda.is_available():
+                return int(torch.cuda.mem_get_info()[1] * 0.25)
+    except Exception:  # noqa: BLE001
+        pass
+    return int(os.environ.get("LADLE_CPU_KV_CACHE_BYTES", 2 << 30)) + (256 << 20)
 
 
 def _max_loaded_models() -> int:
@@ -355,7 +374,7 @@ class ModelManager:
             )
             await self.unload_async(victim)
         # Weights plus room for activations and the KV pool (the engine sizes its pool from what is left).
-        needed = int(new_model_bytes * 1.2) + (256 << 20)
+        needed = int(new_model_bytes * 1.2) + await asyncio.to_thread(_kv_reserve, self.options.device)
         while self.models:
             free = await asyncio.to_thread(_available_memory, self.options.device)
             if free is None or free >= needed:
@@ -388,6 +407,8 @@ class ModelManager:
             max_num_batched_tokens=opts.max_num_batched_tokens,
             load_format=opts.load_format,
             seed=opts.seed,
+            tensor_parallel_size=opts.tensor_parallel_size,
+            distributed_executor_backend=opts.distributed_executor_backend,
         )
         on_finished = self.on_finished
 
@@ -398,6 +419,16 @@ class ModelManager:
             if on_finished is not None:
                 on_finished(name, output)
 
+        if opts.data_parallel_size > 1:
+            from ladle.engine.replicas import ReplicaPool, replica_configs
+
+            # One AsyncEngine face over K replicas (least-loaded routing), each on its own devices.
+            return ReplicaPool(  # type: ignore[return-value]
+                [
+                    AsyncEngine(LLMEngine(c), max_queue=opts.max_queue, on_finished=hook)
+                    for c in replica_configs(config, opts.data_parallel_size)
+                ]
+            )
         return AsyncEngine(LLMEngine(config), max_queue=opts.max_queue, on_finished=hook)
 
     # ---- unloading -----------------------------------------------------------------------------------

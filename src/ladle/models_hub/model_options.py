@@ -106,7 +106,10 @@ def go_template_to_jinja(template: str) -> str | None:
     # `+` on the tags next to the template's own text: the renderer's trim_blocks / lstrip_blocks must not
     # eat its newlines (Go templates keep them). Ollama's legacy chat: the system prompt goes with the first turn; each user message is a Prompt and
     # the next assistant message its Response; the final turn is cut at {{ .Response }}.
+    # The text starts with BOS, as the runner Ollama drives adds it when it tokenizes the rendered prompt
+    # (here the chat template writes it, and the server then adds no special tokens).
     return (
+        "{{- bos_token -}}"
         "{%- set ns = namespace(system='', turns=[], prompt=none) -%}"
         "{%- for m in messages -%}"
         "{%- if m['role'] == 'system' -%}{%- set ns.system = m['content'] -%}"

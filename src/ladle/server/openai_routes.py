@@ -99,10 +99,6 @@ def _error_event(path: str, exc: BaseException) -> str:
     return sse(error_body(path, status, str(exc)))
 
 
-def _finish_reason(reason: str | None) -> str | None:
-    return reason
-
-
 async def _start(
     model: LoadedModel, inputs: list[tuple[str | None, list[int]]], params_list, prefix: str
 ) -> AsyncIterator[tuple[int, RequestOutput]]:
@@ -188,7 +184,7 @@ async def _completion_full(body, model_name, request_id, created, inputs, output
                     "index": i * body.n + c.index,
                     "text": (prompt_text if body.echo else "") + c.text,
                     "logprobs": logprobs,
-                    "finish_reason": _finish_reason(c.finish_reason),
+                    "finish_reason": c.finish_reason,
                     "stop_reason": c.stop_reason,
                 }
             )
@@ -255,7 +251,7 @@ async def _completion_stream(
                         "index": index,
                         "text": text,
                         "logprobs": logprobs,
-                        "finish_reason": _finish_reason(c.finish_reason),
+                        "finish_reason": c.finish_reason,
                         "stop_reason": c.stop_reason if finished else None,
                     }
                 )
@@ -294,9 +290,14 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
         template_kwargs=body.chat_template_kwargs,
         tools=plan.tools,
     )
-    if body.continue_final_message and text.rstrip().endswith(model.tokenizer.eos_token or "\0"):
-        # Let the model go on writing the last assistant message rather than starting a new turn.
-        text = text.rstrip()[: -len(model.tokenizer.eos_token)]
+    if body.continue_final_message:
+        # Let the model go on writing the last message: cut what the template put after its content (the
+        # end-of-turn marker), as vLLM does.
+        final = str(body.template_messages()[-1]["content"])
+        cut = text.rfind(final) if final else -1
+        if cut == -1:
+            raise ApiError(400, "continue_final_message: the final message's content is not in the prompt")
+        text = text[: cut + len(final)]
         ids = await prompts.encode(model, text, add_special_tokens=False)
     defaults = model.default_sampling_values()
     param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
@@ -342,7 +343,7 @@ async def _chat_full(body, model_name, request_id, created, outputs, plan=None) 
                     "tool_calls": [t.to_openai() for t in calls],
                 },
                 "logprobs": logprobs,
-                "finish_reason": "tool_calls" if calls else _finish_reason(c.finish_reason),
+                "finish_reason": "tool_calls" if calls else c.finish_reason,
                 "stop_reason": c.stop_reason,
             }
         )
@@ -402,7 +403,7 @@ async def _chat_stream(
                 delta: dict[str, Any] = {"content": content} if content else {}
                 if tool_deltas:
                     delta["tool_calls"] = tool_deltas
-                reason = "tool_calls" if finished and reply.calls else _finish_reason(c.finish_reason)
+                reason = "tool_calls" if finished and reply.calls else c.finish_reason
                 if not delta and not finished and not logprobs:
                     continue
                 yield chunk(c.index, delta, logprobs, reason)

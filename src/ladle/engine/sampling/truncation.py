@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from ladle.engine.sampling.types import device_tensor
+
 _NEG_INF = float("-inf")
 # Top-k/top-p read only the head of each row's sorted logits, so they start from torch.topk of this many (or
 # of the largest top_k, when larger) instead of sorting the whole vocabulary, which costs 10-40x more (a
@@ -58,14 +60,14 @@ def _thresholds(
     not exact). Thresholds by value keep tokens tied with the last kept one: no dependence on sort order."""
     device = x.device
     largest = x.topk(head, dim=-1).values if head < x.shape[1] else x.sort(dim=-1, descending=True).values
-    row_k = torch.tensor([k[i] for i in rows], device=device).unsqueeze(1)
+    row_k = device_tensor([k[i] for i in rows], None, device).unsqueeze(1)
     kth = largest.gather(1, row_k.clamp(max=head) - 1)
     threshold = torch.where(row_k > head, _NEG_INF, kth)  # top_k off (k = vocab) beyond the head
     unresolved = torch.zeros_like(threshold, dtype=torch.bool)
     row_p = [top_p[i] for i in rows]
     if all(p >= 1.0 for p in row_p):
         return threshold, unresolved
-    p = torch.tensor(row_p, dtype=x.dtype, device=device).unsqueeze(1)
+    p = device_tensor(row_p, x.dtype, device).unsqueeze(1)
     # Probabilities of the head under the top-k-truncated distribution; its normaliser needs the whole row.
     log_total = x.masked_fill(x < threshold, _NEG_INF).logsumexp(dim=-1, keepdim=True)
     cumulative = (largest.masked_fill(largest < threshold, _NEG_INF) - log_total).exp().cumsum(dim=-1)
@@ -78,14 +80,14 @@ def _thresholds(
 
 
 def _rows(x: torch.Tensor, rows: list[int]) -> torch.Tensor:
-    return x if len(rows) == x.shape[0] else x[torch.tensor(rows, device=x.device)]
+    return x if len(rows) == x.shape[0] else x[device_tensor(rows, None, x.device)]
 
 
 def _set_rows(x: torch.Tensor, rows: list[int], values: torch.Tensor) -> None:
     if len(rows) == x.shape[0]:
         x.copy_(values)
     else:
-        x[torch.tensor(rows, device=x.device)] = values
+        x[device_tensor(rows, None, x.device)] = values
 
 
 def apply_min_p(logits: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:

@@ -45,3 +45,12 @@ class SamplerOutput:
         if values is None or ranks is None:
             return None
         return {tok: Logprob(logprob=lp, rank=ranks[tok]) for tok, lp in values.items()}
+
+
+def device_tensor(values: list, dtype: torch.dtype | None, device: torch.device) -> torch.Tensor:
+    """torch.tensor(values) on `device` without a host sync: a plain copy from pageable memory waits for the
+    GPU to drain; from pinned memory it is queued like a kernel."""
+    host = torch.tensor(values, dtype=dtype)
+    if device.type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)

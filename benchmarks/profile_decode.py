@@ -1,0 +1,49 @@
+"""GPU kernel time of decode steps (CUDA graphs replaying) at given batch sizes: which kernels the step's time
+goes to. python benchmarks/profile_decode.py --preset llama-3.1-8b --batch-sizes 1 256"""
+
+from __future__ import annotations
+
+import argparse
+import random
+
+import torch
+
+from ladle import LLM, SamplingParams
+from ladle.presets import preset_path
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--preset", default="llama-3.1-8b")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 256])
+    p.add_argument("--input-len", type=int, default=512)
+    p.add_argument("--steps", type=int, default=20)
+    args = p.parse_args()
+    llm = LLM(str(preset_path(args.preset)), load_format="dummy")
+    eng = llm.llm_engine
+    rng = random.Random(0)
+    for batch in args.batch_sizes:
+        params = SamplingParams(temperature=0.0, max_tokens=args.steps + 10, ignore_eos=True)
+        for i in range(batch):
+            ids = [rng.randrange(10, eng.arch.vocab_size) for _ in range(args.input_len)]
+            eng.add_request(f"b{batch}-{i}", {"prompt_token_ids": ids}, params)
+        children = [c for parent in eng.parents.values() for c in parent.children]
+        while not all(c.output_token_ids for c in children):
+            eng.step()
+        eng.step()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            for _ in range(args.steps):
+                eng.step()
+        total = sum(e.self_device_time_total for e in prof.key_averages())
+        print(f"\n== batch {batch}: {total / args.steps / 1e3:.3f} ms of GPU kernels per decode step")
+        print(
+            prof.key_averages().table(
+                sort_by="self_device_time_total", row_limit=14, max_name_column_width=60
+            )
+        )
+        while eng.has_unfinished_requests():
+            eng.step()
+
+
+if __name__ == "__main__":
+    main()

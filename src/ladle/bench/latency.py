@@ -1,0 +1,225 @@
+"""`ladle bench latency`: decode speed against the memory-bandwidth roofline, TTFT, and static-batch output
+throughput by batch size, optionally beside Hugging Face transformers on the same dummy weights.
+
+A decode step must read every weight once plus each sequence's K/V, so its fastest possible time is
+(weight bytes + KV bytes) / peak bandwidth; the report gives the measured step time's fraction of that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="model path (a Hugging Face folder or .gguf)")
+    p.add_argument("--preset", help="a config shipped with ladle (dummy weights), e.g. llama-3.1-8b")
+    p.add_argument("--load-format", default=None, help="auto or dummy (default: dummy with --preset)")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--input-len", type=int, default=512, help="prompt tokens (TTFT is measured on one)")
+    p.add_argument("--output-len", type=int, default=128, help="new tokens per request")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32], help="decode-latency batches")
+    p.add_argument(
+        "--throughput-batch-sizes",
+        type=int,
+        nargs="+",
+        default=[1, 8, 32, 64, 128, 256],
+        help="static batches for output tokens/s by batch size (the plot)",
+    )
+    p.add_argument("--peak-bandwidth-gbs", type=float, default=3350.0, help="H100 SXM HBM3: 3350 GB/s")
+    p.add_argument("--baseline", choices=["none", "transformers"], default="none")
+    p.add_argument(
+        "--baseline-json",
+        default=None,
+        help="reuse a transformers baseline measured earlier (a latency result JSON, or the baseline's own)",
+    )
+    p.add_argument("--attention-backend", default="auto", choices=["auto", "torch", "triton"])
+    p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
+    p.add_argument("--max-num-seqs", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output-json", default=None, help="default: benchmarks/results/latency-<time>.json")
+
+
+def _prompt(rng: random.Random, vocab: int, length: int) -> dict[str, list[int]]:
+    return {"prompt_token_ids": [rng.randrange(10, vocab) for _ in range(length)]}
+
+
+def _decode_run(engine, batch: int, input_len: int, output_len: int, rng: random.Random) -> dict[str, Any]:
+    """`batch` requests submitted together; times every engine step. Decode steps are those after every
+    request has its first token and before the first one finishes (all the same length here)."""
+    from ladle import SamplingParams
+
+    params = SamplingParams(temperature=0.0, max_tokens=output_len, ignore_eos=True)
+    vocab = engine.arch.vocab_size
+    ids = [f"lat-{batch}-{i}-{rng.random()}" for i in range(batch)]
+    for rid in ids:
+        engine.add_request(rid, _prompt(rng, vocab, input_len), params)
+    children = [engine.parents[rid].children[0] for rid in ids]
+    steps: list[float] = []
+    first_all = None  # index of the step after which every request has its first token
+    start = time.perf_counter()
+    while engine.has_unfinished_requests():
+        t0 = time.perf_counter()
+        engine.step()
+        steps.append(time.perf_counter() - t0)
+        if first_all is None and all(c.output_token_ids for c in children):
+            first_all = len(steps) - 1
+    total = time.perf_counter() - start
+    decode = steps[first_all + 1 :]
+    ttft = sum(steps[: first_all + 1])
+    return {"ttft_s": ttft, "decode_steps": decode, "total_s": total}
+
+
+def _model_bytes(engine) -> tuple[int, int]:
+    """(bytes a decode step reads from the weights, K/V bytes per token of context)."""
+    from ladle.executor.model_runner import kv_block_bytes
+
+    model = engine.runner.model
+    weight = 0
+    for name, param in model.named_parameters():
+        if "embed_tokens" in name and not engine.arch.tie_word_embeddings:
+            continue  # only the batch's rows of an untied embedding are read
+        weight += param.numel() * param.element_size()
+    bs = engine.config.block_size
+    return weight, kv_block_bytes(engine.arch, bs, engine.dtype) // bs
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from ladle import LLM, SamplingParams
+    from ladle.bench.results import write_result
+    from ladle.bench.throughput import model_arguments
+
+    model, load_format = model_arguments(args)
+    baseline = None
+    if args.baseline == "transformers":
+        baseline = _transformers_baseline(model, args)
+    elif args.baseline_json:
+        saved = json.loads(Path(args.baseline_json).read_text())
+        baseline = saved.get("transformers", saved)
+
+    rng = random.Random(args.seed)
+    t0 = time.perf_counter()
+    llm = LLM(
+        model,
+        load_format=load_format,
+        dtype=args.dtype,
+        device=args.device,
+        seed=args.seed,
+        max_num_seqs=args.max_num_seqs,
+        attention_backend=args.attention_backend,
+        enforce_eager=args.enforce_eager,
+    )
+    ready_s = time.perf_counter() - t0
+    engine = llm.llm_engine
+    vocab = engine.arch.vocab_size
+    llm.generate([{"prompt_token_ids": [11, 12, 13]}], SamplingParams(max_tokens=4, ignore_eos=True))
+
+    weight_bytes, kv_per_token = _model_bytes(engine)
+    peak = args.peak_bandwidth_gbs * 1e9
+    latency: dict[str, Any] = {}
+    for batch in args.batch_sizes:
+        r = _decode_run(engine, batch, args.input_len, args.output_len, rng)
+        steps = r["decode_steps"]
+        step_s = statistics.median(steps)
+        mean_s = statistics.fmean(steps)
+        mean_context = args.input_len + args.output_len / 2
+        floor_s = (weight_bytes + batch * mean_context * kv_per_token) / peak
+        latency[str(batch)] = {
+            "ttft_ms": round(r["ttft_s"] * 1e3, 2),
+            "tpot_ms": round(step_s * 1e3, 3),
+            "decode_tokens_per_s": round(batch / mean_s, 1),
+            "roofline_step_ms": round(floor_s * 1e3, 3),
+            "roofline_fraction": round(floor_s / step_s, 3),
+        }
+        print(
+            f"batch {batch:4d}: TTFT {latency[str(batch)]['ttft_ms']:8.1f} ms  TPOT {step_s * 1e3:7.2f} ms  "
+            f"decode {batch / mean_s:9.1f} tok/s  roofline {floor_s * 1e3:6.2f} ms "
+            f"({floor_s / step_s:.0%} of peak bandwidth)",
+            flush=True,
+        )
+
+    static: dict[str, float] = {}
+    for batch in args.throughput_batch_sizes:
+        prompts = [_prompt(rng, vocab, args.input_len) for _ in range(batch)]
+        params = SamplingParams(temperature=0.0, max_tokens=args.output_len, ignore_eos=True)
+        start = time.perf_counter()
+        outs = llm.generate(prompts, params)
+        elapsed = time.perf_counter() - start
+        static[str(batch)] = round(sum(len(o.outputs[0].token_ids) for o in outs) / elapsed, 1)
+        print(f"static batch {batch:4d}: {static[str(batch)]:9.1f} output tok/s", flush=True)
+
+    result = {
+        "model": model,
+        "load_format": load_format,
+        "dtype": str(engine.dtype),
+        "attention_backend": engine.attention_backend.name,
+        "cuda_graphs": engine.runner.graphs is not None,
+        "engine_ready_s": round(ready_s, 2),
+        "graph_capture_s": round(engine.graph_capture_seconds, 2),
+        "memory_profile": engine.memory_profile,
+        "kv_blocks": engine.kv.num_blocks,
+        "concurrent_1k_token_requests": engine.kv.num_blocks * engine.config.block_size // 1024,
+        "input_len": args.input_len,
+        "output_len": args.output_len,
+        "peak_bandwidth_gbs": args.peak_bandwidth_gbs,
+        "weight_bytes_per_step": weight_bytes,
+        "kv_bytes_per_token": kv_per_token,
+        "latency": latency,
+        "static_batch_output_tokens_per_s": static,
+        "transformers": baseline,
+    }
+    path = write_result("latency", result, path=args.output_json)
+    print(f"Engine ready in {ready_s:.1f} s (graph capture {engine.graph_capture_seconds:.1f} s)")
+    print(
+        f"KV pool: {engine.kv.num_blocks} blocks, {result['concurrent_1k_token_requests']} 1k-token requests"
+    )
+    if baseline:
+        print(f"transformers: {json.dumps(baseline)}")
+    try:
+        plot = _plot(static, baseline, path.with_suffix(".png"))
+        print(f"Plot written to {plot}")
+    except ImportError:
+        pass
+    print(f"Result written to {path}")
+    return result
+
+
+def _transformers_baseline(model: str, args: argparse.Namespace) -> dict[str, Any]:
+    script = Path(__file__).resolve().parents[3] / "benchmarks" / "transformers_baseline.py"
+    cmd = [sys.executable, str(script), model, "--input-len", str(args.input_len)]
+    cmd += ["--output-len", str(args.output_len)]
+    print("baseline:", " ".join(cmd), flush=True)
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        print(done.stderr[-3000:], file=sys.stderr)
+        return {"error": done.stderr[-500:]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _plot(static: dict[str, float], baseline: dict[str, Any] | None, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([int(b) for b in static], list(static.values()), "o-", label="ladle")
+    if baseline and baseline.get("static_batch"):
+        points = {int(b): v for b, v in baseline["static_batch"].items() if v}
+        ax.plot(list(points), list(points.values()), "s--", label="transformers generate")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size (static batch)")
+    ax.set_ylabel("output tokens/s")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path

@@ -1,0 +1,141 @@
+"""Fused elementwise Triton kernels for the GPU: RMSNorm, rotary embedding, SiLU-and-multiply.
+
+At decode batch sizes these ops move kilobytes, so their cost is the number of kernels, not bytes: torch's
+RMSNorm is ~6 kernels, rotary ~16, SiLU*up 2; here each is one. Results match the torch versions in
+ladle.layers (same float32 arithmetic and the same rounding points); tests/test_kernels_fused.py checks it.
+Importing this module needs Triton; ladle.layers calls it only for CUDA tensors when Triton is installed.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _rms_norm_kernel(
+    x_ptr,
+    w_ptr,
+    out_ptr,
+    stride_x,
+    stride_o,
+    eps,
+    N: tl.constexpr,
+    BLOCK: tl.constexpr,
+    UNIT_OFFSET: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    mask = offs < N
+    x = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0).to(tl.float32)
+    w = tl.load(w_ptr + offs, mask=mask, other=0.0)
+    h = x * tl.math.rsqrt(tl.sum(x * x, 0) / N + eps)
+    if UNIT_OFFSET:
+        # Gemma: float32 (1 + w) * h, then one rounding.
+        out = h * (1.0 + w.to(tl.float32))
+    else:
+        # Llama: round h to the activation dtype first, then weight * h (rounded again).
+        out = w.to(tl.float32) * h.to(out_ptr.dtype.element_ty).to(tl.float32)
+    tl.store(out_ptr + row * stride_o + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, unit_offset: bool) -> torch.Tensor:
+    n = x.shape[-1]
+    x2 = x.reshape(-1, n)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    out = torch.empty(x2.shape, dtype=x.dtype, device=x.device)
+    if x2.shape[0]:
+        block = triton.next_power_of_2(n)
+        _rms_norm_kernel[(x2.shape[0],)](
+            x2,
+            weight,
+            out,
+            x2.stride(0),
+            out.stride(0),
+            eps,
+            N=n,
+            BLOCK=block,
+            UNIT_OFFSET=unit_offset,
+            num_warps=min(16, max(1, block // 256)),
+        )
+    return out.view(x.shape)
+
+
+@triton.jit(do_not_specialize_on_alignment=["pos_ptr"])
+def _rotary_kernel(
+    x_ptr,
+    cos_sin_ptr,
+    pos_ptr,
+    stride_t,
+    stride_h,
+    stride_cs,
+    NUM_HEADS: tl.constexpr,
+    HALF: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_HALF: tl.constexpr,
+):
+    t = tl.program_id(0)
+    pos = tl.load(pos_ptr + t).to(tl.int64)
+    j = tl.arange(0, BLOCK_HALF)
+    jm = j < HALF
+    cos = tl.load(cos_sin_ptr + pos * stride_cs + j, mask=jm, other=0.0)
+    sin = tl.load(cos_sin_ptr + pos * stride_cs + HALF + j, mask=jm, other=0.0)
+    h = tl.arange(0, BLOCK_H)
+    mask = (h < NUM_HEADS)[:, None] & jm[None, :]
+    base = x_ptr + t.to(tl.int64) * stride_t + h[:, None] * stride_h + j[None, :]
+    x1 = tl.load(base, mask=mask, other=0.0)
+    x2 = tl.load(base + HALF, mask=mask, other=0.0)
+    f1 = x1.to(tl.float32)
+    f2 = x2.to(tl.float32)
+    o1 = f1 * cos[None, :] - f2 * sin[None, :]
+    o2 = f2 * cos[None, :] + f1 * sin[None, :]
+    tl.store(base, o1.to(x1.dtype), mask=mask)
+    tl.store(base + HALF, o2.to(x1.dtype), mask=mask)
+
+
+def rotary_(x: torch.Tensor, cos_sin: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """In place on x [T, H, D] (head_dim contiguous); cos_sin [max_pos, D] float32 = [cos | sin]."""
+    tokens, heads, dim = x.shape
+    if tokens:
+        half = dim // 2
+        _rotary_kernel[(tokens,)](
+            x,
+            cos_sin,
+            positions,
+            x.stride(0),
+            x.stride(1),
+            cos_sin.stride(0),
+            NUM_HEADS=heads,
+            HALF=half,
+            BLOCK_H=triton.next_power_of_2(heads),
+            BLOCK_HALF=triton.next_power_of_2(half),
+            num_warps=4,
+        )
+    return x
+
+
+@triton.jit
+def _silu_mul_kernel(gu_ptr, out_ptr, stride_gu, stride_o, N: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < N
+    g = tl.load(gu_ptr + row * stride_gu + offs, mask=mask, other=0.0)
+    u = tl.load(gu_ptr + row * stride_gu + N + offs, mask=mask, other=0.0)
+    gf = g.to(tl.float32)
+    # torch rounds silu(g) to the activation dtype before multiplying; so do we.
+    act = (gf / (1.0 + tl.exp(-gf))).to(g.dtype)
+    out = act.to(tl.float32) * u.to(tl.float32)
+    tl.store(out_ptr + row * stride_o + offs, out.to(g.dtype), mask=mask)
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """gate_up [T, 2I] (gate | up) -> silu(gate) * up [T, I]."""
+    tokens, two_n = gate_up.shape
+    n = two_n // 2
+    out = torch.empty(tokens, n, dtype=gate_up.dtype, device=gate_up.device)
+    if tokens:
+        block = 1024
+        _silu_mul_kernel[(tokens, triton.cdiv(n, block))](
+            gate_up, out, gate_up.stride(0), out.stride(0), N=n, BLOCK=block, num_warps=4
+        )
+    return out

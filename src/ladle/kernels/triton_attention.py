@@ -1,0 +1,483 @@
+"""Triton kernels for paged attention: the KV-cache write, attention for mixed batches (chunked prefills and
+decodes together, over K/V already in the paged cache), and split-K decode attention with its reduce.
+
+Layouts (see ladle.layers.attention): q [T, H, D]; caches [num_blocks, block_size, KVH, D], contiguous;
+block_tables [S, max_blocks] int32; seq_lens [S] int32; query_start [S + 1] int32; slot_mapping [T] int64,
+where a negative slot means "write nothing" (the padded rows of a CUDA graph).
+
+Query head h reads KV head h // G (G = H / KVH). A program handles one KV head and every query head that
+shares it, so each K/V tile is loaded once per group rather than once per query head.
+
+Importing this module needs Triton; ladle.layers.attention_triton imports it only on CUDA.
+The torch reference these are tested against is ladle.layers.attention.TorchAttentionBackend.
+"""
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+_LOG2E = 1.4426950408889634
+
+# Decode splits: at most this many programs share one sequence's context. Fixed (not data-dependent) so a
+# CUDA graph captured once stays valid for every context length.
+MAX_DECODE_SPLITS = 32
+
+
+# --------------------------------------------------------------------------------------------------------
+# KV-cache write (reshape_and_cache)
+# --------------------------------------------------------------------------------------------------------
+@triton.jit(do_not_specialize_on_alignment=["slot_ptr"])
+def _write_kv_kernel(
+    k_ptr,
+    v_ptr,
+    k_cache_ptr,
+    v_cache_ptr,
+    slot_ptr,
+    stride_k_t,
+    stride_v_t,
+    ROW: tl.constexpr,  # KVH * D: one token's K (or V) in the cache, contiguous
+    BLOCK: tl.constexpr,
+):
+    t = tl.program_id(0)
+    slot = tl.load(slot_ptr + t).to(tl.int64)
+    if slot >= 0:
+        offs = tl.arange(0, BLOCK)
+        mask = offs < ROW
+        k = tl.load(k_ptr + t * stride_k_t + offs, mask=mask)
+        v = tl.load(v_ptr + t * stride_v_t + offs, mask=mask)
+        tl.store(k_cache_ptr + slot * ROW + offs, k.to(k_cache_ptr.dtype.element_ty), mask=mask)
+        tl.store(v_cache_ptr + slot * ROW + offs, v.to(v_cache_ptr.dtype.element_ty), mask=mask)
+
+
+def _tile_config(env: str, default: tuple[int, int, int]) -> tuple[int, int, int]:
+    """(BLOCK_N, num_warps, num_stages); LADLE_DECODE_TILES / LADLE_PREFILL_TILES="64,4,2" override the
+    defaults (benchmarks/sweep_attention.py measures the choices)."""
+    value = os.environ.get(env)
+    if not value:
+        return default
+    block_n, warps, stages = (int(x) for x in value.split(","))
+    return block_n, warps, stages
+
+
+def _dot_precision(q: torch.Tensor) -> str:
+    return "ieee" if q.dtype == torch.float32 else "tf32"
+
+
+def write_kv_cache(
+    k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor
+) -> None:
+    """k, v: [T, KVH, D]; writes row t to slot slots[t] (skipped when negative)."""
+    num_tokens = k.shape[0]
+    if num_tokens == 0:
+        return
+    # Each token's (KVH, D) must be one contiguous row; a projection's output viewed as heads is.
+    if k.stride(2) != 1 or k.stride(1) != k.shape[2]:
+        k = k.contiguous()
+    if v.stride(2) != 1 or v.stride(1) != v.shape[2]:
+        v = v.contiguous()
+    row = k.shape[1] * k.shape[2]
+    _write_kv_kernel[(num_tokens,)](
+        k, v, k_cache, v_cache, slots, k.stride(0), v.stride(0), ROW=row, BLOCK=triton.next_power_of_2(row)
+    )
+
+
+# --------------------------------------------------------------------------------------------------------
+# Mixed-batch (prefill + decode) attention over the paged cache
+# --------------------------------------------------------------------------------------------------------
+# Values that change from step to step (strides, and the alignment of metadata tensors that are slices of
+# one packed buffer) are not specialized on: each new specialization would be a recompile mid-run.
+_STEP_POINTERS = ["block_tables_ptr", "seq_lens_ptr", "query_start_ptr", "work_seq_ptr", "work_qblock_ptr"]
+
+
+@triton.jit(do_not_specialize=["stride_bt", "window"], do_not_specialize_on_alignment=_STEP_POINTERS)
+def _prefill_kernel(
+    q_ptr,
+    k_cache_ptr,
+    v_cache_ptr,
+    out_ptr,
+    block_tables_ptr,
+    seq_lens_ptr,
+    query_start_ptr,
+    work_seq_ptr,
+    work_qblock_ptr,
+    stride_q_t,
+    stride_q_h,
+    stride_o_t,
+    stride_o_h,
+    stride_bt,
+    scale_log2,  # softmax scale * log2(e): the kernel works in base 2
+    window,  # sliding window (keys k > pos - window are visible); ignored unless USE_WINDOW
+    NUM_KV_HEADS: tl.constexpr,
+    GROUP: tl.constexpr,  # query heads per KV head
+    GROUP_PAD: tl.constexpr,  # GROUP rounded up to a power of two
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_Q: tl.constexpr,  # query tokens per program; rows = BLOCK_Q * GROUP_PAD
+    BLOCK_N: tl.constexpr,  # keys per iteration
+    BLOCK_SIZE: tl.constexpr,  # KV-cache block size (tokens)
+    USE_WINDOW: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,  # "ieee" for float32 caches (exact tests), else "tf32" (unused for bf16)
+):
+    work = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    seq = tl.load(work_seq_ptr + work)
+    q_block = tl.load(work_qblock_ptr + work)
+    q_start = tl.load(query_start_ptr + seq)
+    q_len = tl.load(query_start_ptr + seq + 1) - q_start
+    seq_len = tl.load(seq_lens_ptr + seq)
+    context = seq_len - q_len  # position of the sequence's first new token
+
+    BLOCK_M: tl.constexpr = BLOCK_Q * GROUP_PAD
+    rows = tl.arange(0, BLOCK_M)
+    tok = q_block * BLOCK_Q + rows // GROUP_PAD
+    head_in_group = rows % GROUP_PAD
+    head = kv_head * GROUP + head_in_group
+    row_valid = (tok < q_len) & (head_in_group < GROUP)
+    q_pos = context + tok
+    d = tl.arange(0, BLOCK_D)
+    d_valid = d < HEAD_DIM
+
+    q_rows = (q_start + tok).to(tl.int64)
+    q = tl.load(
+        q_ptr + q_rows[:, None] * stride_q_t + head[:, None] * stride_q_h + d[None, :],
+        mask=row_valid[:, None] & d_valid[None, :],
+        other=0.0,
+    )
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+
+    first_pos = context + q_block * BLOCK_Q
+    last_pos = tl.minimum(first_pos + BLOCK_Q - 1, seq_len - 1)
+    hi = last_pos + 1
+    lo = 0
+    if USE_WINDOW:
+        lo = tl.maximum(first_pos - window + 1, 0)
+        lo = (lo // BLOCK_N) * BLOCK_N
+    table = block_tables_ptr + seq.to(tl.int64) * stride_bt
+    for start in range(lo, hi, BLOCK_N):
+        n = start + tl.arange(0, BLOCK_N)
+        n_valid = n < hi
+        block = tl.load(table + n // BLOCK_SIZE, mask=n_valid, other=0).to(tl.int64)
+        slot = block * BLOCK_SIZE + n % BLOCK_SIZE
+        kv_offs = (slot * NUM_KV_HEADS + kv_head)[:, None] * HEAD_DIM + d[None, :]
+        kv_mask = n_valid[:, None] & d_valid[None, :]
+        k = tl.load(k_cache_ptr + kv_offs, mask=kv_mask, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
+        visible = (n[None, :] <= q_pos[:, None]) & n_valid[None, :]
+        if USE_WINDOW:
+            visible = visible & (n[None, :] > q_pos[:, None] - window)
+        s = tl.where(visible, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        # A row that has seen no visible key yet keeps m = -inf; shift by 0 then so exp2 gives 0, not NaN.
+        m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(s - m_shift[:, None])
+        alpha = tl.math.exp2(m_i - m_shift)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_cache_ptr + kv_offs, mask=kv_mask, other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        m_i = m_new
+
+    out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+    tl.store(
+        out_ptr + q_rows[:, None] * stride_o_t + head[:, None] * stride_o_h + d[None, :],
+        out.to(out_ptr.dtype.element_ty),
+        mask=row_valid[:, None] & d_valid[None, :],
+    )
+
+
+def prefill_block_q(num_heads: int, num_kv_heads: int) -> int:
+    """Query tokens per program: about 64 rows (tokens x group heads) per tile."""
+    group_pad = triton.next_power_of_2(num_heads // num_kv_heads)
+    return max(1, 64 // group_pad)
+
+
+def build_work_list(query_lens: list[int], block_q: int) -> tuple[list[int], list[int]]:
+    """(sequence, query block) for every program of the mixed-batch kernel."""
+    work_seq: list[int] = []
+    work_block: list[int] = []
+    for i, q_len in enumerate(query_lens):
+        blocks = -(-q_len // block_q)
+        work_seq.extend([i] * blocks)
+        work_block.extend(range(blocks))
+    return work_seq, work_block
+
+
+def prefill_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    out: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    query_start: torch.Tensor,
+    work_seq: torch.Tensor,
+    work_qblock: torch.Tensor,
+    scale: float,
+    sliding_window: int | None,
+    block_q: int,
+) -> None:
+    num_heads, head_dim = q.shape[1], q.shape[2]
+    num_kv_heads = k_cache.shape[2]
+    block_size = k_cache.shape[1]
+    group = num_heads // num_kv_heads
+    block_d = triton.next_power_of_2(head_dim)
+    # (32, 4, 3): fastest 2048-token mixed step at Llama-8B shapes on an H100 (benchmarks/sweep_attention.py).
+    block_n, warps, stages = _tile_config("LADLE_PREFILL_TILES", (32, 4, 3) if block_d <= 128 else (32, 8, 2))
+    grid = (work_seq.shape[0], num_kv_heads)
+    if grid[0] == 0:
+        return
+    _prefill_kernel[grid](
+        q,
+        k_cache,
+        v_cache,
+        out,
+        block_tables,
+        seq_lens,
+        query_start,
+        work_seq,
+        work_qblock,
+        q.stride(0),
+        q.stride(1),
+        out.stride(0),
+        out.stride(1),
+        block_tables.stride(0),
+        scale * _LOG2E,
+        sliding_window or 0,
+        NUM_KV_HEADS=num_kv_heads,
+        GROUP=group,
+        GROUP_PAD=triton.next_power_of_2(group),
+        HEAD_DIM=head_dim,
+        BLOCK_D=block_d,
+        BLOCK_Q=block_q,
+        BLOCK_N=block_n,
+        BLOCK_SIZE=block_size,
+        USE_WINDOW=sliding_window is not None,
+        DOT_PRECISION=_dot_precision(q),
+        num_warps=warps,
+        num_stages=stages,
+    )
+
+
+# --------------------------------------------------------------------------------------------------------
+# Decode attention (one new token per sequence), split over the context, and the reduce over splits
+# --------------------------------------------------------------------------------------------------------
+@triton.jit(
+    do_not_specialize=["stride_bt", "window", "num_splits"],
+    do_not_specialize_on_alignment=["block_tables_ptr", "seq_lens_ptr"],
+)
+def _decode_kernel(
+    q_ptr,
+    k_cache_ptr,
+    v_cache_ptr,
+    out_ptr,  # [S, H, D] when not SPLIT, else partial outputs [S, H, MAX_SPLITS, D] float32
+    lse_ptr,  # [S, H, MAX_SPLITS] float32 (log-sum-exp, base 2), when SPLIT
+    block_tables_ptr,
+    seq_lens_ptr,
+    stride_q_t,
+    stride_q_h,
+    stride_o_t,
+    stride_o_h,
+    stride_bt,
+    scale_log2,
+    window,
+    num_splits,
+    NUM_KV_HEADS: tl.constexpr,
+    GROUP: tl.constexpr,
+    BLOCK_H: tl.constexpr,  # GROUP padded to a power of two >= 16 (the tensor cores' smallest M)
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    USE_WINDOW: tl.constexpr,
+    SPLIT: tl.constexpr,
+    MAX_SPLITS: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    seq = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    split = tl.program_id(2)
+    seq_len = tl.load(seq_lens_ptr + seq)
+
+    rows = tl.arange(0, BLOCK_H)
+    head = kv_head * GROUP + rows
+    row_valid = rows < GROUP
+    d = tl.arange(0, BLOCK_D)
+    d_valid = d < HEAD_DIM
+    q = tl.load(
+        q_ptr + seq.to(tl.int64) * stride_q_t + head[:, None] * stride_q_h + d[None, :],
+        mask=row_valid[:, None] & d_valid[None, :],
+        other=0.0,
+    )
+
+    lo_ctx = 0
+    if USE_WINDOW:
+        lo_ctx = tl.maximum(seq_len - window, 0)
+    span = seq_len - lo_ctx
+    per_split = tl.cdiv(tl.cdiv(span, num_splits), BLOCK_N) * BLOCK_N
+    lo = lo_ctx + split * per_split
+    hi = tl.minimum(lo + per_split, seq_len)
+
+    m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
+    table = block_tables_ptr + seq.to(tl.int64) * stride_bt
+    for start in range(lo, hi, BLOCK_N):
+        n = start + tl.arange(0, BLOCK_N)
+        n_valid = n < hi
+        block = tl.load(table + n // BLOCK_SIZE, mask=n_valid, other=0).to(tl.int64)
+        slot = block * BLOCK_SIZE + n % BLOCK_SIZE
+        kv_offs = (slot * NUM_KV_HEADS + kv_head)[:, None] * HEAD_DIM + d[None, :]
+        kv_mask = n_valid[:, None] & d_valid[None, :]
+        k = tl.load(k_cache_ptr + kv_offs, mask=kv_mask, other=0.0)
+        v = tl.load(v_cache_ptr + kv_offs, mask=kv_mask, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
+        s = tl.where(n_valid[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(s - m_shift[:, None])
+        alpha = tl.math.exp2(m_i - m_shift)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        m_i = m_new
+
+    out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+    mask = row_valid[:, None] & d_valid[None, :]
+    if SPLIT:
+        part = (seq * (NUM_KV_HEADS * GROUP) + head).to(tl.int64) * MAX_SPLITS + split
+        tl.store(out_ptr + part[:, None] * HEAD_DIM + d[None, :], out, mask=mask)
+        lse = tl.where(l_i == 0.0, float("-inf"), m_i + tl.math.log2(tl.where(l_i == 0.0, 1.0, l_i)))
+        tl.store(lse_ptr + part, lse, mask=row_valid)
+    else:
+        tl.store(
+            out_ptr + seq.to(tl.int64) * stride_o_t + head[:, None] * stride_o_h + d[None, :],
+            out.to(out_ptr.dtype.element_ty),
+            mask=mask,
+        )
+
+
+@triton.jit(do_not_specialize=["num_splits"])
+def _decode_reduce_kernel(
+    part_ptr,  # [S, H, MAX_SPLITS, D] float32
+    lse_ptr,  # [S, H, MAX_SPLITS] float32
+    out_ptr,
+    stride_o_t,
+    stride_o_h,
+    num_splits,
+    NUM_HEADS: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    MAX_SPLITS: tl.constexpr,
+):
+    seq = tl.program_id(0)
+    head = tl.program_id(1)
+    base = (seq * NUM_HEADS + head).to(tl.int64) * MAX_SPLITS
+    splits = tl.arange(0, MAX_SPLITS)
+    split_valid = splits < num_splits
+    lse = tl.load(lse_ptr + base + splits, mask=split_valid, other=float("-inf"))
+    m = tl.max(lse, 0)
+    m_shift = tl.where(m == float("-inf"), 0.0, m)
+    w = tl.math.exp2(lse - m_shift)  # empty splits (lse = -inf) weigh 0
+    total = tl.sum(w, 0)
+    w = w / tl.where(total == 0.0, 1.0, total)
+    d = tl.arange(0, BLOCK_D)
+    d_valid = d < HEAD_DIM
+    part = tl.load(
+        part_ptr + (base + splits)[:, None] * HEAD_DIM + d[None, :],
+        mask=(split_valid & (w > 0.0))[:, None] & d_valid[None, :],
+        other=0.0,
+    )
+    out = tl.sum(part * w[:, None], 0)
+    tl.store(
+        out_ptr + seq.to(tl.int64) * stride_o_t + head * stride_o_h + d,
+        out.to(out_ptr.dtype.element_ty),
+        mask=d_valid,
+    )
+
+
+def decode_num_splits(num_seqs: int, num_kv_heads: int, max_seq_len: int | None, num_sms: int) -> int:
+    """Enough programs for about two waves of the GPU, but no split shorter than 128 keys when the longest
+    context is known (it isn't for a CUDA graph, which must serve any length)."""
+    programs = num_seqs * num_kv_heads
+    splits = min(MAX_DECODE_SPLITS, max(1, -(-2 * num_sms // programs)))
+    if max_seq_len is not None:
+        splits = min(splits, max(1, -(-max_seq_len // 128)))
+    return splits
+
+
+def decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    out: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+    sliding_window: int | None,
+    num_splits: int,
+) -> None:
+    """q: [S, H, D], one query token per sequence at position seq_lens[s] - 1 (sequences of length 0,
+    a CUDA graph's padding, get zeros)."""
+    num_seqs, num_heads, head_dim = q.shape
+    if num_seqs == 0:
+        return
+    num_kv_heads = k_cache.shape[2]
+    group = num_heads // num_kv_heads
+    block_d = triton.next_power_of_2(head_dim)
+    # (64, 4, 3) read K/V at 2885 GB/s at batch 256 x 1024 context on an H100 (benchmarks/sweep_attention.py).
+    block_n, warps, stages = _tile_config("LADLE_DECODE_TILES", (64, 4, 3) if block_d <= 128 else (32, 4, 2))
+    split = num_splits > 1
+    if split:
+        part = torch.empty(
+            num_seqs, num_heads, MAX_DECODE_SPLITS, head_dim, dtype=torch.float32, device=q.device
+        )
+        lse = torch.empty(num_seqs, num_heads, MAX_DECODE_SPLITS, dtype=torch.float32, device=q.device)
+    else:
+        part, lse = out, out  # unused
+    _decode_kernel[(num_seqs, num_kv_heads, num_splits)](
+        q,
+        k_cache,
+        v_cache,
+        part if split else out,
+        lse,
+        block_tables,
+        seq_lens,
+        q.stride(0),
+        q.stride(1),
+        out.stride(0),
+        out.stride(1),
+        block_tables.stride(0),
+        scale * _LOG2E,
+        sliding_window or 0,
+        num_splits,
+        NUM_KV_HEADS=num_kv_heads,
+        GROUP=group,
+        BLOCK_H=max(16, triton.next_power_of_2(group)),
+        HEAD_DIM=head_dim,
+        BLOCK_D=block_d,
+        BLOCK_N=block_n,
+        BLOCK_SIZE=k_cache.shape[1],
+        USE_WINDOW=sliding_window is not None,
+        SPLIT=split,
+        MAX_SPLITS=MAX_DECODE_SPLITS,
+        DOT_PRECISION=_dot_precision(q),
+        num_warps=warps,
+        num_stages=stages,
+    )
+    if split:
+        _decode_reduce_kernel[(num_seqs, num_heads)](
+            part,
+            lse,
+            out,
+            out.stride(0),
+            out.stride(1),
+            num_splits,
+            NUM_HEADS=num_heads,
+            HEAD_DIM=head_dim,
+            BLOCK_D=block_d,
+            MAX_SPLITS=MAX_DECODE_SPLITS,
+            num_warps=4,
+        )

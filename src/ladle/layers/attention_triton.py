@@ -1,0 +1,79 @@
+"""TritonAttentionBackend: the GPU attention backend (kernels in ladle.kernels.triton_attention).
+
+Decode-only batches (every sequence adds one token) run the split-K decode kernel, which reads nothing but
+device tensors and the batch's shape: that is what lets a CUDA graph capture it once per batch size. Any
+other batch (chunked prefills, prefix-cache hits, decodes mixed in) runs the mixed-batch kernel over a work
+list of (sequence, query block) pairs, built once per step from the metadata's host lists.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ladle.layers.attention import AttentionBackend, AttentionMetadata
+
+
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+class TritonAttentionBackend(AttentionBackend):
+    name = "triton"
+
+    def __init__(self) -> None:
+        from ladle.kernels import triton_attention
+
+        self._kernels = triton_attention
+        self._num_sms: int | None = None
+
+    def forward(self, q, k, v, k_cache, v_cache, meta: AttentionMetadata, scale, sliding_window):
+        ops = self._kernels
+        ops.write_kv_cache(k, v, k_cache, v_cache, meta.slot_mapping)
+        out = torch.empty_like(q)
+        if meta.is_decode_only:
+            if self._num_sms is None:
+                on_gpu = q.device.type == "cuda"
+                self._num_sms = (
+                    torch.cuda.get_device_properties(q.device).multi_processor_count if on_gpu else 4
+                )
+            splits = meta.decode_num_splits
+            if splits is None:
+                splits = ops.decode_num_splits(q.shape[0], k_cache.shape[2], meta.max_seq_len, self._num_sms)
+            ops.decode_attention(
+                q, k_cache, v_cache, out, meta.block_tables, meta.seq_lens, scale, sliding_window, splits
+            )
+            return out
+        block_q = ops.prefill_block_q(q.shape[1], k_cache.shape[2])
+        work_seq, work_qblock = self._work_list(meta, block_q, q.device)
+        ops.prefill_attention(
+            q,
+            k_cache,
+            v_cache,
+            out,
+            meta.block_tables,
+            meta.seq_lens,
+            meta.query_start,
+            work_seq,
+            work_qblock,
+            scale,
+            sliding_window,
+            block_q,
+        )
+        return out
+
+    def _work_list(self, meta: AttentionMetadata, block_q: int, device: torch.device):
+        # Every layer of a step shares the metadata, so the list is built (and copied over) once a step.
+        cache = meta.backend_cache
+        key = ("work", block_q)
+        if key not in cache:
+            seqs, blocks = self._kernels.build_work_list(meta.query_lens_host, block_q)
+            host = torch.tensor([seqs, blocks], dtype=torch.int32)
+            if device.type == "cuda":
+                host = host.pin_memory()
+            both = host.to(device, non_blocking=True)
+            cache[key] = (both[0], both[1])
+        return cache[key]

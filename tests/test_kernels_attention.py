@@ -1,0 +1,175 @@
+"""The Triton attention kernels against the torch reference backend (ladle.layers.attention).
+
+Runs on CUDA. Without a GPU the tests skip, unless TRITON_INTERPRET=1 is set and Triton is installed: then
+the kernels run in Triton's CPU interpreter, in float32, on small shapes (slow, but it checks indexing).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+import torch
+
+from ladle.layers.attention import AttentionMetadata, TorchAttentionBackend
+
+try:
+    import triton  # noqa: F401
+
+    HAS_TRITON = True
+except ImportError:
+    HAS_TRITON = False
+
+ON_GPU = torch.cuda.is_available() and HAS_TRITON
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1" and HAS_TRITON and not torch.cuda.is_available()
+pytestmark = pytest.mark.skipif(
+    not (ON_GPU or INTERPRET), reason="needs CUDA and Triton (or TRITON_INTERPRET=1 for the CPU interpreter)"
+)
+DEVICE = "cuda" if ON_GPU else "cpu"
+
+if INTERPRET:
+    # Triton 3.6's interpreter holds scalars as 1-element arrays and takes int() of them, which NumPy 2.x
+    # refuses for arrays with a dimension; make range(lo, hi) over loaded scalars work there.
+    from triton.runtime import interpreter as _interp
+
+    _patch = _interp._patch_lang_tensor
+
+    def _patch_lang_tensor(tensor, scope):
+        _patch(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    _interp._patch_lang_tensor = _patch_lang_tensor
+DTYPE = torch.bfloat16 if ON_GPU else torch.float32
+TOL = 2e-2 if ON_GPU else 1e-4
+
+
+def _make_batch(query_lens, seq_lens, num_kv_heads, head_dim, block_size, gen, extra_blocks=7):
+    """A random block pool and block tables (blocks shuffled, so tables are not contiguous)."""
+    blocks_per_seq = [-(-s // block_size) for s in seq_lens]
+    num_blocks = sum(blocks_per_seq) + extra_blocks
+    order = torch.randperm(num_blocks, generator=gen).tolist()
+    tables, slots, pos = [], [], 0
+    for q_len, s_len, nb in zip(query_lens, seq_lens, blocks_per_seq):
+        table = order[pos : pos + nb]
+        pos += nb
+        tables.append(table)
+        slots.extend(
+            table[p // block_size] * block_size + p % block_size for p in range(s_len - q_len, s_len)
+        )
+    width = max(blocks_per_seq) + 3  # wider than needed: kernels must not read past a sequence's blocks
+    block_tables = torch.zeros(len(seq_lens), width, dtype=torch.int32)
+    for i, t in enumerate(tables):
+        block_tables[i, : len(t)] = torch.tensor(t, dtype=torch.int32)
+    query_start = [0]
+    for q in query_lens:
+        query_start.append(query_start[-1] + q)
+    meta = AttentionMetadata(
+        slot_mapping=torch.tensor(slots, dtype=torch.int64, device=DEVICE),
+        block_tables=block_tables.to(DEVICE),
+        query_start=torch.tensor(query_start, dtype=torch.int32, device=DEVICE),
+        seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=DEVICE),
+        query_lens_host=list(query_lens),
+        seq_lens_host=list(seq_lens),
+        block_size=block_size,
+        max_query_len=max(query_lens),
+        max_seq_len=max(seq_lens),
+    )
+    shape = (num_blocks, block_size, num_kv_heads, head_dim)
+    k_cache = torch.randn(shape, generator=gen).to(DEVICE, DTYPE)
+    v_cache = torch.randn(shape, generator=gen).to(DEVICE, DTYPE)
+    return meta, k_cache, v_cache
+
+
+def _run_both(query_lens, seq_lens, num_heads, num_kv_heads, head_dim, block_size, window, seed, splits=None):
+    from ladle.layers.attention_triton import TritonAttentionBackend
+
+    gen = torch.Generator().manual_seed(seed)
+    meta, k_cache, v_cache = _make_batch(query_lens, seq_lens, num_kv_heads, head_dim, block_size, gen)
+    meta.decode_num_splits = splits
+    tokens = sum(query_lens)
+    q = torch.randn(tokens, num_heads, head_dim, generator=gen).to(DEVICE, DTYPE)
+    k = torch.randn(tokens, num_kv_heads, head_dim, generator=gen).to(DEVICE, DTYPE)
+    v = torch.randn(tokens, num_kv_heads, head_dim, generator=gen).to(DEVICE, DTYPE)
+    scale = head_dim**-0.5
+    k_ref, v_ref = k_cache.clone(), v_cache.clone()
+    ref = TorchAttentionBackend().forward(q, k, v, k_ref, v_ref, meta, scale, window)
+    out = TritonAttentionBackend().forward(q, k, v, k_cache, v_cache, meta, scale, window)
+    assert torch.equal(k_cache, k_ref) and torch.equal(v_cache, v_ref), "KV-cache write differs"
+    assert not out.isnan().any()
+    err = (out.float() - ref.float()).norm() / ref.float().norm()
+    assert err < TOL, f"relative error {err:.2e}"
+
+
+# (num_heads, num_kv_heads, head_dim): Llama-3-8B's GQA 4, Qwen3's 2, MHA, Gemma 3 1B's MQA with 256, and
+# a group that is not a power of two.
+HEADS_GPU = [(32, 8, 128), (16, 8, 128), (8, 8, 64), (4, 1, 256), (12, 4, 64), (8, 2, 96)]
+HEADS_CPU = [(4, 2, 64), (4, 1, 128), (6, 2, 32)]
+HEADS = HEADS_GPU if ON_GPU else HEADS_CPU
+
+
+@pytest.mark.parametrize("heads", HEADS)
+@pytest.mark.parametrize("window", [None, 40])
+def test_mixed_batch_matches_reference(heads, window):
+    """Whole prompts, chunked prefills over an earlier chunk or a prefix-cache hit, and decodes, together."""
+    num_heads, num_kv_heads, head_dim = heads
+    rng = random.Random(hash((heads, window)) & 0xFFFF)
+    big = ON_GPU
+    query_lens, seq_lens = [], []
+    for kind in ["prompt", "chunk", "decode", "prompt", "decode", "chunk"] * (3 if big else 1):
+        if kind == "prompt":
+            q = rng.randint(1, 300 if big else 40)
+            query_lens.append(q)
+            seq_lens.append(q)
+        elif kind == "chunk":
+            q = rng.randint(1, 200 if big else 30)
+            query_lens.append(q)
+            seq_lens.append(q + rng.randint(1, 700 if big else 50))
+        else:
+            query_lens.append(1)
+            seq_lens.append(rng.randint(1, 900 if big else 70))
+    _run_both(query_lens, seq_lens, num_heads, num_kv_heads, head_dim, 16, window, seed=1)
+
+
+@pytest.mark.parametrize("heads", HEADS)
+@pytest.mark.parametrize("window", [None, 100])
+@pytest.mark.parametrize("splits", [None, 1, 3, 32])
+def test_decode_matches_reference(heads, window, splits):
+    num_heads, num_kv_heads, head_dim = heads
+    rng = random.Random(7)
+    num_seqs = 9 if ON_GPU else 3
+    seq_lens = [rng.randint(1, 3000 if ON_GPU else 150) for _ in range(num_seqs)]
+    seq_lens[0] = 1
+    _run_both([1] * num_seqs, seq_lens, num_heads, num_kv_heads, head_dim, 16, window, seed=2, splits=splits)
+
+
+@pytest.mark.skipif(not ON_GPU, reason="long contexts: GPU only")
+def test_decode_long_context_batch_one():
+    for seq_len in (1, 17, 4096, 32768):
+        _run_both([1], [seq_len], 32, 8, 128, 16, None, seed=3)
+
+
+@pytest.mark.parametrize("block_size", [8, 32])
+def test_other_block_sizes(block_size):
+    _run_both([5, 1, 33], [5, 60, 90], 4, 2, 64, block_size, None, seed=4)
+
+
+def test_padded_decode_rows_write_nothing():
+    """A CUDA graph's padding rows: slot -1 writes nothing, seq_len 0 gives zeros and no NaN."""
+    from ladle.kernels.triton_attention import decode_attention, write_kv_cache
+
+    gen = torch.Generator().manual_seed(5)
+    k_cache = torch.randn(4, 16, 2, 64, generator=gen).to(DEVICE, DTYPE)
+    v_cache = torch.randn(4, 16, 2, 64, generator=gen).to(DEVICE, DTYPE)
+    before = (k_cache.clone(), v_cache.clone())
+    k = torch.randn(2, 2, 64, generator=gen).to(DEVICE, DTYPE)
+    slots = torch.tensor([-1, -1], dtype=torch.int64, device=DEVICE)
+    write_kv_cache(k, k, k_cache, v_cache, slots)
+    assert torch.equal(k_cache, before[0]) and torch.equal(v_cache, before[1])
+    q = torch.randn(2, 4, 64, generator=gen).to(DEVICE, DTYPE)
+    out = torch.full_like(q, float("nan"))
+    tables = torch.zeros(2, 4, dtype=torch.int32, device=DEVICE)
+    lens = torch.zeros(2, dtype=torch.int32, device=DEVICE)
+    for splits in (1, 4):
+        decode_attention(q, k_cache, v_cache, out, tables, lens, 0.125, None, splits)
+        assert torch.equal(out, torch.zeros_like(out))

@@ -1,0 +1,73 @@
+"""Fused Triton elementwise ops (RMSNorm, rotary, SiLU-mul) against the torch versions in ladle.layers.
+
+Runs on CUDA; skipped elsewhere."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ladle.layers.norm import RMSNorm
+from ladle.layers.rotary import RotaryEmbedding
+from ladle.model.config import RopeConfig
+
+try:
+    import triton  # noqa: F401
+
+    HAS_TRITON = True
+except ImportError:
+    HAS_TRITON = False
+
+pytestmark = pytest.mark.skipif(
+    not (torch.cuda.is_available() and HAS_TRITON), reason="needs CUDA and Triton"
+)
+
+
+def _torch_ref(monkeypatch, fn):
+    monkeypatch.setenv("LADLE_FUSED_OPS", "0")
+    try:
+        return fn()
+    finally:
+        monkeypatch.setenv("LADLE_FUSED_OPS", "1")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("unit_offset", [False, True])
+@pytest.mark.parametrize("shape", [(1, 4096), (37, 4096), (5, 8, 128), (3, 1152), (2, 4, 256)])
+def test_rms_norm(monkeypatch, dtype, unit_offset, shape):
+    norm = RMSNorm(shape[-1], 1e-5, unit_offset=unit_offset)
+    norm.set_weight(torch.randn(shape[-1], device="cuda").to(dtype))
+    x = torch.randn(shape, device="cuda").to(dtype) * 3
+    got = norm(x)
+    ref = _torch_ref(monkeypatch, lambda: norm(x))
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(got, ref, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("heads", [(32, 8, 128), (16, 8, 128), (4, 1, 256), (6, 2, 64)])
+def test_rotary(monkeypatch, dtype, heads):
+    h, kvh, d = heads
+    rope = RotaryEmbedding(d, RopeConfig(theta=500000.0))
+    rope.cos_sin = rope.build_table(4096, torch.device("cuda"))
+    tokens = 41
+    positions = torch.randint(0, 4096, (tokens,), device="cuda")
+    # q and k as views of one projection output, the fused-QKV layout.
+    qkv = torch.randn(tokens, (h + 2 * kvh) * d, device="cuda").to(dtype)
+    q, k, _ = qkv.split([h * d, kvh * d, kvh * d], dim=-1)
+    q, k = q.view(tokens, h, d), k.view(tokens, kvh, d)
+    ref_q, ref_k = _torch_ref(monkeypatch, lambda: rope(positions, q.clone(), k.clone()))
+    got_q, got_k = rope(positions, q, k)
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(got_q, ref_q, rtol=tol, atol=tol)
+    torch.testing.assert_close(got_k, ref_k, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("tokens", [1, 7, 300])
+def test_silu_mul(tokens):
+    from ladle.kernels.fused_ops import silu_mul
+
+    gate_up = torch.randn(tokens, 2 * 14336, device="cuda").to(torch.bfloat16) * 4
+    gate, up = gate_up.chunk(2, dim=-1)
+    torch.testing.assert_close(silu_mul(gate_up), F.silu(gate) * up, rtol=1e-2, atol=1e-2)

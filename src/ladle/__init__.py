@@ -9,18 +9,27 @@ from ladle.version import __version__
 if TYPE_CHECKING:
     from ladle.entrypoints.llm import LLM
     from ladle.outputs import CompletionOutput, Logprob, RequestOutput
-    from ladle.sampling_params import SamplingParams
+    from ladle.sampling_params import SamplingParams, StructuredOutputsParams
 
 # Imported lazily so that `import ladle` (and the CLI's start) doesn't pay for torch until it is needed.
 _LAZY = {
     "LLM": "ladle.entrypoints.llm",
     "SamplingParams": "ladle.sampling_params",
+    "StructuredOutputsParams": "ladle.sampling_params",
     "RequestOutput": "ladle.outputs",
     "CompletionOutput": "ladle.outputs",
     "Logprob": "ladle.outputs",
 }
 
-__all__ = ["LLM", "SamplingParams", "RequestOutput", "CompletionOutput", "Logprob", "__version__"]
+__all__ = [
+    "LLM",
+    "SamplingParams",
+    "StructuredOutputsParams",
+    "RequestOutput",
+    "CompletionOutput",
+    "Logprob",
+    "__version__",
+]
 
 
 def __getattr__(name: str) -> Any:

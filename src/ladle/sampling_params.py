@@ -2,10 +2,77 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 # Greedy sampling is requested with temperature 0; below this we treat it as greedy to avoid dividing by ~0.
 _GREEDY_EPSILON = 1e-5
+
+
+@dataclass
+class StructuredOutputsParams:
+    """Constrain the output to a grammar (vLLM's class of the same name): set exactly one of the fields.
+
+    json: a JSON schema (dict or JSON string); regex: a regular expression; choice: the output is exactly
+    one of these strings; grammar: an EBNF grammar (GBNF-style, as xgrammar reads it); json_object: any
+    JSON object; structural_tag: an xgrammar structural tag (JSON string or dict), which is how tool calls
+    in a model family's syntax are enforced.
+    """
+
+    json: str | dict[str, Any] | None = None
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    json_object: bool | None = None
+    structural_tag: str | dict[str, Any] | None = None
+    # JSON only: no whitespace between tokens at all (compact JSON), as vLLM's option of the same name.
+    disable_any_whitespace: bool = False
+
+    _KINDS = ("json", "regex", "choice", "grammar", "json_object", "structural_tag")
+
+    def __post_init__(self) -> None:
+        chosen = [k for k in self._KINDS if getattr(self, k) not in (None, False)]
+        if len(chosen) != 1:
+            raise ValueError(
+                "SamplingParams.structured_outputs: set exactly one of json, regex, choice, grammar, "
+                f"json_object, structural_tag (got {', '.join(chosen) or 'none'})"
+            )
+        if isinstance(self.json, str):
+            try:
+                self.json = json.loads(self.json)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"SamplingParams.structured_outputs.json: is not valid JSON ({e})") from None
+        if self.json is not None and not isinstance(self.json, (dict, bool)):
+            raise ValueError("SamplingParams.structured_outputs.json: must be a JSON schema object")
+        if self.regex is not None and (not isinstance(self.regex, str) or not self.regex):
+            raise ValueError("SamplingParams.structured_outputs.regex: must be a non-empty string")
+        if self.choice is not None:
+            if not isinstance(self.choice, (list, tuple)) or not self.choice:
+                raise ValueError(
+                    "SamplingParams.structured_outputs.choice: must be a non-empty list of strings"
+                )
+            if any(not isinstance(c, str) or not c for c in self.choice):
+                raise ValueError(
+                    "SamplingParams.structured_outputs.choice: entries must be non-empty strings"
+                )
+            self.choice = list(self.choice)
+        if self.grammar is not None and (not isinstance(self.grammar, str) or not self.grammar.strip()):
+            raise ValueError("SamplingParams.structured_outputs.grammar: must be a non-empty EBNF string")
+        if isinstance(self.structural_tag, dict):
+            self.structural_tag = json.dumps(self.structural_tag)
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in self._KINDS if getattr(self, k) not in (None, False))
+
+    def cache_key(self) -> str:
+        """A canonical string naming this constraint (equal constraints give equal keys)."""
+        kind = self.kind
+        value = getattr(self, kind)
+        if self.disable_any_whitespace:
+            kind += "/compact"
+        return kind + ":" + (json.dumps(value, sort_keys=True) if not isinstance(value, str) else value)
 
 
 @dataclass
@@ -32,6 +99,8 @@ class SamplingParams:
     # How many earlier tokens the repetition/presence/frequency penalties look at (Ollama's repeat_last_n);
     # None means the whole prompt and output, as vLLM does.
     penalty_window: int | None = None
+    # Constrained decoding (JSON schema, regex, choice, grammar); a dict is read as StructuredOutputsParams.
+    structured_outputs: StructuredOutputsParams | None = None
     # Set by the engine from generation_config.json / the tokenizer: token ids that end generation.
     _eos_token_ids: list[int] = field(default_factory=list, repr=False)
 
@@ -44,6 +113,11 @@ class SamplingParams:
             self.logit_bias = {int(k): float(v) for k, v in self.logit_bias.items()}
         if self.top_k == -1:
             self.top_k = 0
+        if isinstance(self.structured_outputs, dict):
+            try:
+                self.structured_outputs = StructuredOutputsParams(**self.structured_outputs)
+            except TypeError as e:
+                raise ValueError(f"SamplingParams.structured_outputs: {e}") from None
         self._validate()
 
     def _validate(self) -> None:
@@ -86,6 +160,10 @@ class SamplingParams:
             raise bad("logit_bias", "values must be in [-100, 100]")
         if self.penalty_window is not None and self.penalty_window < -1:
             raise bad("penalty_window", f"must be >= -1, got {self.penalty_window}")
+        if self.structured_outputs is not None and not isinstance(
+            self.structured_outputs, StructuredOutputsParams
+        ):
+            raise bad("structured_outputs", "must be a StructuredOutputsParams (or a dict of its fields)")
 
     @property
     def greedy(self) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -99,6 +100,8 @@ class LLMEngine:
         ):
             self.graph_capture_seconds = self.runner.capture_graphs(config.max_num_seqs, self.max_model_len)
         self.scheduler = Scheduler(self.kv, config.max_num_batched_tokens, config.max_num_seqs)
+        self._structured = None  # ladle.structured.StructuredDecoding, made by the first constrained request
+        self._structured_lock = threading.Lock()
         self.parents: dict[str, _Parent] = {}
         self.counters = EngineCounters()
         self._ids = itertools.count()
@@ -200,6 +203,8 @@ class LLMEngine:
             raise ValueError(f"request_id {request_id!r} is already in use")
         text, token_ids = self.tokenize_prompt(prompt)
         self._validate(token_ids, params)
+        # Compile the grammar now: a bad schema/regex/grammar fails here, before any work is queued.
+        compiled = self.structured.admit(params) if params.structured_outputs is not None else None
         arrival = arrival_time if arrival_time is not None else time.monotonic()
         room = self.max_model_len - len(token_ids)
         max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
@@ -228,6 +233,7 @@ class LLMEngine:
                     max_tokens=max_tokens,
                     arrival_time=arrival,
                     generator=generator,
+                    grammar=self.structured.new_state(compiled, params) if compiled is not None else None,
                 )
             )
         self.parents[request_id] = _Parent(text, token_ids, children, arrival)
@@ -266,11 +272,27 @@ class LLMEngine:
     def num_unfinished_requests(self) -> int:
         return len(self.parents)
 
+    @property
+    def structured(self):
+        """Constrained decoding (ladle.structured.StructuredDecoding); xgrammar is imported on first use."""
+        if self._structured is None:
+            from ladle.structured import StructuredDecoding
+
+            with self._structured_lock:  # the server compiles grammars from its own threads too
+                if self._structured is None:
+                    self._structured = StructuredDecoding(
+                        self.tokenizer, self.arch.vocab_size, self.arch.eos_token_ids
+                    )
+        return self._structured
+
     # -- the step ----------------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         batch = self.scheduler.schedule()
         if not batch.requests:
             return []
+        grammars = self._structured is not None and any(r.grammar is not None for r in batch.requests)
+        if grammars:  # next-token bitmasks are filled on a worker while the model runs
+            self.structured.start_fills(r.grammar for r in batch.requests)
         step = self.runner.execute(batch)
         for req, num_new in zip(batch.requests, batch.num_new_tokens):
             req.num_computed_tokens += num_new
@@ -282,6 +304,8 @@ class LLMEngine:
         touched: dict[str, None] = {}
         if step.sample_indices:
             sampled = [batch.requests[i] for i in step.sample_indices]
+            if grammars:
+                self.structured.wait()
             rows = [
                 SamplingRow(
                     params=r.params,
@@ -289,6 +313,7 @@ class LLMEngine:
                     output_token_ids=r.output_token_ids,
                     generator=r.generator,
                     eos_token_ids=r.eos_token_ids,
+                    token_bitmask=self.structured.mask(r.grammar) if r.grammar is not None else None,
                 )
                 for r in sampled
             ]
@@ -297,6 +322,8 @@ class LLMEngine:
             for j, req in enumerate(sampled):
                 self._append(req, result.token_ids[j], self._decoded(result.logprob_dict(j)), now)
                 touched[req.parent_id] = None
+            if grammars:  # the next masks, ready before the next forward where the host is quick enough
+                self.structured.start_fills(r.grammar for r in sampled if not r.is_finished)
         return [self._make_output(pid) for pid in touched if pid in self.parents]
 
     def _add_prompt_logprobs(self, req: Request, logits: torch.Tensor, start: int) -> None:
@@ -317,6 +344,8 @@ class LLMEngine:
         if logprobs is not None and req.logprobs is not None:
             req.logprobs.append(logprobs)
             req.cumulative_logprob += logprobs[token].logprob
+        if req.grammar is not None and self._advance_grammar(req, token):
+            return
         params = req.params
         num_out = len(req.output_token_ids)
         may_stop = num_out >= params.min_tokens
@@ -331,6 +360,17 @@ class LLMEngine:
             self._finish(req, "stop", matched)
         elif num_out >= req.max_tokens:
             self._finish(req, "length", None)
+
+    def _advance_grammar(self, req: Request, token: int) -> bool:
+        """Feed the sampled token to the request's grammar; True when that finished the request."""
+        if not req.grammar.accept(token):
+            # Only a bug could get here (the token was sampled under the grammar's mask).
+            self._finish(req, "abort", "grammar rejected the sampled token")
+            return True
+        if req.grammar.is_terminated:  # the grammar is complete and took its stop token (EOS): not text
+            self._finish(req, "stop", token if token in req.params.stop_token_ids else None)
+            return True
+        return False
 
     def _finish(self, req: Request, reason: str, stop_reason: int | str | None) -> None:
         if reason != "stop" or not isinstance(stop_reason, str):

@@ -5,12 +5,16 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from ladle.engine.detokenizer import IncrementalDetokenizer
 from ladle.outputs import Logprob, PromptLogprobs
 from ladle.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from ladle.structured.matcher import GrammarState
 
 
 class RequestStatus(enum.Enum):
@@ -31,6 +35,8 @@ class Request:
     max_tokens: int  # params.max_tokens, clamped so prompt + output fit the model's context
     arrival_time: float = field(default_factory=time.monotonic)
     generator: torch.Generator | None = None
+    # Set when params.structured_outputs is: this sequence's grammar matcher (ladle.structured).
+    grammar: GrammarState | None = None
     status: RequestStatus = RequestStatus.WAITING
     output_token_ids: list[int] = field(default_factory=list)
     num_computed_tokens: int = 0  # tokens whose K/V are in the cache

@@ -3,7 +3,9 @@
 Order of processing, per row (matching vLLM and Hugging Face where they agree):
 
  1. logit_bias            add the bias to the named tokens.
- 2. min_tokens            while fewer than min_tokens outputs: EOS ids and stop_token_ids -> -inf.
+ 1b. grammar bitmask    rows under structured outputs: tokens the grammar does not allow -> -inf.
+ 2. min_tokens            while fewer than min_tokens outputs: EOS ids and stop_token_ids -> -inf
+                          (unless the grammar allows nothing else: a finished document ends).
  3. repetition_penalty    tokens seen in prompt or output: positive logits / penalty, negative * penalty.
  4. frequency_penalty     minus penalty * the token's count in the output,
     presence_penalty      minus penalty if the token is in the output (OpenAI's rule, as vLLM).
@@ -55,6 +57,7 @@ class _StepPlan:
     greedy_rows: list[int] = field(default_factory=list)
     random_rows: list[int] = field(default_factory=list)
     logprob_rows: list[int] = field(default_factory=list)
+    grammar_rows: list[int] = field(default_factory=list)
     logit_bias: bool = False
     min_tokens: bool = False
     penalties: bool = False
@@ -69,6 +72,8 @@ class _StepPlan:
             (greedy if p.temperature < _GREEDY_EPSILON else random).append(i)
             if p.logprobs is not None:
                 logprob_rows.append(i)
+            if row.token_bitmask is not None:
+                plan.grammar_rows.append(i)
             if p.logit_bias:
                 plan.logit_bias = True
             if p.min_tokens and len(row.output_token_ids) < p.min_tokens:
@@ -81,7 +86,7 @@ class _StepPlan:
 
     @property
     def edits_logits(self) -> bool:
-        return self.logit_bias or self.min_tokens or self.penalties
+        return self.logit_bias or self.min_tokens or self.penalties or bool(self.grammar_rows)
 
 
 @dataclass
@@ -152,8 +157,12 @@ class Sampler:
                 work = logits.clone()
             if plan.logit_bias:
                 work = apply_logit_bias(work, rows)
+            if plan.grammar_rows:
+                from ladle.structured.bitmask import apply_bitmasks  # xgrammar loads only when used
+
+                apply_bitmasks(work, plan.grammar_rows, [rows[i].token_bitmask for i in plan.grammar_rows])
             if plan.min_tokens:
-                work = apply_min_tokens(work, rows)
+                work = _min_tokens_under_grammar(work, rows, plan.grammar_rows)
             if plan.penalties:
                 work = apply_penalties(work, rows, token_arrays)
 
@@ -192,6 +201,22 @@ class Sampler:
         tokens = processed.greedy_tokens.clone()
         tokens[device_tensor(processed.random_rows, None, tokens.device)] = sampled
         return tokens
+
+
+def _min_tokens_under_grammar(
+    work: torch.Tensor, rows: list[SamplingRow], grammar_rows: list[int]
+) -> torch.Tensor:
+    """min_tokens, except on grammar rows whose only allowed tokens it would remove (the document is
+    complete and can only end): those keep their grammar-masked logits."""
+    if not grammar_rows:
+        return apply_min_tokens(work, rows)
+    index = torch.tensor(grammar_rows, device=work.device)
+    before = work[index]
+    work = apply_min_tokens(work, rows)
+    dead = ~work[index].isfinite().any(dim=-1)
+    if bool(dead.any()):
+        work[index[dead]] = before[dead]
+    return work
 
 
 def _on_rows(x: torch.Tensor, rows: list[int], fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:

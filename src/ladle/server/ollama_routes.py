@@ -17,6 +17,7 @@ from ladle.models_hub.manager import LoadedModel
 from ladle.models_hub.model_options import fill_options
 from ladle.outputs import RequestOutput
 from ladle.server import prompts
+from ladle.server import structured as so
 from ladle.server.errors import ApiError, bad_request
 from ladle.server.protocol_ollama import ChatRequest, GenerateRequest, Options
 from ladle.server.state import server_state
@@ -98,6 +99,7 @@ async def _run(
     ids: list[int],
     shape,
     timing: _Timing,
+    plan=None,
 ) -> Response:
     """Starts the engine request and answers in NDJSON (stream) or one object; `shape(text, out, final)`
     builds one response object in the route's own format."""
@@ -111,6 +113,9 @@ async def _run(
     prompts.check_token_ids(model, ids, "context")
     defaults = model.default_sampling_values()
     params = body.sampling_params(defaults, len(ids), model.max_model_len - len(ids))
+    spec = so.ollama_constraint(body.format)
+    params = so.constrain(params, spec, plan, "format")
+    await so.precompile(model, params, "format" if spec is not None else "tools")
     stream = model.engine.generate(
         {"prompt": text, "prompt_token_ids": ids}, params, request_id=f"ollama-{uuid.uuid4().hex}"
     )
@@ -119,33 +124,46 @@ async def _run(
         return Response(status_code=499)
     _, outputs = primed
     if body.stream is not False:
-        return StreamingResponse(_stream(outputs, shape, timing), media_type="application/x-ndjson")
-    result = await cancel_on_disconnect(request, _full(outputs, shape, timing))
+        return StreamingResponse(_stream(outputs, shape, timing, plan), media_type="application/x-ndjson")
+    result = await cancel_on_disconnect(request, _full(outputs, shape, timing, plan))
     return JSONResponse(result) if result is not None else Response(status_code=499)
 
 
-async def _stream(outputs: AsyncIterator[RequestOutput], shape, timing: _Timing) -> AsyncIterator[str]:
+async def _stream(
+    outputs: AsyncIterator[RequestOutput], shape, timing: _Timing, plan=None
+) -> AsyncIterator[str]:
+    # Under tools, text that may be a call is held back; calls go out whole (as Ollama sends them).
+    reply = so.ReplyStream(plan)
+    sent_calls = 0
     try:
         last = None
         async for out in outputs:
             last = out
             text = out.deltas[0][0] if out.deltas else ""
-            if text:
-                yield ndjson(shape(text, out, False))
+            content, _ = reply.feed(text, out.finished)
+            new_calls = reply.calls[sent_calls:]
+            sent_calls = len(reply.calls)
+            if new_calls and not out.finished:
+                yield ndjson(shape(content, out, False, [c.to_ollama() for c in new_calls]))
+            elif content and not out.finished:
+                yield ndjson(shape(content, out, False))
         if last is None or not last.finished:
             raise ApiError(503, "the request was aborted by the server before it finished")
-        yield ndjson({**shape("", last, True), **timing.summary(last)})
+        calls = [c.to_ollama() for c in new_calls] if new_calls else None
+        yield ndjson({**shape(content, last, True, calls), **timing.summary(last)})
     except Exception as exc:  # noqa: BLE001 - after the 200 is sent, an error can only be a line
         yield ndjson({"error": str(exc)})
 
 
-async def _full(outputs: AsyncIterator[RequestOutput], shape, timing: _Timing) -> dict[str, Any]:
+async def _full(outputs: AsyncIterator[RequestOutput], shape, timing: _Timing, plan=None) -> dict[str, Any]:
     last = None
     async for out in outputs:
         last = out
     if last is None or not last.finished:
         raise ApiError(503, "the request was aborted by the server before it finished")
-    return {**shape(last.outputs[0].text, last, True), **timing.summary(last)}
+    content, calls = so.parse_reply(plan, last.outputs[0].text)
+    tool_calls = [c.to_ollama() for c in calls] or None
+    return {**shape(content or "", last, True, tool_calls), **timing.summary(last)}
 
 
 def _load_only(model_name: str, timing: _Timing, extra: dict[str, Any]) -> dict[str, Any]:
@@ -183,7 +201,7 @@ async def generate(body: GenerateRequest, request: Request) -> Response:
         text, ids = await prompts.render_chat(model, messages, chat_template=body.template, param="prompt")
     ids = list(body.context or []) + ids
 
-    def shape(text: str, out: RequestOutput, final: bool) -> dict[str, Any]:
+    def shape(text: str, out: RequestOutput, final: bool, tool_calls=None) -> dict[str, Any]:
         data: dict[str, Any] = {"model": model.name, "created_at": _now(), "response": text, "done": final}
         if final:
             completion = out.outputs[0]
@@ -209,20 +227,19 @@ async def chat(body: ChatRequest, request: Request) -> Response:
         messages = model.with_model_messages(messages)
     if not messages:
         return JSONResponse(_load_only(model.name, timing, {"message": {"role": "assistant", "content": ""}}))
-    text, ids = await prompts.render_chat(model, messages)
+    plan = so.tool_plan(model, body.tools, None)
+    text, ids = await prompts.render_chat(model, so.template_messages(messages), tools=plan.tools)
 
-    def shape(text: str, out: RequestOutput, final: bool) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "model": model.name,
-            "created_at": _now(),
-            "message": {"role": "assistant", "content": text},
-            "done": final,
-        }
+    def shape(text: str, out: RequestOutput, final: bool, tool_calls=None) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if tool_calls:
+            message["tool_calls"] = tool_calls
+        data: dict[str, Any] = {"model": model.name, "created_at": _now(), "message": message, "done": final}
         if final:
             data["done_reason"] = _done_reason(out.outputs[0].finish_reason)
         return data
 
-    return await _run(request, model, body, text, ids, shape, timing)
+    return await _run(request, model, body, text, ids, shape, timing, plan)
 
 
 @router.get("/api/version")

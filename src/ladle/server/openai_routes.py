@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from ladle.models_hub.manager import LoadedModel
 from ladle.outputs import CompletionOutput, Logprob, RequestOutput
 from ladle.server import prompts
+from ladle.server import structured as so
 from ladle.server.errors import ApiError, error_body
 from ladle.server.protocol_openai import ChatCompletionRequest, CompletionRequest
 from ladle.server.state import server_state
@@ -127,6 +128,10 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     for _, ids in inputs:
         max_tokens = prompts.check_context(model, len(ids), body.max_tokens or defaults.get("max_tokens"))
         params_list.append(body.sampling_params(defaults, max_tokens, body.logprobs))
+    spec = so.openai_constraint(body.constraint_fields())
+    if spec is not None:
+        params_list = [so.constrain(p, spec, None) for p in params_list]
+        await so.precompile(model, params_list[0], body.constraint_source())
     request_id = f"cmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     merged = await _start(model, inputs, params_list, request_id)
@@ -274,12 +279,16 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     state = server_state(request)
     body.check_unsupported()
     model = await state.manager.get(body.model)
+    spec = so.openai_constraint(body.constraint_fields())
+    plan = so.tool_plan(model, body.tools, body.tool_choice, body.parallel_tool_calls)
     text, ids = await prompts.render_chat(
         model,
-        model.with_model_messages(body.template_messages()),  # a store model's SYSTEM / MESSAGEs, as Ollama
+        # a store model's SYSTEM / MESSAGEs, as Ollama
+        so.template_messages(model.with_model_messages(body.template_messages())),
         add_generation_prompt=body.add_generation_prompt and not body.continue_final_message,
         chat_template=body.chat_template,
         template_kwargs=body.chat_template_kwargs,
+        tools=plan.tools,
     )
     if body.continue_final_message:
         # Let the model go on writing the last message: cut what the template put after its content (the
@@ -296,6 +305,8 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
         model, len(ids), body.requested_max_tokens() or defaults.get("max_tokens"), param
     )
     params = body.sampling_params(defaults, max_tokens, body.num_logprobs())
+    params = so.constrain(params, spec, plan, body.constraint_source())
+    await so.precompile(model, params, "tools" if spec is None else body.constraint_source())
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     merged = await _start(model, [(text, ids)], [params], request_id)
@@ -305,14 +316,16 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     _, outputs = primed
     if body.stream:
         return StreamingResponse(
-            _chat_stream(body, model.name, request_id, created, len(ids), outputs, request.url.path),
+            _chat_stream(body, model.name, request_id, created, len(ids), outputs, request.url.path, plan),
             media_type="text/event-stream",
         )
-    result = await cancel_on_disconnect(request, _chat_full(body, model.name, request_id, created, outputs))
+    result = await cancel_on_disconnect(
+        request, _chat_full(body, model.name, request_id, created, outputs, plan)
+    )
     return JSONResponse(result) if result is not None else Response(status_code=499)
 
 
-async def _chat_full(body, model_name, request_id, created, outputs) -> dict[str, Any]:
+async def _chat_full(body, model_name, request_id, created, outputs, plan=None) -> dict[str, Any]:
     (out,) = await _collect(outputs, 1)
     k = body.top_logprobs or 0
     choices = []
@@ -320,12 +333,17 @@ async def _chat_full(body, model_name, request_id, created, outputs) -> dict[str
         logprobs = None
         if body.logprobs and c.logprobs is not None:
             logprobs = chat_logprobs(c.token_ids, c.logprobs, k)
+        content, calls = so.parse_reply(plan, c.text)
         choices.append(
             {
                 "index": c.index,
-                "message": {"role": "assistant", "content": c.text, "tool_calls": []},
+                "message": {
+                    "role": "assistant",
+                    "content": content,
+                    "tool_calls": [t.to_openai() for t in calls],
+                },
                 "logprobs": logprobs,
-                "finish_reason": c.finish_reason,
+                "finish_reason": "tool_calls" if calls else c.finish_reason,
                 "stop_reason": c.stop_reason,
             }
         )
@@ -341,7 +359,7 @@ async def _chat_full(body, model_name, request_id, created, outputs) -> dict[str
 
 
 async def _chat_stream(
-    body, model_name, request_id, created, prompt_len, outputs, path
+    body, model_name, request_id, created, prompt_len, outputs, path, plan=None
 ) -> AsyncIterator[str]:
     include_usage = body.include_usage()
     k = body.top_logprobs or 0
@@ -363,6 +381,7 @@ async def _chat_stream(
 
     done: set[int] = set()
     completion_tokens = 0
+    replies = [so.ReplyStream(plan) for _ in range(body.n)]
     try:
         for index in range(body.n):
             yield chunk(index, {"role": "assistant", "content": ""})
@@ -379,8 +398,15 @@ async def _chat_stream(
                     logprobs = chat_logprobs(ids, _delta_entries(c, ids), k)
                 if finished:
                     done.add(c.index)
-                delta = {"content": text} if text or not finished else {}
-                yield chunk(c.index, delta, logprobs, c.finish_reason)
+                reply = replies[c.index]
+                content, tool_deltas = reply.feed(text, finished)
+                delta: dict[str, Any] = {"content": content} if content else {}
+                if tool_deltas:
+                    delta["tool_calls"] = tool_deltas
+                reason = "tool_calls" if finished and reply.calls else c.finish_reason
+                if not delta and not finished and not logprobs:
+                    continue
+                yield chunk(c.index, delta, logprobs, reason)
         if include_usage:
             yield sse(
                 {

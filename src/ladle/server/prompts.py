@@ -37,6 +37,7 @@ async def render_chat(
     chat_template: str | None = None,
     template_kwargs: dict[str, Any] | None = None,
     param: str = "messages",
+    tools: list[dict[str, Any]] | None = None,
 ) -> tuple[str, list[int]]:
     """The chat template's text and its token ids (the template writes BOS itself, so none is added)."""
     tokenizer = _tokenizer(model)
@@ -52,6 +53,7 @@ async def render_chat(
             add_generation_prompt=add_generation_prompt,
             chat_template=chat_template
             or model.chat_template,  # a store model's template if the weights lack one
+            tools=tools or None,
             **kwargs,
         )
     except ValueError as exc:  # no template, or the template raised (e.g. roles must alternate)

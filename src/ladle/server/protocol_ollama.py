@@ -45,8 +45,6 @@ class _Common(_Body):
     think: bool | str | None = None
 
     def check_unsupported(self) -> None:
-        if self.format not in (None, ""):
-            raise bad_request("format: structured output (json / a schema) is not supported yet", "format")
         if self.think not in (None, False):
             raise bad_request(f'"{self.model}" does not support thinking', "think")
 
@@ -103,6 +101,7 @@ class Message(_Body):
     content: str | None = ""
     images: list[str] | None = None
     tool_calls: list[dict[str, Any]] | None = None
+    tool_name: str | None = None  # on a tool result: which tool produced it
 
 
 class ChatRequest(_Common):
@@ -111,8 +110,6 @@ class ChatRequest(_Common):
 
     def check_unsupported(self) -> None:
         super().check_unsupported()
-        if self.tools:
-            raise bad_request("tools: tool calling is not supported yet", "tools")
         for i, m in enumerate(self.messages or []):
             if m.images:
                 raise bad_request(
@@ -121,7 +118,15 @@ class ChatRequest(_Common):
                 )
 
     def template_messages(self) -> list[dict[str, Any]]:
-        return [{"role": m.role, "content": m.content or ""} for m in self.messages or []]
+        messages = []
+        for m in self.messages or []:
+            message: dict[str, Any] = {"role": m.role, "content": m.content or ""}
+            if m.tool_calls:
+                message["tool_calls"] = m.tool_calls
+            if m.tool_name:
+                message["name"] = m.tool_name
+            messages.append(message)
+        return messages
 
 
 class ShowRequest(_Body):

@@ -44,6 +44,12 @@ class _SamplingFields(_Body):
     logit_bias: dict[str, float] | None = None
     user: str | None = None
     response_format: dict[str, Any] | None = None
+    # vLLM's structured-output fields (read by ladle.structured.requests; errors name them).
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
+    structured_outputs: dict[str, Any] | None = None
     # vLLM's extra sampling fields.
     top_k: int | None = Field(None, ge=-1)
     min_p: float | None = Field(None, ge=0.0, le=1.0)
@@ -56,12 +62,17 @@ class _SamplingFields(_Body):
     spaces_between_special_tokens: bool = True  # accepted; the tokenizers library decides spacing
 
     def check_unsupported(self) -> None:
-        fmt = self.response_format
-        if fmt is not None and fmt.get("type", "text") != "text":
-            raise bad_request(
-                "response_format: structured output (json_object / json_schema) is not supported yet",
-                "response_format",
-            )
+        pass
+
+    _CONSTRAINT_FIELDS = ("response_format", "guided_json", "guided_regex", "guided_choice", "guided_grammar")
+
+    def constraint_fields(self) -> dict[str, Any]:
+        """The structured-output fields that were given, by name (see ladle.structured.requests)."""
+        names = (*self._CONSTRAINT_FIELDS, "structured_outputs")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+
+    def constraint_source(self) -> str:
+        return next(iter(self.constraint_fields()), "structured_outputs")
 
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
@@ -155,6 +166,10 @@ class ChatMessage(BaseModel):
         message: dict[str, Any] = {"role": self.role, "content": content or ""}
         if self.name:
             message["name"] = self.name
+        extra = self.model_extra or {}
+        for key in ("tool_calls", "tool_call_id"):  # assistant calls and tool results, for the template
+            if extra.get(key) is not None:
+                message[key] = extra[key]
         return message
 
 
@@ -174,8 +189,6 @@ class ChatCompletionRequest(_SamplingFields):
 
     def check_unsupported(self) -> None:
         super().check_unsupported()
-        if self.tools or (self.tool_choice not in (None, "none")):
-            raise bad_request("tools: tool calling is not supported yet", "tools")
         if self.top_logprobs and not self.logprobs:
             raise bad_request("top_logprobs: needs logprobs set to true", "top_logprobs")
 

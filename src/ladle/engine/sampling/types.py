@@ -22,6 +22,8 @@ class SamplingRow:
     generator: torch.Generator | None = None
     # The model's EOS ids; min_tokens masks them (and stop_token_ids) until enough tokens were produced.
     eos_token_ids: list[int] | None = None
+    # Set for rows under a grammar (structured outputs): [1, ceil(vocab / 32)] int32, bit set = allowed.
+    token_bitmask: torch.Tensor | None = None
 
     @property
     def min_tokens_active(self) -> bool:

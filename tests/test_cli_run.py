@@ -213,3 +213,19 @@ def test_the_models_system_prompt_applies_to_both_apis(ladle: Ladle) -> None:
     assert response.status_code == 200, response.text
     choice = response.json()["choices"][0]
     assert choice["message"]["content"] == with_system and response.json()["usage"]["completion_tokens"] == 8
+
+
+def test_one_shot_format_passes_the_schema_to_the_server(ladle: Ladle) -> None:
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    expected = httpx.post(
+        ladle.url + "/api/generate",
+        json={"model": MODEL, "prompt": "Once upon a time", "stream": False, "format": schema},
+        timeout=60,
+    ).json()["response"]
+    assert expected.lstrip().startswith("{")  # the grammar, not the model's whim, chose this
+    result = ladle.run("run", MODEL, "--format", json.dumps(schema), "Once upon a time")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.rstrip("\n") == expected.rstrip("\n")
+    bad = ladle.run("run", MODEL, "--format", "yaml please", "hi")
+    assert bad.returncode != 0
+    assert bad.stderr.count("\n") == 1 and "--format" in bad.stderr and "Traceback" not in bad.stderr

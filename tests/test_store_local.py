@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from ladle.store import (
-from shared_models import stories_gguf
     InvalidModelName,
     ModelfileError,
     ModelNotFound,
@@ -23,6 +22,7 @@ from shared_models import stories_gguf
     Store,
     StoreError,
 )
+from shared_models import stories_gguf  # noqa: E402
 
 STORIES = stories_gguf()
 STORIES_SHA = "df6110e8a14bc1f37df65300abd555aea68ea0534e8916091c0fc9613a74df28"

@@ -214,7 +214,7 @@ def test_bad_names_missing_models_and_registry_errors_are_one_line(pulled: Ladle
     )
     (create_dir / "Modelfile").write_text("FROM nothing-here\n")
     assert_one_line_error(pulled.call("create", "x", "-f", str(create_dir / "Modelfile")), "not found")
-    assert_one_line_error(pulled.call("run", "stories", "--format", "json", "hi"), "structured output")
+    assert_one_line_error(pulled.call("run", "stories", "--format", "yaml", "hi"), "--format")
 
 
 def test_http_errors_are_400_or_404_with_an_error_field(pulled: Ladle) -> None:

@@ -93,9 +93,9 @@ def _model_bytes(engine) -> tuple[int, int]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from ladle import LLM, SamplingParams
+    from ladle import SamplingParams
     from ladle.bench.results import write_result
-    from ladle.bench.throughput import model_arguments
+    from ladle.bench.throughput import build_warm_engine, model_arguments
 
     model, load_format = model_arguments(args)
     baseline = None
@@ -106,21 +106,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         baseline = saved.get("transformers", saved)
 
     rng = random.Random(args.seed)
-    t0 = time.perf_counter()
-    llm = LLM(
-        model,
-        load_format=load_format,
-        dtype=args.dtype,
-        device=args.device,
-        seed=args.seed,
-        max_num_seqs=args.max_num_seqs,
-        attention_backend=args.attention_backend,
-        enforce_eager=args.enforce_eager,
-    )
-    ready_s = time.perf_counter() - t0
+    llm, ready_s = build_warm_engine(args, model, load_format)
     engine = llm.llm_engine
     vocab = engine.arch.vocab_size
-    llm.generate([{"prompt_token_ids": [11, 12, 13]}], SamplingParams(max_tokens=4, ignore_eos=True))
 
     weight_bytes, kv_per_token = _model_bytes(engine)
     peak = args.peak_bandwidth_gbs * 1e9

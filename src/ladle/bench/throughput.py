@@ -50,28 +50,43 @@ def model_arguments(args: argparse.Namespace) -> tuple[str, str]:
     return args.model, args.load_format or "auto"
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def build_warm_engine(args: argparse.Namespace, model: str, load_format: str, **engine_options: Any):
+    """The benchmarked LLM, its construction time, and one short warm-up request already run, so one-time
+    costs (allocator, kernels) land in neither a throughput nor a latency figure."""
     from ladle import LLM, SamplingParams
-    from ladle.bench.results import write_result
 
-    model, load_format = model_arguments(args)
-    rng = random.Random(args.seed)
-    t0 = time.perf_counter()
+    start = time.perf_counter()
     llm = LLM(
         model,
         load_format=load_format,
         dtype=args.dtype,
         device=args.device,
-        max_model_len=args.max_model_len,
-        max_num_seqs=args.max_num_seqs,
-        max_num_batched_tokens=args.max_num_batched_tokens,
         seed=args.seed,
-        tensor_parallel_size=args.tensor_parallel_size,
-        distributed_executor_backend=args.distributed_executor_backend,
+        max_num_seqs=args.max_num_seqs,
         attention_backend=args.attention_backend,
         enforce_eager=args.enforce_eager,
+        **engine_options,
     )
-    engine_ready_s = time.perf_counter() - t0
+    ready_s = time.perf_counter() - start
+    llm.generate([{"prompt_token_ids": [11, 12, 13]}], SamplingParams(max_tokens=4, ignore_eos=True))
+    return llm, ready_s
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from ladle import SamplingParams
+    from ladle.bench.results import write_result
+
+    model, load_format = model_arguments(args)
+    rng = random.Random(args.seed)
+    llm, engine_ready_s = build_warm_engine(
+        args,
+        model,
+        load_format,
+        max_model_len=args.max_model_len,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        tensor_parallel_size=args.tensor_parallel_size,
+        distributed_executor_backend=args.distributed_executor_backend,
+    )
     vocab = llm.llm_engine.arch.vocab_size
     prompts, params = [], []
     for _ in range(args.num_prompts):
@@ -79,8 +94,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         n_out = rng.randint(*args.output_len)
         prompts.append({"prompt_token_ids": [rng.randrange(10, vocab) for _ in range(n_in)]})
         params.append(SamplingParams(temperature=0.0, max_tokens=n_out, ignore_eos=True))
-    # One short warm-up request so one-time costs (allocator, kernels) don't land in the figure.
-    llm.generate([{"prompt_token_ids": [11, 12, 13]}], SamplingParams(max_tokens=4, ignore_eos=True))
     start = time.perf_counter()
     outputs = llm.generate(prompts, params)
     elapsed = time.perf_counter() - start

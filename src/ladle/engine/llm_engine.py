@@ -155,15 +155,6 @@ class LLMEngine:
         rows = [SamplingRow(params=params, prompt_token_ids=[1], output_token_ids=[]) for _ in logits]
         self.sampler(logits, rows)
 
-    def _activation_reserve(self) -> int:
-        # Peak activations of one full step: logits for every sequence plus a few hidden-size buffers per
-        # batched token. A measured profile run replaces this estimate on the GPU path.
-        cfg = self.arch
-        tokens = self.config.max_num_batched_tokens
-        per_token = (4 * cfg.hidden_size + 2 * cfg.intermediate_size) * self.dtype.itemsize
-        logits = self.config.max_num_seqs * cfg.vocab_size * 4
-        return tokens * per_token + 2 * logits
-
     # -- health ------------------------------------------------------------------------------------------
     def is_healthy(self) -> bool:
         """False once a tensor-parallel worker has died (the server's /health answers 503 then)."""

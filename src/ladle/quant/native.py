@@ -1,4 +1,5 @@
-"""Builds and loads the C matmul kernels for GGML block formats (csrc/ggml_matmul.c).
+"""Builds and loads ladle's native CPU kernels: every csrc/*.c file (the GGML-format matmuls, the thread pool
+they share) in one library.
 
 The library is compiled on first use with the system C compiler (`cc -O3 -march=native -pthread`) into
 ~/.cache/ladle/kernels/, keyed by a hash of the source, the flags and the CPU, and called through ctypes,
@@ -23,7 +24,16 @@ import torch
 
 log = logging.getLogger(__name__)
 
-_SOURCE = Path(__file__).parent / "csrc" / "ggml_matmul.c"
+_CSRC = Path(__file__).parent / "csrc"
+
+
+def _sources() -> list[Path]:
+    return sorted(_CSRC.glob("*.c"))
+
+
+def _source_digest_input() -> bytes:
+    """Every file the build reads (sources and headers), so editing any of them rebuilds."""
+    return b"".join(p.name.encode() + p.read_bytes() for p in sorted(_CSRC.glob("*.[ch]")))
 # The int8 path (ggml's way: activations rounded to 8 bits per 32 values) is the fastest but adds ~1% error
 # per matmul; the float path is exact up to summation order and, at batch 1, about 1.5-2x slower. "auto"
 # takes the float path for K-quant matrices only: in Q4_K_M files those are attn_output and
@@ -66,7 +76,8 @@ def _compile(compiler: str, flags: list[str], output: Path) -> bool:
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=output.parent) as tmp:
         tmp_out = Path(tmp) / output.name
-        cmd = [compiler, *flags, "-std=gnu11", "-shared", "-fPIC", str(_SOURCE), "-o", str(tmp_out), "-lm"]
+        sources = [str(p) for p in _sources()]
+        cmd = [compiler, *flags, "-std=gnu11", "-shared", "-fPIC", *sources, "-o", str(tmp_out), "-lm"]
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:
             log.debug("kernel build failed: %s\n%s", " ".join(cmd), result.stderr)
@@ -174,7 +185,7 @@ def build_kernels(flag_sets: tuple[list[str], ...] = _FLAG_SETS) -> NativeKernel
             "no C compiler found: quantized GGUF weights will be expanded to float32 (slower, larger)"
         )
         return None
-    source = _SOURCE.read_bytes()
+    source = _source_digest_input()
     for flags in flag_sets:
         key = hashlib.sha256(source + repr((compiler, flags, _cpu_fingerprint())).encode()).hexdigest()[:16]
         path = _cache_dir() / f"ggml_matmul-{key}.so"

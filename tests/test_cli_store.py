@@ -71,6 +71,10 @@ def test_show_prints_what_the_manifest_and_gguf_say(pulled: Ladle) -> None:
     assert "context length      512" in text
     assert "embedding length    64" in text
     assert "temperature    0.5" in text
+    # The weights' size once loaded: stories260K is all F32, kept as stored (1,171,200 bytes of tensors).
+    assert "memory              1.2 MB (weights once loaded)" in text
+    shown = httpx.post(pulled.url + "/api/show", json={"model": "stories"}).json()
+    assert shown["memory_bytes"] == 1_171_200
 
     params = pulled.call("show", "stories", "--parameters").stdout
     assert params.splitlines() == [f"{'temperature':<30} 0.5", f'{"stop":<30} "</s>"']

@@ -92,6 +92,9 @@ def test_list_show_ps(client, ladle_server):
     assert "<|assistant|>" in shown.template
     assert "FROM" in shown.modelfile and shown.details.format == "safetensors"
     assert shown.modelinfo["llama.context_length"] == 512
+    # ladle's own field (the client drops it): the loaded weights' bytes, float32 on the CPU.
+    raw = httpx.post(ladle_server.url + "/api/show", json={"model": ladle_server.model}).json()
+    assert raw["memory_bytes"] == 4 * raw["model_info"]["general.parameter_count"]
     running = client.ps()
     assert [m.model for m in running.models] == [ladle_server.model]
     with pytest.raises(ollama.ResponseError) as err:

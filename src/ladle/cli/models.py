@@ -147,6 +147,8 @@ def format_show(info: dict[str, Any]) -> str:
             rows.append([label, str(value)])
     if details.get("quantization_level"):
         rows.append(["quantization", details["quantization_level"]])
+    if isinstance(info.get("memory_bytes"), int):
+        rows.append(["memory", f"{human_bytes(info['memory_bytes'])} (weights once loaded)"])
     sections = [("Model", rows)]
 
     caps = info.get("capabilities") or []

@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
+from ladle.loader.memory import loaded_weight_bytes
 from ladle.models_hub.manager import LoadedModel
 from ladle.server.errors import ApiError
 from ladle.server.protocol_ollama import OLLAMA_DEFAULTS, ShowRequest
@@ -28,8 +29,11 @@ def _digest(model: LoadedModel) -> str:
 
 
 def _parameter_count(model: LoadedModel) -> int:
+    # Packed GGUF matrices are not parameters: count their values too.
     runner_model = model.engine.engine.runner.model
-    return sum(p.numel() for p in runner_model.parameters())
+    dense = sum(p.numel() for p in runner_model.parameters())
+    packed = {id(q): q for m in runner_model.modules() if (q := getattr(m, "quantized", None)) is not None}
+    return dense + sum(q.shape[0] * q.shape[1] for q in packed.values())
 
 
 def _parameter_size(count: int) -> str:
@@ -135,4 +139,6 @@ async def show(body: ShowRequest, request: Request) -> dict[str, Any]:
         "model_info": model_info,
         "capabilities": ["completion"],
         "modified_at": _iso(model.loaded_at),
+        # ladle's own field: the weights' size in memory, measured on the loaded model.
+        "memory_bytes": loaded_weight_bytes(model.engine.engine.runner.model),
     }

@@ -212,6 +212,16 @@ def model_info(local: LocalModel, verbose: bool = False) -> dict[str, Any]:
         return {}
 
 
+def _memory_bytes(model_path: str | Path, fmt: str, name: str) -> int | None:
+    from ladle.loader.memory import weights_memory_bytes
+
+    try:
+        return weights_memory_bytes(model_path, fmt)
+    except Exception as exc:  # noqa: BLE001 - a courtesy figure; the rest of /api/show still answers
+        logger.warning("could not size the weights of %s: %s", name, exc)
+        return None
+
+
 def show_response(local: LocalModel, verbose: bool = False) -> dict[str, Any]:
     response: dict[str, Any] = {
         "license": local.license or "",
@@ -223,6 +233,9 @@ def show_response(local: LocalModel, verbose: bool = False) -> dict[str, Any]:
         "capabilities": ["completion"],
         "modified_at": _iso(local.modified_at),
     }
+    memory = _memory_bytes(local.model_path, local.format, local.name)
+    if memory is not None:
+        response["memory_bytes"] = memory  # ladle's own field: the weights' size once loaded on the CPU
     if local.system:
         response["system"] = local.system
     if local.messages:

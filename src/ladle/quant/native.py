@@ -34,6 +34,8 @@ def _sources() -> list[Path]:
 def _source_digest_input() -> bytes:
     """Every file the build reads (sources and headers), so editing any of them rebuilds."""
     return b"".join(p.name.encode() + p.read_bytes() for p in sorted(_CSRC.glob("*.[ch]")))
+
+
 # The int8 path (ggml's way: activations rounded to 8 bits per 32 values) is the fastest but adds ~1% error
 # per matmul; the float path is exact up to summation order and, at batch 1, about 1.5-2x slower. "auto"
 # takes the float path for K-quant matrices only: in Q4_K_M files those are attn_output and

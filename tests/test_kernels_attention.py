@@ -173,3 +173,42 @@ def test_padded_decode_rows_write_nothing():
     for splits in (1, 4):
         decode_attention(q, k_cache, v_cache, out, tables, lens, 0.125, None, splits)
         assert torch.equal(out, torch.zeros_like(out))
+
+
+@pytest.mark.skipif(not ON_GPU, reason="float8 K/V: CUDA only")
+@pytest.mark.parametrize("decode_only", [True, False])
+def test_fp8_cache_matches_reference_on_the_rounded_values(decode_only):
+    """kv_cache_dtype="fp8": the kernels write e4m3 bytes equal to torch's rounding and attend over them as
+    the torch reference attends over the same values widened to bf16."""
+    from ladle.layers.attention_triton import TritonAttentionBackend
+
+    fp8 = torch.float8_e4m3fn
+    gen = torch.Generator().manual_seed(11)
+    if decode_only:
+        query_lens, seq_lens = [1] * 7, [1, 15, 16, 17, 300, 1200, 2500]
+    else:
+        query_lens, seq_lens = [40, 1, 17, 1], [40, 700, 90, 33]
+    num_heads, num_kv_heads, head_dim = 32, 8, 128
+    meta, k_cache, v_cache = _make_batch(query_lens, seq_lens, num_kv_heads, head_dim, 16, gen)
+    k8, v8 = k_cache.to(fp8), v_cache.to(fp8)
+    tokens = sum(query_lens)
+    q, k, v = (
+        torch.randn(tokens, h, head_dim, generator=gen).to(DEVICE, DTYPE)
+        for h in (num_heads, num_kv_heads, num_kv_heads)
+    )
+    scale = head_dim**-0.5
+    k_ref, v_ref = k8.to(DTYPE), v8.to(DTYPE)
+    ref = TorchAttentionBackend().forward(
+        q, k.to(fp8).to(DTYPE), v.to(fp8).to(DTYPE), k_ref, v_ref, meta, scale, None
+    )
+    out = TritonAttentionBackend().forward(q, k, v, k8, v8, meta, scale, None)
+    assert torch.equal(k8.view(torch.uint8), k_ref.to(fp8).view(torch.uint8)), "fp8 K write differs"
+    assert torch.equal(v8.view(torch.uint8), v_ref.to(fp8).view(torch.uint8)), "fp8 V write differs"
+    err = (out.float() - ref.float()).norm() / ref.float().norm()
+    assert err < TOL, f"relative error {err:.2e}"
+    # The torch backend reads and writes fp8 caches too (through byte views).
+    k8b, v8b = k_cache.to(fp8), v_cache.to(fp8)
+    torch_out = TorchAttentionBackend().forward(q, k, v, k8b, v8b, meta, scale, None)
+    assert torch.equal(k8b.view(torch.uint8), k8.view(torch.uint8))
+    err = (torch_out.float() - ref.float()).norm() / ref.float().norm()
+    assert err < TOL, f"torch backend relative error {err:.2e}"

@@ -8,6 +8,9 @@ where a negative slot means "write nothing" (the padded rows of a CUDA graph).
 Query head h reads KV head h // G (G = H / KVH). A program handles one KV head and every query head that
 shares it, so each K/V tile is loaded once per group rather than once per query head.
 
+The caches may hold a narrower type than q (float8_e4m3fn, kv_cache_dtype="fp8", no scaling, as vLLM's
+uncalibrated fp8 cache): tiles are widened to q's dtype as they load, so fp8 halves the K/V bytes read.
+
 Importing this module needs Triton; ladle.layers.attention_triton imports it only on CUDA.
 The torch reference these are tested against is ladle.layers.attention.TorchAttentionBackend.
 """
@@ -165,7 +168,7 @@ def _prefill_kernel(
         slot = block * BLOCK_SIZE + n % BLOCK_SIZE
         kv_offs = (slot * NUM_KV_HEADS + kv_head)[:, None] * HEAD_DIM + d[None, :]
         kv_mask = n_valid[:, None] & d_valid[None, :]
-        k = tl.load(k_cache_ptr + kv_offs, mask=kv_mask, other=0.0)
+        k = tl.load(k_cache_ptr + kv_offs, mask=kv_mask, other=0.0).to(q.dtype)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
         visible = (n[None, :] <= q_pos[:, None]) & n_valid[None, :]
         if USE_WINDOW:
@@ -177,8 +180,8 @@ def _prefill_kernel(
         p = tl.math.exp2(s - m_shift[:, None])
         alpha = tl.math.exp2(m_i - m_shift)
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_cache_ptr + kv_offs, mask=kv_mask, other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        v = tl.load(v_cache_ptr + kv_offs, mask=kv_mask, other=0.0).to(q.dtype)
+        acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
 
     out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
@@ -332,8 +335,8 @@ def _decode_kernel(
         slot = block * BLOCK_SIZE + n % BLOCK_SIZE
         kv_offs = (slot * NUM_KV_HEADS + kv_head)[:, None] * HEAD_DIM + d[None, :]
         kv_mask = n_valid[:, None] & d_valid[None, :]
-        k = tl.load(k_cache_ptr + kv_offs, mask=kv_mask, other=0.0)
-        v = tl.load(v_cache_ptr + kv_offs, mask=kv_mask, other=0.0)
+        k = tl.load(k_cache_ptr + kv_offs, mask=kv_mask, other=0.0).to(q.dtype)
+        v = tl.load(v_cache_ptr + kv_offs, mask=kv_mask, other=0.0).to(q.dtype)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
         s = tl.where(n_valid[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -341,7 +344,7 @@ def _decode_kernel(
         p = tl.math.exp2(s - m_shift[:, None])
         alpha = tl.math.exp2(m_i - m_shift)
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
 
     out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]

@@ -73,12 +73,22 @@ def get_attention_backend(name: str, device: torch.device) -> AttentionBackend:
     return TorchAttentionBackend()
 
 
+def _as_bytes(t: torch.Tensor) -> torch.Tensor:
+    """float8 tensors as uint8, whose indexing kernels exist everywhere; other dtypes as they are."""
+    return t.view(torch.uint8) if t.element_size() == 1 and t.is_floating_point() else t
+
+
+def _rows(cache: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    return _as_bytes(cache)[index].view(cache.dtype)
+
+
 def write_kv_cache(
     k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor
 ) -> None:
     num_kv_heads, head_dim = k.shape[1], k.shape[2]
-    k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slots, k.to(k_cache.dtype))
-    v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slots, v.to(v_cache.dtype))
+    for new, cache in ((k, k_cache), (v, v_cache)):
+        rows = _as_bytes(new.to(cache.dtype))
+        _as_bytes(cache).view(-1, num_kv_heads, head_dim).index_copy_(0, slots, rows)
 
 
 class TorchAttentionBackend(AttentionBackend):
@@ -108,8 +118,8 @@ class TorchAttentionBackend(AttentionBackend):
         num_blocks = (max_len + meta.block_size - 1) // meta.block_size
         tables = meta.block_tables[:, :num_blocks].long()
         # [S, num_blocks, block_size, KVH, D] -> [S, max_len, KVH, D]
-        keys = k_cache[tables].flatten(1, 2)[:, :max_len]
-        values = v_cache[tables].flatten(1, 2)[:, :max_len]
+        keys = _rows(k_cache, tables).flatten(1, 2)[:, :max_len].to(q.dtype)
+        values = _rows(v_cache, tables).flatten(1, 2)[:, :max_len].to(q.dtype)
         positions = torch.arange(max_len, device=q.device)
         lens = meta.seq_lens.to(q.device).long().unsqueeze(1)
         valid = positions.unsqueeze(0) < lens
@@ -135,8 +145,8 @@ class TorchAttentionBackend(AttentionBackend):
 def _gather(k_cache, v_cache, block_table, seq_len, block_size):
     num_blocks = (seq_len + block_size - 1) // block_size
     blocks = block_table[:num_blocks].long()
-    keys = k_cache[blocks].flatten(0, 1)[:seq_len]
-    values = v_cache[blocks].flatten(0, 1)[:seq_len]
+    keys = _rows(k_cache, blocks).flatten(0, 1)[:seq_len]
+    values = _rows(v_cache, blocks).flatten(0, 1)[:seq_len]
     return keys, values
 
 

@@ -151,25 +151,26 @@ def parameters_text(params: dict[str, Any]) -> str:
 @lru_cache(maxsize=64)
 def _gguf_model_info(path: str, mtime: float, verbose: bool) -> dict[str, Any]:
     """Ollama's model_info: the GGUF metadata (arrays left out unless verbose) plus the parameter count."""
-    import gguf
+    from ladle.loader.gguf_file import read_gguf
+    from ladle.store.details import _elements
 
-    reader = gguf.GGUFReader(path)
-    info: dict[str, Any] = {}
-    for key, field in reader.fields.items():
-        if key.startswith("GGUF."):
-            continue
-        is_array = field.types and field.types[0] == gguf.GGUFValueType.ARRAY
-        if is_array and not verbose:
-            info[key] = None
-            continue
-        try:
-            value = field.contents()
-        except Exception:  # noqa: BLE001 - an odd field must not fail /api/show
-            continue
-        if isinstance(value, float) and value != value:
-            value = None
-        info[key] = value
-    info.setdefault("general.parameter_count", sum(int(t.n_elements) for t in reader.tensors))
+    gguf_file = read_gguf(path)  # ladle's reader: ~15x faster than gguf.GGUFReader on large vocabularies
+    try:
+        info: dict[str, Any] = {}
+        for key, value in gguf_file.metadata.items():
+            if key.startswith("GGUF."):
+                continue
+            if isinstance(value, list) and not verbose:
+                info[key] = None
+                continue
+            if isinstance(value, float) and value != value:
+                value = None
+            info[key] = value
+        info.setdefault(
+            "general.parameter_count", sum(_elements(t.shape) for t in gguf_file.tensors.values())
+        )
+    finally:
+        gguf_file.close()
     return dict(sorted(info.items()))
 
 

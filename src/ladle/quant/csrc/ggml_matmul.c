@@ -330,22 +330,27 @@ static float dot_k_c(int qtype, const uint8_t *w, const q8k_block *a, int64_t ns
 #endif
 
 /* ------------------------------------------------------------------------------------------------ */
-/* SIMD tiles: TR weight rows x up to TC activation rows per call.                                   */
+/* SIMD tiles: R weight rows x C activation rows per call, both compile-time constants.              */
 
 #ifdef LADLE_AVX2
+#define MAXR 4
+#define MAXC 8
+/* Tile shapes, R x C: at batch 1 several weight rows share each activation load; with more activation
+ * rows, each weight row decoded is used for as many of them as the registers allow (32 ymm with
+ * AVX-512VL, 16 with AVX2 alone). */
 #ifdef LADLE_VNNI
-#define TR 4 /* 32 ymm registers */
-#define TC 4
-#define KTC 2
+#define R32 2
+#define C32 8
+#define CK 8
 #else
-#define TR 2 /* 16 ymm registers */
-#define TC 2
-#define KTC 2
+#define R32 2
+#define C32 4
+#define CK 4
 #endif
 
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
 
-/* How far ahead (bytes) the weights are prefetched. A tile reads TR short rows in lockstep (a Gemma row
+/* How far ahead (bytes) the weights are prefetched. A tile reads R short rows in lockstep (a Gemma row
  * is 680 bytes), which the hardware prefetcher does not follow well; the rows are contiguous, so fetching
  * a fixed distance ahead of each row covers the tiles to come. */
 #ifndef PREFETCH_BYTES
@@ -421,20 +426,20 @@ ALWAYS_INLINE __m256i dot32(int qtype, const wblk32 *w, __m256i a_u) {
 #endif
 }
 
-/* out[c * TR + r] = row r of w times activation row c, for C activation rows. */
-ALWAYS_INLINE void tile32(int qtype, const uint8_t *const *w, const a32_block *const *a, int C, int64_t nb,
+/* out[c * R + r] = row r of w times activation row c. */
+ALWAYS_INLINE void tile32(int qtype, int R, int C, const uint8_t *const *w, const a32_block *const *a, int64_t nb,
                           float *out) {
     const int bs = block_bytes(qtype), has_min = qtype == T_Q4_1 || qtype == T_Q5_1;
-    __m256 acc[TR][TC];
-    float mins[TR][TC];
-    for (int r = 0; r < TR; r++)
+    __m256 acc[MAXR][MAXC];
+    float mins[MAXR][MAXC];
+    for (int r = 0; r < R; r++)
         for (int c = 0; c < C; c++) {
             acc[r][c] = _mm256_setzero_ps();
             mins[r][c] = 0.0f;
         }
     for (int64_t b = 0; b < nb; b++) {
-        wblk32 wb[TR];
-        for (int r = 0; r < TR; r++) {
+        wblk32 wb[MAXR];
+        for (int r = 0; r < R; r++) {
             _mm_prefetch((const char *)(w[r] + b * bs + PREFETCH_BYTES), _MM_HINT_T0);
             decode32(qtype, w[r] + b * bs, &wb[r]);
         }
@@ -442,15 +447,15 @@ ALWAYS_INLINE void tile32(int qtype, const uint8_t *const *w, const a32_block *c
             const a32_block *ab = a[c] + b;
             const __m256i a_u = _mm256_loadu_si256((const __m256i *)ab->qs);
             const __m256 ad = _mm256_set1_ps(ab->d);
-            for (int r = 0; r < TR; r++) {
+            for (int r = 0; r < R; r++) {
                 const __m256 p = _mm256_cvtepi32_ps(dot32(qtype, &wb[r], a_u));
                 acc[r][c] = _mm256_fmadd_ps(_mm256_mul_ps(wb[r].d, ad), p, acc[r][c]);
                 if (has_min) mins[r][c] += wb[r].m * ab->s;
             }
         }
     }
-    for (int r = 0; r < TR; r++)
-        for (int c = 0; c < C; c++) out[c * TR + r] = hsum_ps(acc[r][c]) + mins[r][c];
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) out[c * R + r] = hsum_ps(acc[r][c]) + mins[r][c];
 }
 
 /* The 32 unsigned values t of a K-quant super-block (see k_values_c). */
@@ -488,32 +493,32 @@ ALWAYS_INLINE __m256i k_bsum_factors(int qtype, const kscales *ks) {
     return _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mn, mn));
 }
 
-/* K-quant tile: TR weight rows x C (<= KTC) activation rows, super-block by super-block. */
-ALWAYS_INLINE void tile_k(int qtype, const uint8_t *const *w, const q8k_block *const *a, int C, int64_t nsb,
+/* K-quant tile, R x C, super-block by super-block. */
+ALWAYS_INLINE void tile_k(int qtype, int R, int C, const uint8_t *const *w, const q8k_block *const *a, int64_t nsb,
                           float *out) {
     const int bs = block_bytes(qtype);
-    __m256 acc[TR][KTC];
-    for (int r = 0; r < TR; r++)
+    __m256 acc[MAXR][MAXC];
+    for (int r = 0; r < R; r++)
         for (int c = 0; c < C; c++) acc[r][c] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nsb; b++) {
-        kscales ks[TR];
-        for (int r = 0; r < TR; r++) k_scales(qtype, w[r] + b * bs, &ks[r]);
-        __m256i isum[TR][KTC];
-        for (int r = 0; r < TR; r++)
+        kscales ks[MAXR];
+        for (int r = 0; r < R; r++) k_scales(qtype, w[r] + b * bs, &ks[r]);
+        __m256i isum[MAXR][MAXC];
+        for (int r = 0; r < R; r++)
             for (int c = 0; c < C; c++) isum[r][c] = _mm256_setzero_si256();
         for (int t = 0; t < 8; t++) {
-            __m256i q[TR], sc[TR];
-            for (int r = 0; r < TR; r++) {
+            __m256i q[MAXR], sc[MAXR];
+            for (int r = 0; r < R; r++) {
                 q[r] = k_values(qtype, w[r] + b * bs, t);
                 sc[r] = k_lane_scales(qtype, &ks[r], t);
             }
             for (int c = 0; c < C; c++) {
                 const __m256i av = _mm256_loadu_si256((const __m256i *)(a[c][b].qs + 32 * t));
-                for (int r = 0; r < TR; r++)
+                for (int r = 0; r < R; r++)
                     isum[r][c] = dot_i16(isum[r][c], _mm256_maddubs_epi16(q[r], av), sc[r]);
             }
         }
-        for (int r = 0; r < TR; r++) {
+        for (int r = 0; r < R; r++) {
             const __m256i factors = k_bsum_factors(qtype, &ks[r]);
             for (int c = 0; c < C; c++) {
                 const __m256i bsum_terms = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)a[c][b].bsums), factors);
@@ -528,41 +533,140 @@ ALWAYS_INLINE void tile_k(int qtype, const uint8_t *const *w, const q8k_block *c
             }
         }
     }
-    for (int r = 0; r < TR; r++)
-        for (int c = 0; c < C; c++) out[c * TR + r] = hsum_ps(acc[r][c]);
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) out[c * R + r] = hsum_ps(acc[r][c]);
 }
 
-/* Each (type, activation rows) pair gets its own fully unrolled copy of the tile. */
-#define TILE32_CASES(QT)                                                 \
-    switch (C) {                                                         \
-        case 1: tile32(QT, w, (const a32_block *const *)a, 1, nb, out); return; \
-        case 2: tile32(QT, w, (const a32_block *const *)a, 2, nb, out); return; \
-        case 3: tile32(QT, w, (const a32_block *const *)a, TC > 2 ? 3 : 2, nb, out); return; \
-        default: tile32(QT, w, (const a32_block *const *)a, TC, nb, out); return; \
+/* Each (type, shape) gets its own fully unrolled copy of a tile; `shape` is R * 16 + C. */
+#define SHAPE(R, C) ((R) * 16 + (C))
+#define TILE32_SHAPES(QT)                                                          \
+    switch (shape) {                                                               \
+        case SHAPE(4, 1): tile32(QT, 4, 1, w, (const a32_block *const *)a, nb, out); return;       \
+        case SHAPE(R32, 1): tile32(QT, R32, 1, w, (const a32_block *const *)a, nb, out); return;   \
+        case SHAPE(R32, 2): tile32(QT, R32, 2, w, (const a32_block *const *)a, nb, out); return;   \
+        case SHAPE(R32, 4): tile32(QT, R32, 4, w, (const a32_block *const *)a, nb, out); return;   \
+        default: tile32(QT, R32, C32, w, (const a32_block *const *)a, nb, out); return;            \
     }
 
-static void run_tile32(int qtype, const uint8_t *const *w, const void *const *a, int C, int64_t nb, float *out) {
+static void run_tile32(int qtype, int shape, const uint8_t *const *w, const void *const *a, int64_t nb, float *out) {
     switch (qtype) {
-        case T_Q8_0: TILE32_CASES(T_Q8_0)
-        case T_Q4_0: TILE32_CASES(T_Q4_0)
-        case T_Q4_1: TILE32_CASES(T_Q4_1)
-        case T_Q5_0: TILE32_CASES(T_Q5_0)
-        default: TILE32_CASES(T_Q5_1)
+        case T_Q8_0: TILE32_SHAPES(T_Q8_0)
+        case T_Q4_0: TILE32_SHAPES(T_Q4_0)
+        case T_Q4_1: TILE32_SHAPES(T_Q4_1)
+        case T_Q5_0: TILE32_SHAPES(T_Q5_0)
+        default: TILE32_SHAPES(T_Q5_1)
     }
 }
 
-#define TILEK_CASES(QT)                                                   \
-    if (C == 1) tile_k(QT, w, (const q8k_block *const *)a, 1, nsb, out);  \
-    else tile_k(QT, w, (const q8k_block *const *)a, KTC, nsb, out);       \
-    return;
+#define TILEK_SHAPES(QT)                                                                   \
+    switch (shape) {                                                                       \
+        case SHAPE(4, 1): tile_k(QT, 4, 1, w, (const q8k_block *const *)a, nsb, out); return; \
+        case SHAPE(1, 1): tile_k(QT, 1, 1, w, (const q8k_block *const *)a, nsb, out); return; \
+        case SHAPE(1, 2): tile_k(QT, 1, 2, w, (const q8k_block *const *)a, nsb, out); return; \
+        case SHAPE(1, 4): tile_k(QT, 1, 4, w, (const q8k_block *const *)a, nsb, out); return; \
+        default: tile_k(QT, 1, CK, w, (const q8k_block *const *)a, nsb, out); return;         \
+    }
 
-static void run_tile_k(int qtype, const uint8_t *const *w, const void *const *a, int C, int64_t nsb, float *out) {
+static void run_tile_k(int qtype, int shape, const uint8_t *const *w, const void *const *a, int64_t nsb, float *out) {
     switch (qtype) {
-        case T_Q4_K: TILEK_CASES(T_Q4_K)
-        case T_Q5_K: TILEK_CASES(T_Q5_K)
-        default: TILEK_CASES(T_Q6_K)
+        case T_Q4_K: TILEK_SHAPES(T_Q4_K)
+        case T_Q5_K: TILEK_SHAPES(T_Q5_K)
+        default: TILEK_SHAPES(T_Q6_K)
     }
 }
+
+#ifdef LADLE_VNNI
+/* Batched path for the 32-value formats (8+ activation rows, VNNI only): an outer product. Activations are
+ * regrouped 8 rows at a time so that one register holds 4 values of each of the 8 rows; each 4 weight
+ * values are broadcast against it (vpdpbusd: weights unsigned, activations signed), giving the 8 rows'
+ * exact block sums in the 8 lanes. The float work (convert, scale, accumulate) is then per weight block
+ * for 8 rows at once, instead of per block for every row. */
+#define GROUP 8
+#define OUTER_R 8 /* weight rows per tile: 8 accumulators + 8 activation registers + temporaries */
+
+typedef struct {
+    int8_t q[32 * GROUP]; /* [4-value group v][row][4] */
+    float d[GROUP];
+    float s[GROUP];
+    int32_t sum[GROUP];
+} a32x8_block;
+
+/* Rows [r0, r0 + 8) of a32 activations (missing rows as zeros) -> nb regrouped blocks. */
+static void regroup_a32(const a32_block *act, int64_t nb, int64_t rows, a32x8_block *out) {
+    for (int64_t b = 0; b < nb; b++) {
+        a32x8_block *o = out + b;
+        for (int r = 0; r < GROUP; r++) {
+            const a32_block *a = r < rows ? act + r * nb + b : NULL;
+            int32_t sum = 0;
+            for (int i = 0; i < 32; i++) {
+                const int8_t q = a ? (int8_t)(a->qs[i] ^ 0x80) : 0;
+                o->q[(i / 4) * 32 + r * 4 + i % 4] = q;
+                sum += q;
+            }
+            o->d[r] = a ? a->d : 0.0f;
+            o->s[r] = a ? a->s : 0.0f;
+            o->sum[r] = sum;
+        }
+    }
+}
+
+/* The block's values as unsigned bytes, and the offset they carry (value = byte - offset). */
+ALWAYS_INLINE __m256i decode_unsigned32(int qtype, const uint8_t *blk) {
+    switch (qtype) {
+        case T_Q8_0: return _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(blk + 2)), _mm256_set1_epi8((char)0x80));
+        case T_Q4_0: return unpack_nibbles16(blk + 2);
+        case T_Q4_1: return unpack_nibbles16(blk + 4);
+        case T_Q5_0: return _mm256_or_si256(unpack_nibbles16(blk + 6), fifth_bits(blk + 2));
+        default: return _mm256_or_si256(unpack_nibbles16(blk + 8), fifth_bits(blk + 4));
+    }
+}
+
+static inline int offset_shift(int qtype) {
+    switch (qtype) {
+        case T_Q8_0: return 7;
+        case T_Q4_0: return 3;
+        case T_Q5_0: return 4;
+        default: return -1; /* Q4_1, Q5_1: no offset */
+    }
+}
+
+/* out[r * GROUP + c] = weight row r times activation row c of the group. */
+ALWAYS_INLINE void outer32(int qtype, const uint8_t *const *w, const a32x8_block *a, int64_t nb, float *out) {
+    const int bs = block_bytes(qtype), shift = offset_shift(qtype), has_min = shift < 0;
+    __m256 acc[OUTER_R];
+    for (int r = 0; r < OUTER_R; r++) acc[r] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const a32x8_block *ab = a + b;
+        __m256i av[8];
+        for (int v = 0; v < 8; v++) av[v] = _mm256_loadu_si256((const __m256i *)(ab->q + 32 * v));
+        const __m256 ad = _mm256_loadu_ps(ab->d);
+        const __m256i sums = _mm256_loadu_si256((const __m256i *)ab->sum);
+        /* sum((u - off) * a) = sum(u * a) - off * sum(a): start each row's sums at -off * sum(a) */
+        const __m256i init = has_min ? _mm256_setzero_si256() : _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(sums, shift > 0 ? shift : 0));
+        for (int r = 0; r < OUTER_R; r++) {
+            const uint8_t *blk = w[r] + b * bs;
+            _mm_prefetch((const char *)(blk + PREFETCH_BYTES), _MM_HINT_T0);
+            uint32_t u[8];
+            _mm256_storeu_si256((__m256i *)u, decode_unsigned32(qtype, blk));
+            __m256i p = init;
+            for (int v = 0; v < 8; v++) p = _mm256_dpbusd_epi32(p, _mm256_set1_epi32((int)u[v]), av[v]);
+            acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(half_to_float(blk)), ad), _mm256_cvtepi32_ps(p), acc[r]);
+            if (has_min) acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(half_to_float(blk + 2)), _mm256_loadu_ps(ab->s), acc[r]);
+        }
+    }
+    for (int r = 0; r < OUTER_R; r++) _mm256_storeu_ps(out + r * GROUP, acc[r]);
+}
+
+static void run_outer32(int qtype, const uint8_t *const *w, const a32x8_block *a, int64_t nb, float *out) {
+    switch (qtype) {
+        case T_Q8_0: outer32(T_Q8_0, w, a, nb, out); return;
+        case T_Q4_0: outer32(T_Q4_0, w, a, nb, out); return;
+        case T_Q4_1: outer32(T_Q4_1, w, a, nb, out); return;
+        case T_Q5_0: outer32(T_Q5_0, w, a, nb, out); return;
+        default: outer32(T_Q5_1, w, a, nb, out); return;
+    }
+}
+#endif /* LADLE_VNNI */
 #endif /* LADLE_AVX2 */
 
 /* ------------------------------------------------------------------------------------------------ */
@@ -574,37 +678,75 @@ typedef struct {
     int64_t row_bytes, n_rows, k, m, act_row_bytes;
     const uint8_t *act;
     float *y;
+    const void *grouped; /* the activations regrouped for the outer-product path, or NULL */
 } mm_job;
 
 /* Activation rows per pass over a chunk of weight rows: the chunk and the pass's activations stay in L2. */
 #define ACT_BLOCK 64
 
 #ifdef LADLE_AVX2
-/* Rows [n0, n0 + TR) of the weight (clamped to the last row) against activation rows [c0, c1). */
-static void mm_weight_tile(const mm_job *j, int64_t n0, int64_t n_end, int64_t c0, int64_t c1) {
-    const uint8_t *w[TR];
-    for (int r = 0; r < TR; r++) w[r] = j->w + (n0 + r < n_end ? n0 + r : n_end - 1) * j->row_bytes;
+/* The largest tile width (1, 2, 4 or max_c) that fits in `rows`. */
+static int tile_width(int64_t rows, int max_c) {
+    int c = 1;
+    while (c * 2 <= rows && c * 2 <= max_c) c *= 2;
+    return rows >= max_c ? max_c : c;
+}
+
+/* Rows [n0, n0 + R) of the weight (clamped to the last row) against activation rows [c0, c1). */
+static void mm_weight_tile(const mm_job *j, int R, int64_t n0, int64_t n_end, int64_t c0, int64_t c1) {
+    const uint8_t *w[MAXR];
+    for (int r = 0; r < R; r++) w[r] = j->w + (n0 + r < n_end ? n0 + r : n_end - 1) * j->row_bytes;
     const int kq = is_k_quant(j->qtype);
-    const int64_t nsb = j->k / 256, tc = kq ? KTC : TC;
-    for (int64_t c = c0; c < c1; c += tc) {
-        const int C = (int)(c1 - c < tc ? c1 - c : tc);
-        const void *a[TC];
+    for (int64_t c = c0; c < c1;) {
+        const int C = R == 4 ? 1 : tile_width(c1 - c, kq ? CK : C32);
+        const void *a[MAXC];
         for (int i = 0; i < C; i++) a[i] = j->act + (c + i) * j->act_row_bytes;
-        float out[TR * TC];
+        float out[MAXR * MAXC];
         if (kq)
-            run_tile_k(j->qtype, w, a, C, nsb, out);
+            run_tile_k(j->qtype, SHAPE(R, C), w, a, j->k / 256, out);
         else
-            run_tile32(j->qtype, w, a, C, j->k / 32, out);
+            run_tile32(j->qtype, SHAPE(R, C), w, a, j->k / 32, out);
         for (int i = 0; i < C; i++)
-            for (int r = 0; r < TR && n0 + r < n_end; r++) j->y[(c + i) * j->n_rows + n0 + r] = out[i * TR + r];
+            for (int r = 0; r < R && n0 + r < n_end; r++) j->y[(c + i) * j->n_rows + n0 + r] = out[i * R + r];
+        c += C;
     }
 }
 
+#ifdef LADLE_VNNI
+/* The outer-product path over weight rows [begin, end): OUTER_R rows x 8 activation rows per tile. */
+static void mm_rows_outer(const mm_job *j, int64_t begin, int64_t end) {
+    const int64_t nb = j->k / 32, groups = (j->m + GROUP - 1) / GROUP;
+    const a32x8_block *act = (const a32x8_block *)j->grouped;
+    for (int64_t g0 = 0; g0 < groups; g0 += ACT_BLOCK / GROUP) {
+        const int64_t g1 = g0 + ACT_BLOCK / GROUP < groups ? g0 + ACT_BLOCK / GROUP : groups;
+        for (int64_t n0 = begin; n0 < end; n0 += OUTER_R) {
+            const uint8_t *w[OUTER_R];
+            for (int r = 0; r < OUTER_R; r++) w[r] = j->w + (n0 + r < end ? n0 + r : end - 1) * j->row_bytes;
+            for (int64_t g = g0; g < g1; g++) {
+                float out[OUTER_R * GROUP];
+                run_outer32(j->qtype, w, act + g * nb, nb, out);
+                for (int r = 0; r < OUTER_R && n0 + r < end; r++)
+                    for (int c = 0; c < GROUP && g * GROUP + c < j->m; c++)
+                        j->y[(g * GROUP + c) * j->n_rows + n0 + r] = out[r * GROUP + c];
+            }
+        }
+    }
+}
+#endif
+
 static void mm_rows(void *ctx, int64_t begin, int64_t end) {
     const mm_job *j = (const mm_job *)ctx;
+#ifdef LADLE_VNNI
+    if (j->grouped != NULL) {
+        mm_rows_outer(j, begin, end);
+        return;
+    }
+#endif
+    /* Batch 1: 4 weight rows per activation load; else the R x C shapes above. */
+    const int R = j->m == 1 ? 4 : (is_k_quant(j->qtype) ? 1 : R32);
     for (int64_t c0 = 0; c0 < j->m; c0 += ACT_BLOCK) {
         const int64_t c1 = c0 + ACT_BLOCK < j->m ? c0 + ACT_BLOCK : j->m;
-        for (int64_t n0 = begin; n0 < end; n0 += TR) mm_weight_tile(j, n0, end, c0, c1);
+        for (int64_t n0 = begin; n0 < end; n0 += R) mm_weight_tile(j, R, n0, end, c0, c1);
     }
 }
 #else
@@ -662,9 +804,22 @@ static int shape_ok(int qtype, int64_t k) { return ladle_supports(qtype) && k % 
 int ladle_matmul_quantized(int qtype, const uint8_t *w, int64_t row_bytes, int64_t n_rows, int64_t k,
                            const void *act, int64_t m, float *y, int nthreads) {
     if (!shape_ok(qtype, k)) return -1;
-    mm_job job = {qtype, w, row_bytes, n_rows, k, m, ladle_act_row_bytes(qtype, k), (const uint8_t *)act, y};
+    mm_job job = {qtype, w, row_bytes, n_rows, k, m, ladle_act_row_bytes(qtype, k), (const uint8_t *)act, y, NULL};
+    void *grouped = NULL;
+#ifdef LADLE_VNNI
+    if (m >= GROUP && !is_k_quant(qtype)) {
+        const int64_t nb = k / 32, groups = (m + GROUP - 1) / GROUP;
+        grouped = malloc(sizeof(a32x8_block) * (size_t)(groups * nb));
+        if (grouped != NULL)
+            for (int64_t g = 0; g < groups; g++)
+                regroup_a32((const a32_block *)act + g * GROUP * nb, nb, m - g * GROUP < GROUP ? m - g * GROUP : GROUP,
+                            (a32x8_block *)grouped + g * nb);
+        job.grouped = grouped;
+    }
+#endif
     parallel_for(mm_rows, &job, n_rows, rows_per_chunk(n_rows, nthreads),
                  threads_for(n_rows * row_bytes, m, nthreads));
+    free(grouped);
     return 0;
 }
 

@@ -506,6 +506,7 @@ ALWAYS_INLINE void tile_k(int qtype, int R, int C, const uint8_t *const *w, cons
         __m256i isum[MAXR][MAXC];
         for (int r = 0; r < R; r++)
             for (int c = 0; c < C; c++) isum[r][c] = _mm256_setzero_si256();
+#pragma GCC unroll 8 /* constant shifts and shared loads per 32 values */
         for (int t = 0; t < 8; t++) {
             __m256i q[MAXR], sc[MAXR];
             for (int r = 0; r < R; r++) {
@@ -743,7 +744,7 @@ static void mm_rows(void *ctx, int64_t begin, int64_t end) {
     }
 #endif
     /* Batch 1: 4 weight rows per activation load; else the R x C shapes above. */
-    const int R = j->m == 1 ? 4 : (is_k_quant(j->qtype) ? 1 : R32);
+    const int R = is_k_quant(j->qtype) ? 1 : (j->m == 1 ? 4 : R32);
     for (int64_t c0 = 0; c0 < j->m; c0 += ACT_BLOCK) {
         const int64_t c1 = c0 + ACT_BLOCK < j->m ? c0 + ACT_BLOCK : j->m;
         for (int64_t n0 = begin; n0 < end; n0 += R) mm_weight_tile(j, R, n0, end, c0, c1);

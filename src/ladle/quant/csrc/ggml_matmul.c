@@ -667,6 +667,106 @@ static void run_outer32(int qtype, const uint8_t *const *w, const a32x8_block *a
         default: outer32(T_Q5_1, w, a, nb, out); return;
     }
 }
+
+/* The outer product for K-quants. Weight super-blocks are first decoded to plain bytes (kdecoded, once
+ * per tile of weight rows, reused by every group of 8 activation rows); each 4 weight bytes are then
+ * broadcast against 4 values of 8 activation rows, and each 32 (Q6_K: 16) values' sums are scaled in
+ * int32, so the 8 rows' integer totals equal ggml's. Activation groups carry their bsums paired per 32
+ * values, so one vpdpwssd applies a sub-block's min (or Q6_K's -32 offset) to all 8 rows. */
+#define OUTER_RK 8
+
+typedef struct {
+    int8_t q[256 * GROUP]; /* [4-value group v][row][4] */
+    float d[GROUP];
+    int16_t bs[8][GROUP][2]; /* [32 values t][row]: bsums 2t and 2t+1 */
+} q8kx8_block;
+
+typedef struct {
+    uint8_t q[256];     /* the unsigned values, in order */
+    int32_t sc[16];     /* Q4_K/Q5_K: scale of each 32 values (8 used); Q6_K: of each 16 */
+    int32_t factors[8]; /* per 32 values t: the int16 pair multiplying bsums 2t and 2t+1 */
+    float d, dmin;
+} kdecoded;
+
+static void regroup_q8k(const q8k_block *act, int64_t nsb, int64_t rows, q8kx8_block *out) {
+    for (int64_t b = 0; b < nsb; b++) {
+        q8kx8_block *o = out + b;
+        for (int r = 0; r < GROUP; r++) {
+            const q8k_block *a = r < rows ? act + r * nsb + b : NULL;
+            for (int i = 0; i < 256; i++) o->q[(i / 4) * 32 + r * 4 + i % 4] = a ? a->qs[i] : 0;
+            for (int g = 0; g < 16; g++) o->bs[g / 2][r][g % 2] = a ? a->bsums[g] : 0;
+            o->d[r] = a ? a->d : 0.0f;
+        }
+    }
+}
+
+static inline int32_t int16_pair(int lo, int hi) { return (int32_t)(((uint32_t)(uint16_t)hi << 16) | (uint16_t)lo); }
+
+static void decode_k_superblock(int qtype, const uint8_t *sb, kdecoded *o) {
+    kscales ks;
+    k_scales(qtype, sb, &ks);
+    for (int t = 0; t < 8; t++) _mm256_storeu_si256((__m256i *)(o->q + 32 * t), k_values(qtype, sb, t));
+    const int q6 = qtype == T_Q6_K;
+    for (int i = 0; i < (q6 ? 16 : 8); i++) o->sc[i] = ks.sc[i];
+    for (int t = 0; t < 8; t++)
+        o->factors[t] = q6 ? int16_pair(32 * ks.sc[2 * t], 32 * ks.sc[2 * t + 1]) : int16_pair(ks.mn[t], ks.mn[t]);
+    o->d = ks.d;
+    o->dmin = ks.dmin;
+}
+
+ALWAYS_INLINE __m256i broadcast4(const uint8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm256_set1_epi32(v);
+}
+
+/* out[r * GROUP + c]; wd[r * nsb + b] is super-block b of weight row r, decoded. */
+ALWAYS_INLINE void outer_k(int qtype, const kdecoded *wd, int64_t nsb, const q8kx8_block *a, float *out) {
+    const int q6 = qtype == T_Q6_K, parts = q6 ? 2 : 1, nv = 8 / parts;
+    __m256 acc[OUTER_RK];
+    for (int r = 0; r < OUTER_RK; r++) acc[r] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nsb; b++) {
+        const q8kx8_block *ab = a + b;
+        __m256i isum[OUTER_RK];
+        for (int r = 0; r < OUTER_RK; r++) isum[r] = _mm256_setzero_si256();
+#pragma GCC unroll 8
+        for (int t = 0; t < 8; t++) {
+            for (int part = 0; part < parts; part++) {
+                __m256i p[OUTER_RK];
+                for (int r = 0; r < OUTER_RK; r++) p[r] = _mm256_setzero_si256();
+                for (int v = part * nv; v < (part + 1) * nv; v++) {
+                    const __m256i codes = _mm256_loadu_si256((const __m256i *)(ab->q + 256 * t + 32 * v));
+                    for (int r = 0; r < OUTER_RK; r++)
+                        p[r] = _mm256_dpbusd_epi32(p[r], broadcast4(wd[r * nsb + b].q + 32 * t + 4 * v), codes);
+                }
+                for (int r = 0; r < OUTER_RK; r++) {
+                    const __m256i sc = _mm256_set1_epi32(wd[r * nsb + b].sc[q6 ? 2 * t + part : t]);
+                    isum[r] = _mm256_add_epi32(isum[r], _mm256_mullo_epi32(p[r], sc));
+                }
+            }
+        }
+        const __m256 ad = _mm256_loadu_ps(ab->d);
+        for (int r = 0; r < OUTER_RK; r++) {
+            const kdecoded *k = &wd[r * nsb + b];
+            __m256i bterms = _mm256_setzero_si256();
+            for (int t = 0; t < 8; t++)
+                bterms = _mm256_dpwssd_epi32(bterms, _mm256_loadu_si256((const __m256i *)ab->bs[t]), _mm256_set1_epi32(k->factors[t]));
+            const __m256 dd = _mm256_mul_ps(_mm256_set1_ps(k->d), ad);
+            if (q6) {
+                acc[r] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(_mm256_sub_epi32(isum[r], bterms)), acc[r]);
+            } else {
+                acc[r] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(isum[r]), acc[r]);
+                acc[r] = _mm256_fnmadd_ps(_mm256_mul_ps(_mm256_set1_ps(k->dmin), ad), _mm256_cvtepi32_ps(bterms), acc[r]);
+            }
+        }
+    }
+    for (int r = 0; r < OUTER_RK; r++) _mm256_storeu_ps(out + r * GROUP, acc[r]);
+}
+
+static void run_outer_k(int qtype, const kdecoded *wd, int64_t nsb, const q8kx8_block *a, float *out) {
+    if (qtype == T_Q6_K) outer_k(T_Q6_K, wd, nsb, a, out);
+    else outer_k(T_Q4_K, wd, nsb, a, out); /* Q4_K and Q5_K differ only in decoding, done already */
+}
 #endif /* LADLE_VNNI */
 #endif /* LADLE_AVX2 */
 
@@ -714,24 +814,57 @@ static void mm_weight_tile(const mm_job *j, int R, int64_t n0, int64_t n_end, in
 }
 
 #ifdef LADLE_VNNI
-/* The outer-product path over weight rows [begin, end): OUTER_R rows x 8 activation rows per tile. */
+/* Stores a tile's outputs: out[r * GROUP + c] for weight rows n0.. and activation rows g * GROUP.. */
+static void store_outer(const mm_job *j, const float *out, int R, int64_t n0, int64_t end, int64_t g) {
+    for (int r = 0; r < R && n0 + r < end; r++)
+        for (int c = 0; c < GROUP && g * GROUP + c < j->m; c++) j->y[(g * GROUP + c) * j->n_rows + n0 + r] = out[r * GROUP + c];
+}
+
+/* The outer-product path over weight rows [begin, end), a pass per ACT_BLOCK activation rows. */
 static void mm_rows_outer(const mm_job *j, int64_t begin, int64_t end) {
-    const int64_t nb = j->k / 32, groups = (j->m + GROUP - 1) / GROUP;
-    const a32x8_block *act = (const a32x8_block *)j->grouped;
+    const int kq = is_k_quant(j->qtype), R = kq ? OUTER_RK : OUTER_R;
+    const int64_t nb = kq ? j->k / 256 : j->k / 32, groups = (j->m + GROUP - 1) / GROUP;
+    const size_t group_bytes = (size_t)nb * (kq ? sizeof(q8kx8_block) : sizeof(a32x8_block));
+    kdecoded *wd = kq ? malloc(sizeof(kdecoded) * (size_t)(R * nb)) : NULL;
+    if (kq && wd == NULL) return;
     for (int64_t g0 = 0; g0 < groups; g0 += ACT_BLOCK / GROUP) {
         const int64_t g1 = g0 + ACT_BLOCK / GROUP < groups ? g0 + ACT_BLOCK / GROUP : groups;
-        for (int64_t n0 = begin; n0 < end; n0 += OUTER_R) {
+        for (int64_t n0 = begin; n0 < end; n0 += R) {
             const uint8_t *w[OUTER_R];
-            for (int r = 0; r < OUTER_R; r++) w[r] = j->w + (n0 + r < end ? n0 + r : end - 1) * j->row_bytes;
+            for (int r = 0; r < R; r++) w[r] = j->w + (n0 + r < end ? n0 + r : end - 1) * j->row_bytes;
+            if (kq)
+                for (int r = 0; r < R; r++)
+                    for (int64_t b = 0; b < nb; b++) decode_k_superblock(j->qtype, w[r] + b * block_bytes(j->qtype), &wd[r * nb + b]);
             for (int64_t g = g0; g < g1; g++) {
                 float out[OUTER_R * GROUP];
-                run_outer32(j->qtype, w, act + g * nb, nb, out);
-                for (int r = 0; r < OUTER_R && n0 + r < end; r++)
-                    for (int c = 0; c < GROUP && g * GROUP + c < j->m; c++)
-                        j->y[(g * GROUP + c) * j->n_rows + n0 + r] = out[r * GROUP + c];
+                const void *act = (const uint8_t *)j->grouped + g * group_bytes;
+                if (kq)
+                    run_outer_k(j->qtype, wd, nb, (const q8kx8_block *)act, out);
+                else
+                    run_outer32(j->qtype, w, (const a32x8_block *)act, nb, out);
+                store_outer(j, out, R, n0, end, g);
             }
         }
     }
+    free(wd);
+}
+
+/* The activations regrouped for the outer-product kernels (malloc'ed), or NULL where they do not apply. */
+static void *regroup_activations(int qtype, const void *act, int64_t m, int64_t k) {
+    if (m < GROUP) return NULL;
+    const int kq = is_k_quant(qtype);
+    const int64_t nb = kq ? k / 256 : k / 32, groups = (m + GROUP - 1) / GROUP;
+    const size_t block = kq ? sizeof(q8kx8_block) : sizeof(a32x8_block);
+    uint8_t *out = malloc(block * (size_t)(groups * nb));
+    if (out == NULL) return NULL;
+    for (int64_t g = 0; g < groups; g++) {
+        const int64_t rows = m - g * GROUP < GROUP ? m - g * GROUP : GROUP;
+        if (kq)
+            regroup_q8k((const q8k_block *)act + g * GROUP * nb, nb, rows, (q8kx8_block *)(out + g * nb * block));
+        else
+            regroup_a32((const a32_block *)act + g * GROUP * nb, nb, rows, (a32x8_block *)(out + g * nb * block));
+    }
+    return out;
 }
 #endif
 
@@ -808,15 +941,7 @@ int ladle_matmul_quantized(int qtype, const uint8_t *w, int64_t row_bytes, int64
     mm_job job = {qtype, w, row_bytes, n_rows, k, m, ladle_act_row_bytes(qtype, k), (const uint8_t *)act, y, NULL};
     void *grouped = NULL;
 #ifdef LADLE_VNNI
-    if (m >= GROUP && !is_k_quant(qtype)) {
-        const int64_t nb = k / 32, groups = (m + GROUP - 1) / GROUP;
-        grouped = malloc(sizeof(a32x8_block) * (size_t)(groups * nb));
-        if (grouped != NULL)
-            for (int64_t g = 0; g < groups; g++)
-                regroup_a32((const a32_block *)act + g * GROUP * nb, nb, m - g * GROUP < GROUP ? m - g * GROUP : GROUP,
-                            (a32x8_block *)grouped + g * nb);
-        job.grouped = grouped;
-    }
+    job.grouped = grouped = regroup_activations(qtype, act, m, k);
 #endif
     parallel_for(mm_rows, &job, n_rows, rows_per_chunk(n_rows, nthreads),
                  threads_for(n_rows * row_bytes, m, nthreads));

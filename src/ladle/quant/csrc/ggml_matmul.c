@@ -631,15 +631,40 @@ static inline int offset_shift(int qtype) {
     }
 }
 
-/* out[r * GROUP + c] = weight row r times activation row c of the group. */
-ALWAYS_INLINE void outer32(int qtype, const uint8_t *const *w, const a32x8_block *a, int64_t nb, float *out) {
+ALWAYS_INLINE __m256i broadcast4(const uint8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm256_set1_epi32(v);
+}
+
+/* For Q8_0 weights: -128 * (sum of each block), [r * nb + b], the offset the +128 activations add. */
+static void q8_0_offsets(const uint8_t *const *w, int64_t nb, int32_t *out) {
+    for (int r = 0; r < OUTER_R; r++)
+        for (int64_t b = 0; b < nb; b++) {
+            const __m256i s = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8(1),
+                                                  _mm256_loadu_si256((const __m256i *)(w[r] + b * 34 + 2)));
+            __m128i t = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+            t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0x4e));
+            t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0xb1));
+            out[r * nb + b] = -128 * _mm_cvtsi128_si32(t);
+        }
+}
+
+/* out[r * GROUP + c] = weight row r times activation row c of the group. Q8_0 takes its signed weights
+ * straight from memory (4 bytes broadcast per instruction) against the activations + 128, with the
+ * offsets from q8_0_offsets; the other formats are decoded to unsigned bytes first. */
+ALWAYS_INLINE void outer32(int qtype, const uint8_t *const *w, const a32x8_block *a, const int32_t *q8_offsets,
+                           int64_t nb, float *out) {
     const int bs = block_bytes(qtype), shift = offset_shift(qtype), has_min = shift < 0;
     __m256 acc[OUTER_R];
     for (int r = 0; r < OUTER_R; r++) acc[r] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         const a32x8_block *ab = a + b;
         __m256i av[8];
-        for (int v = 0; v < 8; v++) av[v] = _mm256_loadu_si256((const __m256i *)(ab->q + 32 * v));
+        for (int v = 0; v < 8; v++) {
+            av[v] = _mm256_loadu_si256((const __m256i *)(ab->q + 32 * v));
+            if (qtype == T_Q8_0) av[v] = _mm256_xor_si256(av[v], _mm256_set1_epi8((char)0x80));
+        }
         const __m256 ad = _mm256_loadu_ps(ab->d);
         const __m256i sums = _mm256_loadu_si256((const __m256i *)ab->sum);
         /* sum((u - off) * a) = sum(u * a) - off * sum(a): start each row's sums at -off * sum(a) */
@@ -647,10 +672,16 @@ ALWAYS_INLINE void outer32(int qtype, const uint8_t *const *w, const a32x8_block
         for (int r = 0; r < OUTER_R; r++) {
             const uint8_t *blk = w[r] + b * bs;
             _mm_prefetch((const char *)(blk + PREFETCH_BYTES), _MM_HINT_T0);
-            uint32_t u[8];
-            _mm256_storeu_si256((__m256i *)u, decode_unsigned32(qtype, blk));
-            __m256i p = init;
-            for (int v = 0; v < 8; v++) p = _mm256_dpbusd_epi32(p, _mm256_set1_epi32((int)u[v]), av[v]);
+            __m256i p;
+            if (qtype == T_Q8_0) {
+                p = _mm256_set1_epi32(q8_offsets[r * nb + b]);
+                for (int v = 0; v < 8; v++) p = _mm256_dpbusd_epi32(p, av[v], broadcast4(blk + 2 + 4 * v));
+            } else {
+                uint32_t u[8];
+                _mm256_storeu_si256((__m256i *)u, decode_unsigned32(qtype, blk));
+                p = init;
+                for (int v = 0; v < 8; v++) p = _mm256_dpbusd_epi32(p, _mm256_set1_epi32((int)u[v]), av[v]);
+            }
             acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(half_to_float(blk)), ad), _mm256_cvtepi32_ps(p), acc[r]);
             if (has_min) acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(half_to_float(blk + 2)), _mm256_loadu_ps(ab->s), acc[r]);
         }
@@ -658,13 +689,14 @@ ALWAYS_INLINE void outer32(int qtype, const uint8_t *const *w, const a32x8_block
     for (int r = 0; r < OUTER_R; r++) _mm256_storeu_ps(out + r * GROUP, acc[r]);
 }
 
-static void run_outer32(int qtype, const uint8_t *const *w, const a32x8_block *a, int64_t nb, float *out) {
+static void run_outer32(int qtype, const uint8_t *const *w, const a32x8_block *a, const int32_t *q8_offsets,
+                        int64_t nb, float *out) {
     switch (qtype) {
-        case T_Q8_0: outer32(T_Q8_0, w, a, nb, out); return;
-        case T_Q4_0: outer32(T_Q4_0, w, a, nb, out); return;
-        case T_Q4_1: outer32(T_Q4_1, w, a, nb, out); return;
-        case T_Q5_0: outer32(T_Q5_0, w, a, nb, out); return;
-        default: outer32(T_Q5_1, w, a, nb, out); return;
+        case T_Q8_0: outer32(T_Q8_0, w, a, q8_offsets, nb, out); return;
+        case T_Q4_0: outer32(T_Q4_0, w, a, NULL, nb, out); return;
+        case T_Q4_1: outer32(T_Q4_1, w, a, NULL, nb, out); return;
+        case T_Q5_0: outer32(T_Q5_0, w, a, NULL, nb, out); return;
+        default: outer32(T_Q5_1, w, a, NULL, nb, out); return;
     }
 }
 
@@ -712,12 +744,6 @@ static void decode_k_superblock(int qtype, const uint8_t *sb, kdecoded *o) {
         o->factors[t] = q6 ? int16_pair(32 * ks.sc[2 * t], 32 * ks.sc[2 * t + 1]) : int16_pair(ks.mn[t], ks.mn[t]);
     o->d = ks.d;
     o->dmin = ks.dmin;
-}
-
-ALWAYS_INLINE __m256i broadcast4(const uint8_t *p) {
-    int32_t v;
-    memcpy(&v, p, 4);
-    return _mm256_set1_epi32(v);
 }
 
 /* out[r * GROUP + c]; wd[r * nsb + b] is super-block b of weight row r, decoded. */
@@ -826,7 +852,11 @@ static void mm_rows_outer(const mm_job *j, int64_t begin, int64_t end) {
     const int64_t nb = kq ? j->k / 256 : j->k / 32, groups = (j->m + GROUP - 1) / GROUP;
     const size_t group_bytes = (size_t)nb * (kq ? sizeof(q8kx8_block) : sizeof(a32x8_block));
     kdecoded *wd = kq ? malloc(sizeof(kdecoded) * (size_t)(R * nb)) : NULL;
-    if (kq && wd == NULL) return;
+    int32_t *q8_offsets = j->qtype == T_Q8_0 ? malloc(sizeof(int32_t) * (size_t)(R * nb)) : NULL;
+    if ((kq && wd == NULL) || (j->qtype == T_Q8_0 && q8_offsets == NULL)) {
+        free(wd);
+        return; /* out of memory: leave y unset rather than crash */
+    }
     for (int64_t g0 = 0; g0 < groups; g0 += ACT_BLOCK / GROUP) {
         const int64_t g1 = g0 + ACT_BLOCK / GROUP < groups ? g0 + ACT_BLOCK / GROUP : groups;
         for (int64_t n0 = begin; n0 < end; n0 += R) {
@@ -835,18 +865,20 @@ static void mm_rows_outer(const mm_job *j, int64_t begin, int64_t end) {
             if (kq)
                 for (int r = 0; r < R; r++)
                     for (int64_t b = 0; b < nb; b++) decode_k_superblock(j->qtype, w[r] + b * block_bytes(j->qtype), &wd[r * nb + b]);
+            if (q8_offsets != NULL) q8_0_offsets(w, nb, q8_offsets);
             for (int64_t g = g0; g < g1; g++) {
                 float out[OUTER_R * GROUP];
                 const void *act = (const uint8_t *)j->grouped + g * group_bytes;
                 if (kq)
                     run_outer_k(j->qtype, wd, nb, (const q8kx8_block *)act, out);
                 else
-                    run_outer32(j->qtype, w, (const a32x8_block *)act, nb, out);
+                    run_outer32(j->qtype, w, (const a32x8_block *)act, q8_offsets, nb, out);
                 store_outer(j, out, R, n0, end, g);
             }
         }
     }
     free(wd);
+    free(q8_offsets);
 }
 
 /* The activations regrouped for the outer-product kernels (malloc'ed), or NULL where they do not apply. */

@@ -586,10 +586,9 @@ static void run_tile_k(int qtype, int shape, const uint8_t *const *w, const void
 #define OUTER_R 8 /* weight rows per tile: 8 accumulators + 8 activation registers + temporaries */
 
 typedef struct {
-    int8_t q[32 * GROUP]; /* [4-value group v][row][4] */
+    uint8_t q[32 * GROUP]; /* [4-value group v][row][4], q + 128 */
     float d[GROUP];
     float s[GROUP];
-    int32_t sum[GROUP];
 } a32x8_block;
 
 /* Rows [r0, r0 + 8) of a32 activations (missing rows as zeros) -> nb regrouped blocks. */
@@ -598,106 +597,71 @@ static void regroup_a32(const a32_block *act, int64_t nb, int64_t rows, a32x8_bl
         a32x8_block *o = out + b;
         for (int r = 0; r < GROUP; r++) {
             const a32_block *a = r < rows ? act + r * nb + b : NULL;
-            int32_t sum = 0;
-            for (int i = 0; i < 32; i++) {
-                const int8_t q = a ? (int8_t)(a->qs[i] ^ 0x80) : 0;
-                o->q[(i / 4) * 32 + r * 4 + i % 4] = q;
-                sum += q;
-            }
+            for (int i = 0; i < 32; i++) o->q[(i / 4) * 32 + r * 4 + i % 4] = a ? a->qs[i] : 0x80;
             o->d[r] = a ? a->d : 0.0f;
             o->s[r] = a ? a->s : 0.0f;
-            o->sum[r] = sum;
         }
     }
 }
 
-/* The block's values as unsigned bytes, and the offset they carry (value = byte - offset). */
-ALWAYS_INLINE __m256i decode_unsigned32(int qtype, const uint8_t *blk) {
-    switch (qtype) {
-        case T_Q8_0: return _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(blk + 2)), _mm256_set1_epi8((char)0x80));
-        case T_Q4_0: return unpack_nibbles16(blk + 2);
-        case T_Q4_1: return unpack_nibbles16(blk + 4);
-        case T_Q5_0: return _mm256_or_si256(unpack_nibbles16(blk + 6), fifth_bits(blk + 2));
-        default: return _mm256_or_si256(unpack_nibbles16(blk + 8), fifth_bits(blk + 4));
-    }
+/* A tile's weight blocks decoded once for all activation groups: signed values, the -128 * sum(values)
+ * that the +128 activations add, and the scales. Index [r * nb + b]. */
+typedef struct {
+    int8_t (*q)[32];
+    int32_t *offset;
+    float *d, *m;
+} decoded32;
+
+static void decode_tile32(int qtype, const uint8_t *const *w, int64_t nb, decoded32 *o) {
+    const int bs = block_bytes(qtype);
+    for (int r = 0; r < OUTER_R; r++)
+        for (int64_t b = 0; b < nb; b++) {
+            wblk32 blk;
+            _mm_prefetch((const char *)(w[r] + b * bs + PREFETCH_BYTES), _MM_HINT_T0);
+            decode32(qtype, w[r] + b * bs, &blk);
+            const int64_t i = r * nb + b;
+            _mm256_storeu_si256((__m256i *)o->q[i], blk.q);
+            /* blk.corr: -128 * sum(values), spread over lanes (VNNI build) */
+            __m128i t = _mm_add_epi32(_mm256_castsi256_si128(blk.corr), _mm256_extracti128_si256(blk.corr, 1));
+            t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0x4e));
+            t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0xb1));
+            o->offset[i] = _mm_cvtsi128_si32(t);
+            o->d[i] = _mm_cvtss_f32(_mm256_castps256_ps128(blk.d));
+            o->m[i] = blk.m;
+        }
 }
 
-static inline int offset_shift(int qtype) {
-    switch (qtype) {
-        case T_Q8_0: return 7;
-        case T_Q4_0: return 3;
-        case T_Q5_0: return 4;
-        default: return -1; /* Q4_1, Q5_1: no offset */
-    }
-}
-
-ALWAYS_INLINE __m256i broadcast4(const uint8_t *p) {
+ALWAYS_INLINE __m256i broadcast4(const void *p) {
     int32_t v;
     memcpy(&v, p, 4);
     return _mm256_set1_epi32(v);
 }
 
-/* For Q8_0 weights: -128 * (sum of each block), [r * nb + b], the offset the +128 activations add. */
-static void q8_0_offsets(const uint8_t *const *w, int64_t nb, int32_t *out) {
-    for (int r = 0; r < OUTER_R; r++)
-        for (int64_t b = 0; b < nb; b++) {
-            const __m256i s = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8(1),
-                                                  _mm256_loadu_si256((const __m256i *)(w[r] + b * 34 + 2)));
-            __m128i t = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
-            t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0x4e));
-            t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0xb1));
-            out[r * nb + b] = -128 * _mm_cvtsi128_si32(t);
-        }
-}
-
-/* out[r * GROUP + c] = weight row r times activation row c of the group. Q8_0 takes its signed weights
- * straight from memory (4 bytes broadcast per instruction) against the activations + 128, with the
- * offsets from q8_0_offsets; the other formats are decoded to unsigned bytes first. */
-ALWAYS_INLINE void outer32(int qtype, const uint8_t *const *w, const a32x8_block *a, const int32_t *q8_offsets,
-                           int64_t nb, float *out) {
-    const int bs = block_bytes(qtype), shift = offset_shift(qtype), has_min = shift < 0;
+/* out[r * GROUP + c] = weight row r times activation row c of the group: each 4 decoded weight values are
+ * broadcast from memory (signed) against 4 values of the 8 activation rows (+128, unsigned). */
+ALWAYS_INLINE void outer32(int qtype, const decoded32 *wd, const a32x8_block *a, int64_t nb, float *out) {
+    const int has_min = qtype == T_Q4_1 || qtype == T_Q5_1;
     __m256 acc[OUTER_R];
     for (int r = 0; r < OUTER_R; r++) acc[r] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         const a32x8_block *ab = a + b;
         __m256i av[8];
-        for (int v = 0; v < 8; v++) {
-            av[v] = _mm256_loadu_si256((const __m256i *)(ab->q + 32 * v));
-            if (qtype == T_Q8_0) av[v] = _mm256_xor_si256(av[v], _mm256_set1_epi8((char)0x80));
-        }
+        for (int v = 0; v < 8; v++) av[v] = _mm256_loadu_si256((const __m256i *)(ab->q + 32 * v));
         const __m256 ad = _mm256_loadu_ps(ab->d);
-        const __m256i sums = _mm256_loadu_si256((const __m256i *)ab->sum);
-        /* sum((u - off) * a) = sum(u * a) - off * sum(a): start each row's sums at -off * sum(a) */
-        const __m256i init = has_min ? _mm256_setzero_si256() : _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(sums, shift > 0 ? shift : 0));
         for (int r = 0; r < OUTER_R; r++) {
-            const uint8_t *blk = w[r] + b * bs;
-            _mm_prefetch((const char *)(blk + PREFETCH_BYTES), _MM_HINT_T0);
-            __m256i p;
-            if (qtype == T_Q8_0) {
-                p = _mm256_set1_epi32(q8_offsets[r * nb + b]);
-                for (int v = 0; v < 8; v++) p = _mm256_dpbusd_epi32(p, av[v], broadcast4(blk + 2 + 4 * v));
-            } else {
-                uint32_t u[8];
-                _mm256_storeu_si256((__m256i *)u, decode_unsigned32(qtype, blk));
-                p = init;
-                for (int v = 0; v < 8; v++) p = _mm256_dpbusd_epi32(p, _mm256_set1_epi32((int)u[v]), av[v]);
-            }
-            acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(half_to_float(blk)), ad), _mm256_cvtepi32_ps(p), acc[r]);
-            if (has_min) acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(half_to_float(blk + 2)), _mm256_loadu_ps(ab->s), acc[r]);
+            const int64_t i = r * nb + b;
+            __m256i p = _mm256_set1_epi32(wd->offset[i]);
+            for (int v = 0; v < 8; v++) p = _mm256_dpbusd_epi32(p, av[v], broadcast4(wd->q[i] + 4 * v));
+            acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(wd->d[i]), ad), _mm256_cvtepi32_ps(p), acc[r]);
+            if (has_min) acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(wd->m[i]), _mm256_loadu_ps(ab->s), acc[r]);
         }
     }
     for (int r = 0; r < OUTER_R; r++) _mm256_storeu_ps(out + r * GROUP, acc[r]);
 }
 
-static void run_outer32(int qtype, const uint8_t *const *w, const a32x8_block *a, const int32_t *q8_offsets,
-                        int64_t nb, float *out) {
-    switch (qtype) {
-        case T_Q8_0: outer32(T_Q8_0, w, a, q8_offsets, nb, out); return;
-        case T_Q4_0: outer32(T_Q4_0, w, a, NULL, nb, out); return;
-        case T_Q4_1: outer32(T_Q4_1, w, a, NULL, nb, out); return;
-        case T_Q5_0: outer32(T_Q5_0, w, a, NULL, nb, out); return;
-        default: outer32(T_Q5_1, w, a, NULL, nb, out); return;
-    }
+static void run_outer32(int qtype, const decoded32 *wd, const a32x8_block *a, int64_t nb, float *out) {
+    if (qtype == T_Q4_1 || qtype == T_Q5_1) outer32(T_Q4_1, wd, a, nb, out);
+    else outer32(T_Q8_0, wd, a, nb, out); /* the formats differ only in decoding, done already */
 }
 
 /* The outer product for K-quants. Weight super-blocks are first decoded to plain bytes (kdecoded, once
@@ -851,34 +815,36 @@ static void mm_rows_outer(const mm_job *j, int64_t begin, int64_t end) {
     const int kq = is_k_quant(j->qtype), R = kq ? OUTER_RK : OUTER_R;
     const int64_t nb = kq ? j->k / 256 : j->k / 32, groups = (j->m + GROUP - 1) / GROUP;
     const size_t group_bytes = (size_t)nb * (kq ? sizeof(q8kx8_block) : sizeof(a32x8_block));
-    kdecoded *wd = kq ? malloc(sizeof(kdecoded) * (size_t)(R * nb)) : NULL;
-    int32_t *q8_offsets = j->qtype == T_Q8_0 ? malloc(sizeof(int32_t) * (size_t)(R * nb)) : NULL;
-    if ((kq && wd == NULL) || (j->qtype == T_Q8_0 && q8_offsets == NULL)) {
-        free(wd);
-        return; /* out of memory: leave y unset rather than crash */
-    }
+    /* one allocation for the tile's decoded weights */
+    const size_t per_block = kq ? sizeof(kdecoded) : 32 + 3 * sizeof(float);
+    uint8_t *buf = malloc(per_block * (size_t)(R * nb));
+    if (buf == NULL) return; /* out of memory: y stays unset rather than crash */
+    kdecoded *wd = (kdecoded *)buf;
+    decoded32 d32 = {(int8_t(*)[32])buf, (int32_t *)(buf + 32 * R * nb), (float *)(buf + 36 * R * nb),
+                     (float *)(buf + 40 * R * nb)};
     for (int64_t g0 = 0; g0 < groups; g0 += ACT_BLOCK / GROUP) {
         const int64_t g1 = g0 + ACT_BLOCK / GROUP < groups ? g0 + ACT_BLOCK / GROUP : groups;
         for (int64_t n0 = begin; n0 < end; n0 += R) {
             const uint8_t *w[OUTER_R];
             for (int r = 0; r < R; r++) w[r] = j->w + (n0 + r < end ? n0 + r : end - 1) * j->row_bytes;
-            if (kq)
+            if (kq) {
                 for (int r = 0; r < R; r++)
                     for (int64_t b = 0; b < nb; b++) decode_k_superblock(j->qtype, w[r] + b * block_bytes(j->qtype), &wd[r * nb + b]);
-            if (q8_offsets != NULL) q8_0_offsets(w, nb, q8_offsets);
+            } else {
+                decode_tile32(j->qtype, w, nb, &d32);
+            }
             for (int64_t g = g0; g < g1; g++) {
                 float out[OUTER_R * GROUP];
                 const void *act = (const uint8_t *)j->grouped + g * group_bytes;
                 if (kq)
                     run_outer_k(j->qtype, wd, nb, (const q8kx8_block *)act, out);
                 else
-                    run_outer32(j->qtype, w, (const a32x8_block *)act, q8_offsets, nb, out);
+                    run_outer32(j->qtype, &d32, (const a32x8_block *)act, nb, out);
                 store_outer(j, out, R, n0, end, g);
             }
         }
     }
-    free(wd);
-    free(q8_offsets);
+    free(buf);
 }
 
 /* The activations regrouped for the outer-product kernels (malloc'ed), or NULL where they do not apply. */

@@ -37,6 +37,7 @@
 typedef struct {
     float d;        /* f16(max|x| / 127), as a float */
     float s;        /* f16(unrounded d * sum q): Q8_1's s */
+    int32_t sum;    /* sum q */
     uint8_t qs[32]; /* q + 128 */
 } a32_block;
 
@@ -89,7 +90,8 @@ static void quantize_a32_row(const float *x, a32_block *out, int64_t k) {
         t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0x4e));
         t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0xb1));
         o->d = round_to_half(d);
-        o->s = round_to_half(d * (float)_mm_cvtsi128_si32(t));
+        o->sum = _mm_cvtsi128_si32(t);
+        o->s = round_to_half(d * (float)o->sum);
         /* The packs work per 128-bit lane, leaving 4-byte groups in the order 0,2,4,6,1,3,5,7: undo that. */
         __m256i packed = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
         packed = _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
@@ -106,6 +108,7 @@ static void quantize_a32_row(const float *x, a32_block *out, int64_t k) {
             sum += q;
         }
         o->d = round_to_half(d);
+        o->sum = sum;
         o->s = round_to_half(d * (float)sum);
 #endif
     }
@@ -339,8 +342,8 @@ static float dot_k_c(int qtype, const uint8_t *w, const q8k_block *a, int64_t ns
  * rows, each weight row decoded is used for as many of them as the registers allow (32 ymm with
  * AVX-512VL, 16 with AVX2 alone). */
 #ifdef LADLE_VNNI
-#define R32 2
-#define C32 8
+#define R32 4 /* batches of 8+ rows take the outer-product kernels */
+#define C32 4
 #define CK 8
 #else
 #define R32 2
@@ -426,7 +429,44 @@ ALWAYS_INLINE __m256i dot32(int qtype, const wblk32 *w, __m256i a_u) {
 #endif
 }
 
-/* out[c * R + r] = row r of w times activation row c. */
+#ifdef LADLE_VNNI
+/* 16 packed bytes -> 32 nibbles (low nibbles, then high): one 128-bit broadcast, shifted per half. */
+ALWAYS_INLINE __m256i nibbles32(const uint8_t *p) {
+    const __m256i x = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)p));
+    return _mm256_and_si256(_mm256_srlv_epi64(x, _mm256_setr_epi64x(0, 0, 4, 4)), _mm256_set1_epi8(0x0f));
+}
+
+/* q | 0x10 where the 32 bits at qh are set (AVX-512 byte masking). */
+ALWAYS_INLINE __m256i with_fifth_bits(__m256i q, const uint8_t *qh) {
+    uint32_t bits;
+    memcpy(&bits, qh, 4);
+    return _mm256_mask_add_epi8(q, _cvtu32_mask32(bits), q, _mm256_set1_epi8(0x10)); /* bit 4 is clear: add = or */
+}
+
+/* A block's values as unsigned bytes u = value + value_offset(qtype). */
+ALWAYS_INLINE __m256i decode_unsigned32(int qtype, const uint8_t *blk) {
+    switch (qtype) {
+        case T_Q8_0: return _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(blk + 2)), _mm256_set1_epi8((char)0x80));
+        case T_Q4_0: return nibbles32(blk + 2);
+        case T_Q4_1: return nibbles32(blk + 4);
+        case T_Q5_0: return with_fifth_bits(nibbles32(blk + 6), blk + 2);
+        default: return with_fifth_bits(nibbles32(blk + 8), blk + 4);
+    }
+}
+
+static inline int value_offset(int qtype) {
+    switch (qtype) {
+        case T_Q8_0: return 128;
+        case T_Q4_0: return 8;
+        case T_Q5_0: return 16;
+        default: return 0;
+    }
+}
+#endif
+
+/* out[c * R + r] = row r of w times activation row c. With VNNI the weights are taken unsigned (value +
+ * offset) against the signed activations, the offset's share (offset * sum a) starting the sums; without,
+ * the activations are the unsigned side (see decode32 / dot32). */
 ALWAYS_INLINE void tile32(int qtype, int R, int C, const uint8_t *const *w, const a32_block *const *a, int64_t nb,
                           float *out) {
     const int bs = block_bytes(qtype), has_min = qtype == T_Q4_1 || qtype == T_Q5_1;
@@ -438,6 +478,29 @@ ALWAYS_INLINE void tile32(int qtype, int R, int C, const uint8_t *const *w, cons
             mins[r][c] = 0.0f;
         }
     for (int64_t b = 0; b < nb; b++) {
+#ifdef LADLE_VNNI
+        __m256i wu[MAXR];
+        __m256 wd[MAXR];
+        float wm[MAXR];
+        for (int r = 0; r < R; r++) {
+            const uint8_t *blk = w[r] + b * bs;
+            _mm_prefetch((const char *)(blk + PREFETCH_BYTES), _MM_HINT_T0);
+            wu[r] = decode_unsigned32(qtype, blk);
+            wd[r] = _mm256_set1_ps(half_to_float(blk));
+            wm[r] = has_min ? half_to_float(blk + 2) : 0.0f;
+        }
+        for (int c = 0; c < C; c++) {
+            const a32_block *ab = a[c] + b;
+            const __m256i as = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)ab->qs), _mm256_set1_epi8((char)0x80));
+            const __m256i init = _mm256_zextsi128_si256(_mm_cvtsi32_si128(-value_offset(qtype) * ab->sum));
+            const __m256 ad = _mm256_set1_ps(ab->d);
+            for (int r = 0; r < R; r++) {
+                const __m256 p = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(init, wu[r], as));
+                acc[r][c] = _mm256_fmadd_ps(_mm256_mul_ps(wd[r], ad), p, acc[r][c]);
+                if (has_min) mins[r][c] += wm[r] * ab->s;
+            }
+        }
+#else
         wblk32 wb[MAXR];
         for (int r = 0; r < R; r++) {
             _mm_prefetch((const char *)(w[r] + b * bs + PREFETCH_BYTES), _MM_HINT_T0);
@@ -453,6 +516,7 @@ ALWAYS_INLINE void tile32(int qtype, int R, int C, const uint8_t *const *w, cons
                 if (has_min) mins[r][c] += wb[r].m * ab->s;
             }
         }
+#endif
     }
     for (int r = 0; r < R; r++)
         for (int c = 0; c < C; c++) out[c * R + r] = hsum_ps(acc[r][c]) + mins[r][c];
@@ -540,13 +604,13 @@ ALWAYS_INLINE void tile_k(int qtype, int R, int C, const uint8_t *const *w, cons
 
 /* Each (type, shape) gets its own fully unrolled copy of a tile; `shape` is R * 16 + C. */
 #define SHAPE(R, C) ((R) * 16 + (C))
-#define TILE32_SHAPES(QT)                                                          \
-    switch (shape) {                                                               \
-        case SHAPE(4, 1): tile32(QT, 4, 1, w, (const a32_block *const *)a, nb, out); return;       \
-        case SHAPE(R32, 1): tile32(QT, R32, 1, w, (const a32_block *const *)a, nb, out); return;   \
-        case SHAPE(R32, 2): tile32(QT, R32, 2, w, (const a32_block *const *)a, nb, out); return;   \
-        case SHAPE(R32, 4): tile32(QT, R32, 4, w, (const a32_block *const *)a, nb, out); return;   \
-        default: tile32(QT, R32, C32, w, (const a32_block *const *)a, nb, out); return;            \
+#define TILE32_CASE(QT, R, C) \
+    case SHAPE(R, C): tile32(QT, R, C, w, (const a32_block *const *)a, nb, out); return;
+#define TILE32_SHAPES(QT)                                                                       \
+    switch (shape) {                                                                            \
+        TILE32_CASE(QT, 4, 1) TILE32_CASE(QT, 4, 2) TILE32_CASE(QT, 4, 3) TILE32_CASE(QT, 4, 4)  \
+        TILE32_CASE(QT, 2, 1) TILE32_CASE(QT, 2, 2) TILE32_CASE(QT, 2, 3)                         \
+        default: tile32(QT, 2, 4, w, (const a32_block *const *)a, nb, out); return;             \
     }
 
 static void run_tile32(int qtype, int shape, const uint8_t *const *w, const void *const *a, int64_t nb, float *out) {
@@ -776,11 +840,12 @@ typedef struct {
 #define ACT_BLOCK 64
 
 #ifdef LADLE_AVX2
-/* The largest tile width (1, 2, 4 or max_c) that fits in `rows`. */
-static int tile_width(int64_t rows, int max_c) {
-    int c = 1;
-    while (c * 2 <= rows && c * 2 <= max_c) c *= 2;
-    return rows >= max_c ? max_c : c;
+/* The tile width for `rows` remaining activation rows: all of them up to max_c; K-quant tiles come in
+ * widths 1, 2, 4 and max_c only. */
+static int tile_width(int64_t rows, int max_c, int k_quant) {
+    if (rows >= max_c) return max_c;
+    if (!k_quant) return (int)rows;
+    return rows >= 4 ? 4 : (rows >= 2 ? 2 : 1);
 }
 
 /* Rows [n0, n0 + R) of the weight (clamped to the last row) against activation rows [c0, c1). */
@@ -789,7 +854,7 @@ static void mm_weight_tile(const mm_job *j, int R, int64_t n0, int64_t n_end, in
     for (int r = 0; r < R; r++) w[r] = j->w + (n0 + r < n_end ? n0 + r : n_end - 1) * j->row_bytes;
     const int kq = is_k_quant(j->qtype);
     for (int64_t c = c0; c < c1;) {
-        const int C = R == 4 ? 1 : tile_width(c1 - c, kq ? CK : C32);
+        const int C = j->m == 1 ? 1 : tile_width(c1 - c, kq ? CK : C32, kq);
         const void *a[MAXC];
         for (int i = 0; i < C; i++) a[i] = j->act + (c + i) * j->act_row_bytes;
         float out[MAXR * MAXC];

@@ -12,11 +12,16 @@
  * Per block the integer dot product is exact (as in ggml's x86 kernels); it is then scaled by the product
  * of the two float scales, and for K-quants the mins are applied through bsums, as ggml does.
  *
- * The kernels here are 256-bit. Activations of the 32-value formats are stored offset by +128 so that
- * one unsigned x signed multiply-add (AVX512-VNNI vpdpbusd, else vpmaddubsw + vpmaddwd) takes signed
- * weights; the offset's contribution, 128 * sum(w), is computed once per weight block. K-quant weights are
- * unsigned already (Q6_K's -32 goes through bsums). Each weight block is decoded once for a tile of
- * activation rows, and each activation block loaded once for a tile of weight rows.
+ * The kernels are 256-bit (Zen 4 runs 512-bit vectors as two halves anyway), of two kinds:
+ * - tiles (tile32, tile_k) of R weight rows x C activation rows, each weight block decoded once per tile
+ *   and each activation block loaded once: 4 x 1 at batch 1, up to 4 x 4 / 1 x 8 for small batches. With
+ *   AVX512-VNNI a 32-value block is one vpdpbusd of unsigned weight bytes (value + a per-format offset)
+ *   and signed activations, the offset's share coming from the activation sum; with AVX2 alone
+ *   vpmaddubsw + vpmaddwd, the activations (stored + 128) being the unsigned side. K-quant weights are
+ *   unsigned already: vpmaddubsw, then vpdpwssd by the sub-block scales; mins and Q6_K's -32 via bsums.
+ * - outer products (outer32, outer_k; VNNI, 8+ activation rows): activations regrouped 8 rows at a time,
+ *   weights decoded to bytes once per tile, each 4 weight bytes broadcast against 4 values of 8 rows, so
+ *   the float scaling is done for 8 rows per instruction.
  * Without AVX2 a plain C version computes the same integers, one weight row and activation row at a time.
  *
  * Built on first use by ladle/quant/native.py (cc -O3 -march=native -pthread) and called through ctypes.
@@ -29,7 +34,7 @@
 #include "ggml_common.h"
 #include "thread_pool.h"
 
-#if defined(LADLE_AVX2) && defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#if defined(LADLE_AVX2) && defined(__AVX512VNNI__) && defined(__AVX512VL__) && defined(__AVX512BW__)
 #define LADLE_VNNI 1
 #endif
 

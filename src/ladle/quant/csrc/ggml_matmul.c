@@ -237,6 +237,17 @@ typedef struct {
     uint8_t mn[8];
 } kscales;
 
+/* The 12 scale bytes -> 4 words: scales 0-3, scales 4-7, mins 0-3, mins 4-7, a byte each. */
+static inline void unpack_k_scales(const uint8_t *p, uint32_t out[4]) {
+    uint32_t w[3];
+    memcpy(w, p, 12);
+    const uint32_t low6 = 0x3f3f3f3fu, nib = 0x0f0f0f0fu, top2 = 0xc0c0c0c0u;
+    out[0] = w[0] & low6;
+    out[1] = (w[2] & nib) | ((w[0] & top2) >> 2);
+    out[2] = w[1] & low6;
+    out[3] = ((w[2] >> 4) & nib) | ((w[1] & top2) >> 2);
+}
+
 static inline void k_scales(int qtype, const uint8_t *sb, kscales *o) {
     if (qtype == T_Q6_K) {
         const int8_t *sc = (const int8_t *)(sb + 192);
@@ -247,16 +258,11 @@ static inline void k_scales(int qtype, const uint8_t *sb, kscales *o) {
     }
     o->d = half_to_float(sb);
     o->dmin = half_to_float(sb + 2);
-    uint32_t w[3];
-    memcpy(w, sb + 4, 12);
-    const uint32_t low6 = 0x3f3f3f3fu, nib = 0x0f0f0f0fu, top2 = 0xc0c0c0c0u;
-    const uint32_t sc_lo = w[0] & low6, mn_lo = w[1] & low6;
-    const uint32_t sc_hi = (w[2] & nib) | ((w[0] & top2) >> 2), mn_hi = ((w[2] >> 4) & nib) | ((w[1] & top2) >> 2);
+    uint32_t words[4];
+    unpack_k_scales(sb + 4, words);
     uint8_t sc[8];
-    memcpy(sc, &sc_lo, 4);
-    memcpy(sc + 4, &sc_hi, 4);
-    memcpy(o->mn, &mn_lo, 4);
-    memcpy(o->mn + 4, &mn_hi, 4);
+    memcpy(sc, words, 8);
+    memcpy(o->mn, words + 2, 8);
     for (int i = 0; i < 8; i++) o->sc[i] = sc[i];
 }
 
@@ -549,17 +555,50 @@ ALWAYS_INLINE __m256i k_values(int qtype, const uint8_t *sb, int t) {
     return q;
 }
 
+/* A super-block's scales for the tiles: one int16 vector (Q4_K/Q5_K: the 8 scales, then the 8 mins; Q6_K:
+ * the 16 scales), unpacked without going through memory. */
+typedef struct {
+    __m256i v;
+    float d, dmin;
+} kscales_v;
+
+ALWAYS_INLINE void k_scales_v(int qtype, const uint8_t *sb, kscales_v *o) {
+    if (qtype == T_Q6_K) {
+        o->v = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(sb + 192)));
+        o->d = half_to_float(sb + 208);
+        o->dmin = 0.0f;
+        return;
+    }
+    uint32_t words[4];
+    unpack_k_scales(sb + 4, words);
+    o->v = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)words));
+    o->d = half_to_float(sb);
+    o->dmin = half_to_float(sb + 2);
+}
+
+/* Lanes of v picked by idx (int16 lane numbers). */
+ALWAYS_INLINE __m256i pick_i16(__m256i v, __m256i idx) {
+#if defined(__AVX512BW__) && defined(__AVX512VL__)
+    return _mm256_permutexvar_epi16(idx, v);
+#else
+    int16_t lanes[16], index[16], outv[16];
+    _mm256_storeu_si256((__m256i *)lanes, v);
+    _mm256_storeu_si256((__m256i *)index, idx);
+    for (int i = 0; i < 16; i++) outv[i] = lanes[index[i]];
+    return _mm256_loadu_si256((const __m256i *)outv);
+#endif
+}
+
 /* Per 32 values t, the int16 multiplier of each vpmaddubsw lane: Q4_K/Q5_K one scale, Q6_K two (16 values each). */
-ALWAYS_INLINE __m256i k_lane_scales(int qtype, const kscales *ks, int t) {
-    if (qtype != T_Q6_K) return _mm256_set1_epi16(ks->sc[t]);
-    return _mm256_set_m128i(_mm_set1_epi16(ks->sc[2 * t + 1]), _mm_set1_epi16(ks->sc[2 * t]));
+ALWAYS_INLINE __m256i k_lane_scales(int qtype, const kscales_v *ks, int t) {
+    if (qtype != T_Q6_K) return pick_i16(ks->v, _mm256_set1_epi16((short)t));
+    return pick_i16(ks->v, _mm256_set_m128i(_mm_set1_epi16((short)(2 * t + 1)), _mm_set1_epi16((short)(2 * t))));
 }
 
 /* What bsums are multiplied by: Q6_K 32 * each scale (its -32 offset), Q4_K/Q5_K each min, twice. */
-ALWAYS_INLINE __m256i k_bsum_factors(int qtype, const kscales *ks) {
-    if (qtype == T_Q6_K) return _mm256_slli_epi16(_mm256_loadu_si256((const __m256i *)ks->sc), 5);
-    const __m128i mn = _mm_loadl_epi64((const __m128i *)ks->mn);
-    return _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mn, mn));
+ALWAYS_INLINE __m256i k_bsum_factors(int qtype, const kscales_v *ks) {
+    if (qtype == T_Q6_K) return _mm256_slli_epi16(ks->v, 5);
+    return pick_i16(ks->v, _mm256_setr_epi16(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15));
 }
 
 /* K-quant tile, R x C, super-block by super-block. */
@@ -570,9 +609,15 @@ ALWAYS_INLINE void tile_k(int qtype, int R, int C, const uint8_t *const *w, cons
     for (int r = 0; r < R; r++)
         for (int c = 0; c < C; c++) acc[r][c] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nsb; b++) {
-        kscales ks[MAXR];
-        for (int r = 0; r < R; r++) k_scales(qtype, w[r] + b * bs, &ks[r]);
-        __m256i isum[MAXR][MAXC];
+        kscales_v ks[MAXR];
+        for (int r = 0; r < R; r++) {
+            for (int line = 0; line < bs; line += 64)
+                _mm_prefetch((const char *)(w[r] + b * bs + PREFETCH_BYTES + line), _MM_HINT_T0);
+            k_scales_v(qtype, w[r] + b * bs, &ks[r]);
+        }
+        /* A single row pair would chain 8 vpdpwssd per super-block: split its sums in two (even/odd t). */
+        const int chains = R * C == 1 ? 2 : 1;
+        __m256i isum[MAXR][MAXC], isum2 = _mm256_setzero_si256();
         for (int r = 0; r < R; r++)
             for (int c = 0; c < C; c++) isum[r][c] = _mm256_setzero_si256();
 #pragma GCC unroll 8 /* constant shifts and shared loads per 32 values */
@@ -584,10 +629,16 @@ ALWAYS_INLINE void tile_k(int qtype, int R, int C, const uint8_t *const *w, cons
             }
             for (int c = 0; c < C; c++) {
                 const __m256i av = _mm256_loadu_si256((const __m256i *)(a[c][b].qs + 32 * t));
-                for (int r = 0; r < R; r++)
-                    isum[r][c] = dot_i16(isum[r][c], _mm256_maddubs_epi16(q[r], av), sc[r]);
+                for (int r = 0; r < R; r++) {
+                    const __m256i prod = _mm256_maddubs_epi16(q[r], av);
+                    if (chains == 2 && (t & 1))
+                        isum2 = dot_i16(isum2, prod, sc[r]);
+                    else
+                        isum[r][c] = dot_i16(isum[r][c], prod, sc[r]);
+                }
             }
         }
+        if (chains == 2) isum[0][0] = _mm256_add_epi32(isum[0][0], isum2);
         for (int r = 0; r < R; r++) {
             const __m256i factors = k_bsum_factors(qtype, &ks[r]);
             for (int c = 0; c < C; c++) {
@@ -945,7 +996,7 @@ static void mm_rows(void *ctx, int64_t begin, int64_t end) {
     }
 #endif
     /* Batch 1: 4 weight rows per activation load; else the R x C shapes above. */
-    const int R = is_k_quant(j->qtype) ? 1 : (j->m == 1 ? 4 : R32);
+    const int R = j->m == 1 ? 4 : (is_k_quant(j->qtype) ? 1 : R32);
     for (int64_t c0 = 0; c0 < j->m; c0 += ACT_BLOCK) {
         const int64_t c1 = c0 + ACT_BLOCK < j->m ? c0 + ACT_BLOCK : j->m;
         for (int64_t n0 = begin; n0 < end; n0 += R) mm_weight_tile(j, R, n0, end, c0, c1);

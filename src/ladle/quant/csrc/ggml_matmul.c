@@ -615,9 +615,7 @@ ALWAYS_INLINE void tile_k(int qtype, int R, int C, const uint8_t *const *w, cons
                 _mm_prefetch((const char *)(w[r] + b * bs + PREFETCH_BYTES + line), _MM_HINT_T0);
             k_scales_v(qtype, w[r] + b * bs, &ks[r]);
         }
-        /* A single row pair would chain 8 vpdpwssd per super-block: split its sums in two (even/odd t). */
-        const int chains = R * C == 1 ? 2 : 1;
-        __m256i isum[MAXR][MAXC], isum2 = _mm256_setzero_si256();
+        __m256i isum[MAXR][MAXC];
         for (int r = 0; r < R; r++)
             for (int c = 0; c < C; c++) isum[r][c] = _mm256_setzero_si256();
 #pragma GCC unroll 8 /* constant shifts and shared loads per 32 values */
@@ -629,16 +627,10 @@ ALWAYS_INLINE void tile_k(int qtype, int R, int C, const uint8_t *const *w, cons
             }
             for (int c = 0; c < C; c++) {
                 const __m256i av = _mm256_loadu_si256((const __m256i *)(a[c][b].qs + 32 * t));
-                for (int r = 0; r < R; r++) {
-                    const __m256i prod = _mm256_maddubs_epi16(q[r], av);
-                    if (chains == 2 && (t & 1))
-                        isum2 = dot_i16(isum2, prod, sc[r]);
-                    else
-                        isum[r][c] = dot_i16(isum[r][c], prod, sc[r]);
-                }
+                for (int r = 0; r < R; r++)
+                    isum[r][c] = dot_i16(isum[r][c], _mm256_maddubs_epi16(q[r], av), sc[r]);
             }
         }
-        if (chains == 2) isum[0][0] = _mm256_add_epi32(isum[0][0], isum2);
         for (int r = 0; r < R; r++) {
             const __m256i factors = k_bsum_factors(qtype, &ks[r]);
             for (int c = 0; c < C; c++) {
@@ -711,16 +703,41 @@ typedef struct {
     float s[GROUP];
 } a32x8_block;
 
+/* out[v * 32 + r * 4 + i] = rows[r][4 * v + i] for 8 rows of 32 bytes: an 8 x 8 transpose of 4-byte words. */
+static inline void interleave8x32(const uint8_t *const *rows, uint8_t *out) {
+    __m256 r[8], t[8], u[8];
+    for (int i = 0; i < 8; i++) r[i] = _mm256_castsi256_ps(_mm256_loadu_si256((const __m256i *)rows[i]));
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) {
+        u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+        u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xee);
+        u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xee);
+    }
+    for (int v = 0; v < 4; v++) {
+        _mm256_storeu_ps((float *)(out + 32 * v), _mm256_permute2f128_ps(u[v], u[v + 4], 0x20));
+        _mm256_storeu_ps((float *)(out + 32 * (v + 4)), _mm256_permute2f128_ps(u[v], u[v + 4], 0x31));
+    }
+}
+
 /* Rows [r0, r0 + 8) of a32 activations (missing rows as zeros) -> nb regrouped blocks. */
 static void regroup_a32(const a32_block *act, int64_t nb, int64_t rows, a32x8_block *out) {
+    static const uint8_t zero_row[32] = {0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80,
+                                         0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80,
+                                         0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80};
     for (int64_t b = 0; b < nb; b++) {
         a32x8_block *o = out + b;
+        const uint8_t *src[GROUP];
         for (int r = 0; r < GROUP; r++) {
             const a32_block *a = r < rows ? act + r * nb + b : NULL;
-            for (int i = 0; i < 32; i++) o->q[(i / 4) * 32 + r * 4 + i % 4] = a ? a->qs[i] : 0x80;
+            src[r] = a ? a->qs : zero_row;
             o->d[r] = a ? a->d : 0.0f;
             o->s[r] = a ? a->s : 0.0f;
         }
+        interleave8x32(src, o->q);
     }
 }
 
@@ -805,13 +822,18 @@ typedef struct {
 } kdecoded;
 
 static void regroup_q8k(const q8k_block *act, int64_t nsb, int64_t rows, q8kx8_block *out) {
+    static const uint8_t zero_row[32] = {0};
     for (int64_t b = 0; b < nsb; b++) {
         q8kx8_block *o = out + b;
         for (int r = 0; r < GROUP; r++) {
             const q8k_block *a = r < rows ? act + r * nsb + b : NULL;
-            for (int i = 0; i < 256; i++) o->q[(i / 4) * 32 + r * 4 + i % 4] = a ? a->qs[i] : 0;
             for (int g = 0; g < 16; g++) o->bs[g / 2][r][g % 2] = a ? a->bsums[g] : 0;
             o->d[r] = a ? a->d : 0.0f;
+        }
+        for (int t = 0; t < 8; t++) {
+            const uint8_t *src[GROUP];
+            for (int r = 0; r < GROUP; r++) src[r] = r < rows ? (const uint8_t *)act[r * nsb + b].qs + 32 * t : zero_row;
+            interleave8x32(src, (uint8_t *)o->q + 256 * t);
         }
     }
 }

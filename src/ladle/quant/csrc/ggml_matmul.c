@@ -119,19 +119,45 @@ static void quantize_a32_row(const float *x, a32_block *out, int64_t k) {
     }
 }
 
-/* ggml's x86 quantize_row_q8_K is its reference C code; so is this (nearbyintf = nearest_int's ties to even). */
+/* The first value of largest magnitude in 256 (ggml's x_m), and that magnitude. */
+static inline float q8k_extreme(const float *x, float *amax_out) {
+#ifdef LADLE_AVX2
+    const __m256 sign_bit = _mm256_set1_ps(-0.0f);
+    __m256 m = _mm256_setzero_ps();
+    for (int i = 0; i < 256; i += 8) m = _mm256_max_ps(m, _mm256_andnot_ps(sign_bit, _mm256_loadu_ps(x + i)));
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    const float amax = _mm_cvtss_f32(m4);
+    *amax_out = amax;
+    const __m256 target = _mm256_set1_ps(amax);
+    for (int i = 0; i < 256; i += 8) {
+        const int hits = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_andnot_ps(sign_bit, _mm256_loadu_ps(x + i)), target, _CMP_EQ_OQ));
+        if (hits) return x[i + __builtin_ctz((unsigned)hits)];
+    }
+    return 0.0f;
+#else
+    float amax = 0.0f, max = 0.0f;
+    for (int i = 0; i < 256; i++) {
+        const float a = fabsf(x[i]);
+        if (a > amax) {
+            amax = a;
+            max = x[i];
+        }
+    }
+    *amax_out = amax;
+    return max;
+#endif
+}
+
+/* ggml's x86 quantize_row_q8_K is its reference C code: q = min(127, nearest_int(iscale * x)), nearest_int
+ * rounding ties to even like nearbyintf and vcvtps2dq. */
 static void quantize_q8k_row(const float *x, q8k_block *out, int64_t k) {
     for (int64_t b = 0; b < k / 256; b++) {
         const float *xb = x + b * 256;
         q8k_block *o = out + b;
-        float amax = 0.0f, max = 0.0f;
-        for (int i = 0; i < 256; i++) {
-            const float a = fabsf(xb[i]);
-            if (a > amax) {
-                amax = a;
-                max = xb[i];
-            }
-        }
+        float amax;
+        const float max = q8k_extreme(xb, &amax);
         memset(o->bsums, 0, sizeof o->bsums);
         if (amax == 0.0f) {
             o->d = 0.0f;
@@ -139,6 +165,24 @@ static void quantize_q8k_row(const float *x, q8k_block *out, int64_t k) {
             continue;
         }
         const float iscale = -127.0f / max;
+#ifdef LADLE_AVX2
+        /* |iscale * x| <= 127 (+ rounding), so the saturating packs are ggml's min(127, .) */
+        const __m256 sv = _mm256_set1_ps(iscale);
+        for (int i = 0; i < 256; i += 32) {
+            __m256i q[4];
+            for (int j = 0; j < 4; j++) q[j] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xb + i + 8 * j), sv));
+            for (int g = 0; g < 2; g++) {
+                const __m256i sum = _mm256_add_epi32(q[2 * g], q[2 * g + 1]);
+                __m128i t = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+                t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0x4e));
+                t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0xb1));
+                o->bsums[i / 16 + g] = (int16_t)_mm_cvtsi128_si32(t);
+            }
+            __m256i packed = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+            packed = _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            _mm256_storeu_si256((__m256i *)(o->qs + i), packed);
+        }
+#else
         for (int i = 0; i < 256; i++) {
             const int q = (int)nearbyintf(iscale * xb[i]);
             o->qs[i] = (int8_t)(q < 127 ? q : 127);
@@ -148,6 +192,7 @@ static void quantize_q8k_row(const float *x, q8k_block *out, int64_t k) {
             for (int i = 0; i < 16; i++) sum += o->qs[16 * g + i];
             o->bsums[g] = (int16_t)sum;
         }
+#endif
         o->d = 1.0f / iscale;
     }
 }

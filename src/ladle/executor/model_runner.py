@@ -33,10 +33,18 @@ def kv_block_bytes(arch: ArchConfig, block_size: int, dtype: torch.dtype) -> int
 
 
 class ModelRunner:
-    def __init__(self, model: CausalLM, device: torch.device, dtype: torch.dtype, block_size: int) -> None:
+    def __init__(
+        self,
+        model: CausalLM,
+        device: torch.device,
+        dtype: torch.dtype,
+        block_size: int,
+        kv_cache_dtype: torch.dtype | None = None,
+    ) -> None:
         self.model = model
         self.device = device
         self.dtype = dtype
+        self.kv_cache_dtype = kv_cache_dtype or dtype  # the attention backends convert on write and read
         self.block_size = block_size
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.graphs = None  # DecodeGraphs once capture_graphs() ran (CUDA only)
@@ -47,8 +55,8 @@ class ModelRunner:
         # torch.empty: pages are touched only when written, so an unused CPU budget costs nothing.
         self.kv_caches = [
             (
-                torch.empty(shape, dtype=self.dtype, device=self.device),
-                torch.empty(shape, dtype=self.dtype, device=self.device),
+                torch.empty(shape, dtype=self.kv_cache_dtype, device=self.device),
+                torch.empty(shape, dtype=self.kv_cache_dtype, device=self.device),
             )
             for _ in range(cfg.num_hidden_layers)
         ]

@@ -65,6 +65,25 @@ def main() -> None:
     def replaying(self, x):
         return last[id(self)]
 
+    # The ggml path binds each layer's matmul callables once; swap those (the torch path: Linear.forward).
+    ggml = model.ggml_forward
+    names = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    bound = [{n: getattr(layer, n) for n in names} for layer in ggml.layers] if ggml is not None else []
+
+    def use_matmuls(mode: str) -> None:
+        if ggml is None:
+            linear.Linear.forward = {"real": real_forward, "record": recording, "replay": replaying}[mode]
+            return
+        for layer, fns in zip(ggml.layers, bound):
+            for n, fn in fns.items():
+                key = (id(layer), n)
+                if mode == "real":
+                    setattr(layer, n, fn)
+                elif mode == "record":
+                    setattr(layer, n, lambda x, fn=fn, key=key: last.setdefault(key, fn(x)))
+                else:
+                    setattr(layer, n, lambda x, key=key: last[key])
+
     def forward_inputs():
         # the same tensors ModelRunner.execute builds (one decode token at the sequence's current length)
         from ladle.layers.attention import AttentionMetadata
@@ -94,9 +113,9 @@ def main() -> None:
     }
     with torch.inference_mode():
         ids, positions, meta = forward_inputs()
-        linear.Linear.forward = recording
+        use_matmuls("record")
         hidden = model(ids, positions, eng.runner.kv_caches, meta)
-        linear.Linear.forward = real_forward
+        use_matmuls("real")
         for _ in range(args.steps):
             t0 = time.perf_counter()
             eng.step()
@@ -104,11 +123,11 @@ def main() -> None:
             t0 = time.perf_counter()
             hidden = model(ids, positions, eng.runner.kv_caches, meta)
             times["forward"].append(time.perf_counter() - t0)
-            linear.Linear.forward = replaying
+            use_matmuls("replay")
             t0 = time.perf_counter()
             model(ids, positions, eng.runner.kv_caches, meta)
             times["forward w/o matmuls"].append(time.perf_counter() - t0)
-            linear.Linear.forward = real_forward
+            use_matmuls("real")
             t0 = time.perf_counter()
             model.compute_logits(hidden)
             times["lm_head"].append(time.perf_counter() - t0)

@@ -238,6 +238,7 @@ ATTENTION_CASES = {
     "llama-gqa-small-heads": (8, 4, 8, [(1, 64), (64, 64), (5, 130)], False, 1.0, 8**-0.5, None),
     "odd-head-dim-window": (6, 2, 24, [(3, 50), (1, 1)], True, 1.0, 24**-0.5, 7),
     "long-context-decode": (2, 2, 80, [(1, 3000), (1, 2047)], False, 1.0, 80**-0.5, None),
+    "decode-short-window": (4, 2, 64, [(1, 300), (1, 45), (1, 3)], False, 1.0, 0.125, 40),
 }
 
 

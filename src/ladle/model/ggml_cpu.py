@@ -12,6 +12,7 @@ here, so a step's Python work is the matmul calls plus a handful of ctypes calls
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,17 +59,29 @@ def rope_table(ops: CpuOps, rope: RopeConfig, head_dim: int, max_positions: int)
     return ops.rope_table(rope.theta, head_dim, max_positions, freq_scale, rope.freq_factors)
 
 
+MatMul = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _matmul(module: nn.Module) -> MatMul:
+    """The layer's x -> x @ W.T (+ b) without nn.Module's call machinery (hooks are never used here): the
+    quantized kernel directly when there is no bias. Either way the result is a new contiguous float32
+    tensor (the model runs in float32 on this path), which the C ops rely on."""
+    if getattr(module, "quantized", None) is not None and module.bias is None:
+        return module.quantized.linear
+    return module.forward
+
+
 @dataclass
 class _Layer:
-    """One decoder layer's modules and constant addresses."""
+    """One decoder layer's matmuls and constant addresses."""
 
-    q_proj: nn.Module
-    k_proj: nn.Module
-    v_proj: nn.Module
-    o_proj: nn.Module
-    gate_proj: nn.Module
-    up_proj: nn.Module
-    down_proj: nn.Module
+    q_proj: MatMul
+    k_proj: MatMul
+    v_proj: MatMul
+    o_proj: MatMul
+    gate_proj: MatMul
+    up_proj: MatMul
+    down_proj: MatMul
     input_norm: int  # weight addresses (float32, contiguous)
     post_attn_norm: int | None  # Gemma: the norm of the attention output before the residual add
     ffn_norm: int
@@ -133,13 +146,13 @@ class GGMLForward:
             attn, mlp = layer.self_attn, layer.mlp
             self.layers.append(
                 _Layer(
-                    q_proj=attn.q_proj,
-                    k_proj=attn.k_proj,
-                    v_proj=attn.v_proj,
-                    o_proj=attn.o_proj,
-                    gate_proj=mlp.gate_proj,
-                    up_proj=mlp.up_proj,
-                    down_proj=mlp.down_proj,
+                    q_proj=_matmul(attn.q_proj),
+                    k_proj=_matmul(attn.k_proj),
+                    v_proj=_matmul(attn.v_proj),
+                    o_proj=_matmul(attn.o_proj),
+                    gate_proj=_matmul(mlp.gate_proj),
+                    up_proj=_matmul(mlp.up_proj),
+                    down_proj=_matmul(mlp.down_proj),
                     input_norm=_weight(layer.input_layernorm),
                     post_attn_norm=_weight(layer.post_attention_layernorm) if self.gemma else None,
                     ffn_norm=_weight(
@@ -206,9 +219,9 @@ class GGMLForward:
         lib.ladle_rms_norm(x_p, self.layers[0].input_norm, h_p, tokens, hidden, eps, nth)
         last = len(self.layers) - 1
         for i, (layer, (k_cache, v_cache)) in enumerate(zip(self.layers, kv_caches)):
-            q = _contig(layer.q_proj(h))
-            k = _contig(layer.k_proj(h))
-            v = _contig(layer.v_proj(h))
+            q = layer.q_proj(h)
+            k = layer.k_proj(h)
+            v = layer.v_proj(h)
             rc = lib.ladle_attention(
                 q.data_ptr(), k.data_ptr(), v.data_ptr(), tokens, heads, kv_heads, head_dim,
                 layer.q_norm, layer.k_norm, eps, layer.rope, pos_p, slot_p,
@@ -217,14 +230,14 @@ class GGMLForward:
             )  # fmt: skip
             if rc != 0:
                 raise MemoryError("attention: out of memory for its scratch buffers")
-            o = _contig(layer.o_proj(attn))
+            o = layer.o_proj(attn)
             lib.ladle_residual_rms_norm(
                 x_p, o.data_ptr(), layer.post_attn_norm, layer.ffn_norm, h_p, tokens, hidden, eps, nth
             )
-            gate = _contig(layer.gate_proj(h))
-            up = _contig(layer.up_proj(h))
+            gate = layer.gate_proj(h)
+            up = layer.up_proj(h)
             self.glu(gate.data_ptr(), up.data_ptr(), act_p, tokens, cfg.intermediate_size, nth)
-            down = _contig(layer.down_proj(act))
+            down = layer.down_proj(act)
             next_norm, dst = (self.final_norm, out) if i == last else (self.layers[i + 1].input_norm, h)
             lib.ladle_residual_rms_norm(
                 x_p, down.data_ptr(), layer.post_ffn_norm, next_norm, dst.data_ptr(), tokens, hidden, eps, nth

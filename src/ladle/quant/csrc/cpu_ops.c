@@ -365,7 +365,8 @@ typedef struct {
     float *q_rounded;    /* [T][H][D]: q after norm, rope and scale, rounded to the cache type */
     int32_t *token_seq;  /* sequence of each token */
     int max_seq_len;
-    int failed; /* set by a worker whose scratch allocation failed */
+    int failed;      /* set by a worker whose scratch allocation failed */
+    int group_parts; /* each item attends for groups / group_parts heads */
 } attn_job;
 
 /* Norm (optional), rope and scale one head's vector in place. */
@@ -469,12 +470,49 @@ static inline void axpy(float *acc, float p, const float *v, int n, int first) {
         for (; i < n; i++) acc[i] = fmaf(p, v[i], acc[i]);
 }
 
-/* One query row and one KV head: the heads of its group attend over the sequence's visible keys. The
+/* Lane l of ggml's final 16-lane tree, for 16 consecutive d at once: fold the 64 partial sums of
+ * ggml_vec_dot_f16 ((r0 + r2) + (r1 + r3)) or take the 16 of tinyBLAS, then add pairwise as the tree does. */
+static void reduce_lanes(const float *a, int slots, uint64_t touched, int d, float *dst) {
+    /* a lane no key reached holds zero: adding it changes nothing, so it is read as zero, not stored */
+#define LANE_HAS(l) ((touched >> (l)) & 1u)
+    int i = 0;
+#if defined(HAVE_AVX512)
+    const __m512 zero = _mm512_setzero_ps();
+#define LANE_VEC(l) (LANE_HAS(l) ? _mm512_loadu_ps(a + (int64_t)(l) * d + i) : zero)
+    for (; i + 16 <= d; i += 16) {
+        __m512 v[16];
+        for (int l = 0; l < 16; l++) {
+            if (slots == 16) {
+                v[l] = LANE_VEC(l);
+            } else {
+                v[l] = _mm512_add_ps(_mm512_add_ps(LANE_VEC(l), LANE_VEC(32 + l)),
+                                     _mm512_add_ps(LANE_VEC(16 + l), LANE_VEC(48 + l)));
+            }
+        }
+        for (int l = 0; l < 8; l++) v[l] = _mm512_add_ps(v[l + 8], v[l]);
+        for (int l = 0; l < 4; l++) v[l] = _mm512_add_ps(v[l + 4], v[l]);
+        _mm512_storeu_ps(dst + i, _mm512_add_ps(_mm512_add_ps(v[0], v[2]), _mm512_add_ps(v[1], v[3])));
+    }
+#undef LANE_VEC
+#endif
+#define LANE_AT(l) (LANE_HAS(l) ? a[(int64_t)(l) * d + i] : 0.0f)
+    for (; i < d; i++) {
+        float lanes[16];
+        for (int l = 0; l < 16; l++)
+            lanes[l] = slots == 16 ? LANE_AT(l) : (LANE_AT(l) + LANE_AT(32 + l)) + (LANE_AT(16 + l) + LANE_AT(48 + l));
+        dst[i] = sum16_tree(lanes);
+    }
+#undef LANE_AT
+#undef LANE_HAS
+}
+
+/* One query row, one KV head and heads [g0, g1) of its group attend over the sequence's visible keys. The
  * probability-weighted sum of V keeps one partial sum per lane of ggml's order (cell index mod 64 for
  * decode, mod 16 for tinyBLAS), reduced in that order at the end. */
-static void attend_row(const attn_job *job, int64_t t, int kvh, float *scores, float *krow, float *acc) {
+static void attend_row(const attn_job *job, int64_t t, int kvh, int g0, int g1, float *scores, float *krow,
+                       float *acc) {
     const int d = job->head_dim, H = job->num_heads, KVH = job->num_kv_heads;
-    const int groups = H / KVH;
+    const int groups = H / KVH, ng = g1 - g0;
     const int s = job->token_seq[t];
     const int64_t seq_len = job->seq_lens[s];
     const int64_t q_len = job->query_start[s + 1] - job->query_start[s];
@@ -490,19 +528,19 @@ static void attend_row(const attn_job *job, int64_t t, int kvh, float *scores, f
     const int64_t eb = cache_elem_bytes(job->cache_dtype);
     const int32_t *table = job->block_tables + (int64_t)s * job->max_blocks;
     const int bs = job->block_size;
+    const float *q0 = job->q_rounded + (t * H + kvh * groups + g0) * d;
 
-    for (int g = 0; g < groups; g++)
+    for (int g = 0; g < ng; g++)
         for (int64_t j = 0; j < width; j++) scores[g * width + j] = -INFINITY;
     for (int64_t j = lo; j <= pos; j++) {
         const int64_t slot = (int64_t)table[j / bs] * bs + j % bs;
         load_row(job->cache_dtype, (const char *)job->k_cache + (slot * KVH + kvh) * d * eb, krow, d);
-        for (int g = 0; g < groups; g++) {
-            const float *qh = job->q_rounded + (t * H + kvh * groups + g) * d;
-            const float kq = tiny_kq ? dot_tiny_order(krow, qh, d) : dot_vec_order(krow, qh, d);
+        for (int g = 0; g < ng; g++) {
+            const float kq = tiny_kq ? dot_tiny_order(krow, q0 + g * d, d) : dot_vec_order(krow, q0 + g * d, d);
             scores[g * width + (j - lo_al)] = kq * job->kq_scale;
         }
     }
-    for (int g = 0; g < groups; g++) {
+    for (int g = 0; g < ng; g++) {
         float *sc = scores + g * width;
         float max = -INFINITY;
         for (int64_t j = 0; j < width; j++) max = sc[j] > max ? sc[j] : max;
@@ -521,47 +559,51 @@ static void attend_row(const attn_job *job, int64_t t, int kvh, float *scores, f
         const int64_t slot = (int64_t)table[j / bs] * bs + j % bs;
         load_row(job->cache_dtype, (const char *)job->v_cache + (slot * KVH + kvh) * d * eb, krow, d);
         const int lane = (int)(j % slots);
-        for (int g = 0; g < groups; g++)
+        for (int g = 0; g < ng; g++)
             axpy(acc + ((int64_t)g * slots + lane) * d, scores[g * width + (j - lo_al)], krow, d, j - lo < slots);
     }
-    for (int g = 0; g < groups; g++) {
-        float *a = acc + (int64_t)g * slots * d;
-        if (count < slots) /* lanes no key reached hold zero */
-            for (int lane = 0; lane < slots; lane++) {
-                const int64_t first = lo + ((lane - lo % slots) + slots) % slots;
-                if (first > pos) memset(a + (int64_t)lane * d, 0, (size_t)d * sizeof(float));
-            }
-        float *dst = job->out + (t * H + kvh * groups + g) * d;
-        float lanes[16];
-        for (int i = 0; i < d; i++) {
-            for (int l = 0; l < 16; l++) {
-                if (slots == 16) {
-                    lanes[l] = a[(int64_t)l * d + i];
-                } else { /* fold the four 16-lane registers as ggml_vec_dot_f16 does */
-                    const float r0 = a[(int64_t)l * d + i], r1 = a[(int64_t)(16 + l) * d + i];
-                    const float r2 = a[(int64_t)(32 + l) * d + i], r3 = a[(int64_t)(48 + l) * d + i];
-                    lanes[l] = (r0 + r2) + (r1 + r3);
-                }
-            }
-            dst[i] = sum16_tree(lanes);
-        }
+    uint64_t touched = slots == 64 ? ~(uint64_t)0 : 0xffffu;
+    if (count < slots) {
+        touched = 0;
+        for (int64_t j = lo; j <= pos; j++) touched |= (uint64_t)1 << (j % slots);
     }
+    for (int g = 0; g < ng; g++)
+        reduce_lanes(acc + (int64_t)g * slots * d, slots, touched, d, job->out + (t * H + kvh * groups + g0 + g) * d);
 }
 
+/* Per-thread scratch, grown when a call needs more: no allocation in the steady state. */
+static float *scratch(size_t floats) {
+    static __thread float *buf = NULL;
+    static __thread size_t cap = 0;
+    if (floats > cap) {
+        free(buf);
+        cap = floats + floats / 2;
+        buf = (float *)malloc(cap * sizeof(float));
+        if (buf == NULL) cap = 0;
+    }
+    return buf;
+}
+
+/* Work items: (token, KV head, part of the group). A batch with fewer rows than threads (a decode) splits
+ * each group's heads, so both threads work on a long context. */
 static void attend_items(void *ctx, int64_t begin, int64_t end) {
-    const attn_job *job = (const attn_job *)ctx;
-    const int groups = job->num_heads / job->num_kv_heads;
+    attn_job *job = (attn_job *)ctx;
+    const int groups = job->num_heads / job->num_kv_heads, parts = job->group_parts;
+    const int per = (groups + parts - 1) / parts;
     const int64_t width = (int64_t)job->max_seq_len + 32;
-    const int64_t need = groups * width + job->head_dim + (int64_t)groups * 64 * job->head_dim;
-    float *scores = (float *)malloc((size_t)need * sizeof(float));
+    float *scores = scratch((size_t)(per * width + job->head_dim + (int64_t)per * 64 * job->head_dim));
     if (scores == NULL) {
-        ((attn_job *)ctx)->failed = 1;
+        job->failed = 1;
         return;
     }
-    float *krow = scores + groups * width, *acc = krow + job->head_dim;
-    for (int64_t item = begin; item < end; item++)
-        attend_row(job, item / job->num_kv_heads, (int)(item % job->num_kv_heads), scores, krow, acc);
-    free(scores);
+    float *krow = scores + per * width, *acc = krow + job->head_dim;
+    for (int64_t item = begin; item < end; item++) {
+        const int part = (int)(item % parts);
+        const int64_t row = item / parts;
+        const int g0 = part * per, g1 = g0 + per < groups ? g0 + per : groups;
+        if (g0 < g1)
+            attend_row(job, row / job->num_kv_heads, (int)(row % job->num_kv_heads), g0, g1, scores, krow, acc);
+    }
 }
 
 /* Paged attention for a flat batch (decodes, prefills, chunks after a prefix-cache hit): q/k get their
@@ -579,7 +621,7 @@ int ladle_attention(const float *q, const float *k, const float *v, int64_t num_
                     q_norm_w,  k_norm_w,  eps,         rope,         positions,    slot_mapping, k_cache,
                     v_cache,   cache_dtype, block_size, block_tables, max_blocks,  seq_lens,     query_start,
                     num_seqs,  q_scale,   kq_scale,    sliding_window, out,        NULL,         NULL,
-                    0,         0};
+                    0,         0,         1};
     job.q_rounded = (float *)malloc((size_t)num_tokens * num_heads * head_dim * sizeof(float));
     job.token_seq = (int32_t *)malloc((size_t)num_tokens * sizeof(int32_t));
     if (job.q_rounded == NULL || job.token_seq == NULL) {
@@ -593,7 +635,11 @@ int ladle_attention(const float *q, const float *k, const float *v, int64_t num_
     }
     /* Every new K/V is in the cache before any row reads it: a prefill's rows attend to each other. */
     parallel_for(prepare_tokens, &job, num_tokens, 8, nthreads);
-    parallel_for(attend_items, &job, num_tokens * num_kv_heads, 1, nthreads);
+    const int groups = num_heads / num_kv_heads;
+    const int64_t rows = num_tokens * num_kv_heads;
+    /* only for long contexts: waking a worker costs more than it saves on short ones */
+    if (nthreads > 1 && rows < nthreads && job.max_seq_len >= 2048) job.group_parts = groups < nthreads ? groups : nthreads;
+    parallel_for(attend_items, &job, rows * job.group_parts, 1, nthreads);
     free(job.q_rounded);
     free(job.token_seq);
     return job.failed ? -1 : 0;

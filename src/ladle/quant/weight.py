@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ladle.quant.dequant import QType, dequantize, row_bytes
-from ladle.quant.native import NativeKernels, native_kernels
+from ladle.quant.native import NativeKernels, QuantizedInput, native_kernels
 
 # Rows dequantized at a time by the pure-torch fallback of linear(): bounds its float32 temporary.
 _FALLBACK_ROWS = 4096
@@ -49,12 +49,25 @@ class GGMLWeight:
     def has_fast_matmul(self) -> bool:
         return self._kernels is not None
 
-    def linear(self, x: torch.Tensor) -> torch.Tensor:
-        """x [..., in_features] -> x @ W.T [..., out_features] (float32)."""
+    @property
+    def act_format(self) -> int | None:
+        """Weights with equal act_format can share one quantize_input() of their common input; None without
+        native kernels."""
+        return None if self._kernels is None else self._kernels.act_format(self.qtype)
+
+    def quantize_input(self, x: torch.Tensor) -> QuantizedInput | None:
+        """x [..., in_features] quantized as ggml does for this weight (see NativeKernels.quantize_input)."""
+        if self._kernels is None:
+            return None
+        return self._kernels.quantize_input(self.qtype, x.reshape(-1, self.shape[1]))
+
+    def linear(self, x: torch.Tensor, quantized: QuantizedInput | None = None) -> torch.Tensor:
+        """x [..., in_features] -> x @ W.T [..., out_features] (float32), computed as llama.cpp does.
+        `quantized`: x already quantized by quantize_input of a weight with the same act_format."""
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.shape[1]).float().contiguous()
         if self._kernels is not None:
-            y = self._kernels.matmul(self.qtype, self.raw, x2)
+            y = self._kernels.matmul(self.qtype, self.raw, x2, quantized=quantized)
         else:
             y = torch.cat(
                 [

@@ -1,114 +1,73 @@
-/* y = x @ W.T for W kept in GGML block formats, on the CPU. Reading the weights in their packed form is what
- * makes batch-1 decode fast: a Q8_0 matrix is ~1.06 bytes per weight instead of 4.
+/* y = x @ W.T for W kept in GGML block formats, computed the way ggml's CPU backend computes it, so that
+ * ladle gives llama.cpp's numbers up to the order of float additions (relative differences ~1e-6).
  *
- * Each format has one decoder (decode_*) that turns a 32-value block into 32 signed 8-bit integers, one or
- * two float scales and an offset. Two paths consume it:
- * - int8 (ladle_matmul): the activations are quantized to 8 bits too, as ggml does, and multiplied with
- *   integer dot products (AVX2 vpmaddubsw, 32 products per instruction). Activations use ggml's Q8_0/Q8_1
- *   format, rounding included: 32 values per block, d = max|x|/127 rounded to f16, q = round-half-even(
- *   x * 127/max|x|), s = f16(d_unrounded * sum q) for the Q4_1/Q5_1 offsets. For Q8_0/Q4_0/Q5_0 weights
- *   the integer sums therefore equal llama.cpp's exactly. ggml gives K-quants 256-value activation blocks
- *   (Q8_K); ladle uses 32 for them too: Gemma's FFN inputs have outliers ~100x their RMS and a 256-value
- *   block rounds everything near an outlier to a few levels (2% error on Gemma 3's ffn_down against 0.7%).
- * - float (ladle_matmul_float): float activations times the decoded weights: dequantize(W) @ x up to the
- *   order of float additions. Slower per weight, but exact.
- * Both decode each weight block once for up to FTILE activation rows.
+ * ggml first quantizes the activations to the weight type's vec_dot_type, then multiplies integers:
+ * - Q4_0, Q5_0, Q8_0 weights: Q8_0 activations (32 values: d = f16(max|x|/127), q = round-half-even(x *
+ *   127/max|x|)); Q4_1, Q5_1: Q8_1 (the same plus s = f16(d * sum q), which carries the weight's min).
+ *   One internal block format, a32_block, holds both (ladle_quantize_activations).
+ * - Q4_K, Q5_K, Q6_K: Q8_K (256 values: iscale = -127/x_m with x_m the first value of largest magnitude,
+ *   q = min(127, nearest_int(iscale * x)), d = 1/iscale as a float, bsums = sums of 16 q). llama.cpp's
+ *   repacked Q4_K route (Q4_Kx8 weights, Q8_Kx4 activations) quantizes the same way up to the sign
+ *   convention when +max and -max tie, which flips q and d together and changes no product.
+ * Per block the integer dot product is exact (as in ggml's x86 kernels); it is then scaled by the product
+ * of the two float scales, and for K-quants the mins are applied through bsums, as ggml does.
+ *
+ * The kernels here are 256-bit. Activations of the 32-value formats are stored offset by +128 so that
+ * one unsigned x signed multiply-add (AVX512-VNNI vpdpbusd, else vpmaddubsw + vpmaddwd) takes signed
+ * weights; the offset's contribution, 128 * sum(w), is computed once per weight block. K-quant weights are
+ * unsigned already (Q6_K's -32 goes through bsums). Each weight block is decoded once for a tile of
+ * activation rows, and each activation block loaded once for a tile of weight rows.
+ * Without AVX2 a plain C version computes the same integers, one weight row and activation row at a time.
  *
  * Built on first use by ladle/quant/native.py (cc -O3 -march=native -pthread) and called through ctypes.
- * Every kernel has a plain C version beside the AVX2 one, used when the compiler targets no AVX2.
- * Tests compare both against gguf's numpy dequantizer (tests/test_quant_matmul.py).
- */
+ * tests/test_quant_matmul.py compares everything against ggml's own library (tests/ggml_reference.py). */
 #include <math.h>
-#include <pthread.h>
-#include <sched.h>
-#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "ggml_common.h"
 #include "thread_pool.h"
-#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-#include <immintrin.h>
-#define LADLE_AVX2 1
+
+#if defined(LADLE_AVX2) && defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#define LADLE_VNNI 1
 #endif
 
-/* GGML type ids (ggml.h). */
-enum { T_Q4_0 = 2, T_Q4_1 = 3, T_Q5_0 = 6, T_Q5_1 = 7, T_Q8_0 = 8, T_Q4_K = 12, T_Q5_K = 13, T_Q6_K = 14 };
+/* Activations for the 32-value formats: ggml's Q8_0 and Q8_1 fields, q stored as q + 128. */
+typedef struct {
+    float d;        /* f16(max|x| / 127), as a float */
+    float s;        /* f16(unrounded d * sum q): Q8_1's s */
+    uint8_t qs[32]; /* q + 128 */
+} a32_block;
 
-/* x[i] ~= d * qs[i]; s ~= d * sum (both through f16, as ggml stores them); sum = sum(qs). */
+/* Activations for K-quants: ggml's block_q8_K, same layout. */
 typedef struct {
     float d;
-    float s;
-    int32_t sum;
-    int8_t qs[32];
-} act_block;
+    int8_t qs[256];
+    int16_t bsums[16];
+} q8k_block;
 
-static inline float half_to_float(const uint8_t *p) {
-    uint16_t h;
-    memcpy(&h, p, 2);
-#ifdef LADLE_AVX2
-    return _cvtsh_ss(h);
-#else
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, mant = h & 0x3ff, bits;
-    if (exp == 0) {
-        if (mant == 0) {
-            bits = sign;
-        } else { /* subnormal: renormalize */
-            exp = 127 - 15 + 1;
-            while (!(mant & 0x400)) {
-                mant <<= 1;
-                exp--;
-            }
-            bits = sign | (exp << 23) | ((mant & 0x3ff) << 13);
-        }
-    } else if (exp == 31) {
-        bits = sign | 0x7f800000 | (mant << 13);
-    } else {
-        bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
+static inline int block_bytes(int qtype) {
+    switch (qtype) {
+        case T_Q4_0: return 18;
+        case T_Q4_1: return 20;
+        case T_Q5_0: return 22;
+        case T_Q5_1: return 24;
+        case T_Q8_0: return 34;
+        case T_Q4_K: return 144;
+        case T_Q5_K: return 176;
+        case T_Q6_K: return 210;
+        default: return 0;
     }
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
-#endif
-}
-
-/* float -> nearest f16 (ties to even) -> float: the value ggml keeps after storing a scale as f16. */
-static inline float round_to_half(float f) {
-#ifdef LADLE_AVX2
-    return _cvtsh_ss(_cvtss_sh(f, 0));
-#else
-    uint32_t x;
-    memcpy(&x, &f, 4);
-    const uint32_t sign = x & 0x80000000u, ax = x & 0x7fffffffu;
-    uint16_t h;
-    if (ax >= 0x7f800000u) {
-        h = (uint16_t)((sign >> 16) | 0x7c00 | (ax > 0x7f800000u ? 0x200 : 0));
-    } else if (ax >= 0x477ff000u) { /* rounds to >= 65520: overflow to inf */
-        h = (uint16_t)((sign >> 16) | 0x7c00);
-    } else if (ax < 0x38800000u) { /* below the smallest normal half: subnormal, steps of 2^-24 */
-        float v;
-        memcpy(&v, &ax, 4);
-        const float q = nearbyintf(v * 16777216.0f); /* in units of 2^-24, ties to even */
-        h = (uint16_t)((sign >> 16) | (uint32_t)q);
-    } else {
-        const uint32_t mant = ax & 0x7fffff, exp = (ax >> 23) - 127 + 15;
-        uint32_t hv = (exp << 10) | (mant >> 13);
-        const uint32_t rest = mant & 0x1fff;
-        if (rest > 0x1000 || (rest == 0x1000 && (hv & 1))) hv++; /* may carry into the exponent: fine */
-        h = (uint16_t)((sign >> 16) | hv);
-    }
-    uint8_t b[2] = {(uint8_t)(h & 0xff), (uint8_t)(h >> 8)};
-    return half_to_float(b);
-#endif
 }
 
 /* ------------------------------------------------------------------------------------------------ */
-/* Activation quantization                                                                           */
+/* Activation quantization (bit-exact with ggml's x86 quantize_row_q8_0 / q8_1 / q8_K)                 */
 
-static void quantize_row(const float *x, act_block *out, int64_t k) {
+static void quantize_a32_row(const float *x, a32_block *out, int64_t k) {
     for (int64_t b = 0; b < k / 32; b++) {
         const float *xb = x + b * 32;
-        act_block *o = out + b;
+        a32_block *o = out + b;
 #ifdef LADLE_AVX2
         __m256 v[4];
         const __m256 sign_bit = _mm256_set1_ps(-0.0f);
@@ -121,479 +80,706 @@ static void quantize_row(const float *x, act_block *out, int64_t k) {
         m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
         m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
         const float max_abs = _mm_cvtss_f32(m4);
-        const float scale = max_abs > 0.0f ? 127.0f / max_abs : 0.0f;
         const float d = max_abs / 127.0f;
-        o->d = round_to_half(d);
-        const __m256 s = _mm256_set1_ps(scale);
-        __m256i i0 = _mm256_cvtps_epi32(_mm256_mul_ps(v[0], s));
-        __m256i i1 = _mm256_cvtps_epi32(_mm256_mul_ps(v[1], s));
-        __m256i i2 = _mm256_cvtps_epi32(_mm256_mul_ps(v[2], s));
-        __m256i i3 = _mm256_cvtps_epi32(_mm256_mul_ps(v[3], s));
-        __m256i total = _mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3));
+        const __m256 scale = _mm256_set1_ps(max_abs != 0.0f ? 127.0f / max_abs : 0.0f);
+        __m256i q[4];
+        for (int i = 0; i < 4; i++) q[i] = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], scale)); /* ties to even */
+        const __m256i total = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
         __m128i t = _mm_add_epi32(_mm256_castsi256_si128(total), _mm256_extracti128_si256(total, 1));
         t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0x4e));
         t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0xb1));
-        o->sum = _mm_cvtsi128_si32(t);
-        o->s = round_to_half(d * (float)o->sum);
+        o->d = round_to_half(d);
+        o->s = round_to_half(d * (float)_mm_cvtsi128_si32(t));
         /* The packs work per 128-bit lane, leaving 4-byte groups in the order 0,2,4,6,1,3,5,7: undo that. */
-        __m256i packed = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
+        __m256i packed = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
         packed = _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-        _mm256_storeu_si256((__m256i *)o->qs, packed);
+        _mm256_storeu_si256((__m256i *)o->qs, _mm256_xor_si256(packed, _mm256_set1_epi8((char)0x80)));
 #else
         float max_abs = 0.0f;
-        for (int i = 0; i < 32; i++) {
-            const float a = fabsf(xb[i]);
-            max_abs = a > max_abs ? a : max_abs;
-        }
-        const float scale = max_abs > 0.0f ? 127.0f / max_abs : 0.0f;
+        for (int i = 0; i < 32; i++) max_abs = fmaxf(max_abs, fabsf(xb[i]));
         const float d = max_abs / 127.0f;
+        const float scale = max_abs != 0.0f ? 127.0f / max_abs : 0.0f;
         int32_t sum = 0;
         for (int i = 0; i < 32; i++) {
             const int q = (int)nearbyintf(xb[i] * scale);
-            o->qs[i] = (int8_t)q;
+            o->qs[i] = (uint8_t)(q + 128);
             sum += q;
         }
         o->d = round_to_half(d);
-        o->sum = sum;
         o->s = round_to_half(d * (float)sum);
 #endif
     }
 }
 
-/* ------------------------------------------------------------------------------------------------ */
-/* AVX2 helpers                                                                                      */
+/* ggml's x86 quantize_row_q8_K is its reference C code; so is this (nearbyintf = nearest_int's ties to even). */
+static void quantize_q8k_row(const float *x, q8k_block *out, int64_t k) {
+    for (int64_t b = 0; b < k / 256; b++) {
+        const float *xb = x + b * 256;
+        q8k_block *o = out + b;
+        float amax = 0.0f, max = 0.0f;
+        for (int i = 0; i < 256; i++) {
+            const float a = fabsf(xb[i]);
+            if (a > amax) {
+                amax = a;
+                max = xb[i];
+            }
+        }
+        memset(o->bsums, 0, sizeof o->bsums);
+        if (amax == 0.0f) {
+            o->d = 0.0f;
+            memset(o->qs, 0, sizeof o->qs);
+            continue;
+        }
+        const float iscale = -127.0f / max;
+        for (int i = 0; i < 256; i++) {
+            const int q = (int)nearbyintf(iscale * xb[i]);
+            o->qs[i] = (int8_t)(q < 127 ? q : 127);
+        }
+        for (int g = 0; g < 16; g++) {
+            int sum = 0;
+            for (int i = 0; i < 16; i++) sum += o->qs[16 * g + i];
+            o->bsums[g] = (int16_t)sum;
+        }
+        o->d = 1.0f / iscale;
+    }
+}
 
+/* Bytes of quantized activations (the internal format) for one row of k values. */
+int64_t ladle_act_row_bytes(int qtype, int64_t k) {
+    return is_k_quant(qtype) ? (k / 256) * (int64_t)sizeof(q8k_block) : (k / 32) * (int64_t)sizeof(a32_block);
+}
+
+/* 0: a32 (Q8_0/Q8_1 activations), 1: Q8_K. Weights of one format can share quantized inputs. */
+int ladle_act_format(int qtype) { return is_k_quant(qtype); }
+
+typedef struct {
+    int qtype;
+    const float *x;
+    int64_t k;
+    uint8_t *out;
+} quant_job;
+
+static void quantize_rows(void *ctx, int64_t begin, int64_t end) {
+    const quant_job *j = (const quant_job *)ctx;
+    const int64_t row_bytes = ladle_act_row_bytes(j->qtype, j->k);
+    for (int64_t r = begin; r < end; r++) {
+        if (is_k_quant(j->qtype))
+            quantize_q8k_row(j->x + r * j->k, (q8k_block *)(j->out + r * row_bytes), j->k);
+        else
+            quantize_a32_row(j->x + r * j->k, (a32_block *)(j->out + r * row_bytes), j->k);
+    }
+}
+
+/* Quantize m rows of k floats into the internal activation format of qtype's kernels. */
+void ladle_quantize_activations(int qtype, const float *x, int64_t m, int64_t k, void *out, int nthreads) {
+    quant_job job = {qtype, x, k, (uint8_t *)out};
+    parallel_for(quantize_rows, &job, m, 8, m * k >= (1 << 16) ? nthreads : 1);
+}
+
+static void store_half(uint8_t *p, float f) {
 #ifdef LADLE_AVX2
-static inline float hsum_ps(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
-/* 8 int32 partial sums of u[i]*s[i] over 32 bytes; u is read unsigned, s signed (no overflow for |u|<=128). */
-static inline __m256i dot_us(__m256i u, __m256i s) {
-    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
-}
-
-/* Same for two signed operands: move a's sign onto b so the unsigned operand is |a|. */
-static inline __m256i dot_ss(__m256i a, __m256i b) {
-    return dot_us(_mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a));
-}
-
-/* 16 packed bytes -> 32 values: low nibbles (elements 0..15) then high nibbles (16..31). */
-static inline __m256i unpack_nibbles16(const uint8_t *p) {
-    const __m128i raw = _mm_loadu_si128((const __m128i *)p);
-    const __m128i m4 = _mm_set1_epi8(0x0f);
-    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), m4), _mm_and_si128(raw, m4));
-}
-
-/* 32 bits (little-endian at p) -> 32 bytes, 0x10 where the bit is set. */
-static inline __m256i fifth_bits(const uint8_t *p) {
-    uint32_t bits;
-    memcpy(&bits, p, 4);
-    const __m256i byte_of_bit = _mm256_set_epi64x(0x0303030303030303LL, 0x0202020202020202LL,
-                                                  0x0101010101010101LL, 0x0000000000000000LL);
-    const __m256i bit_in_byte = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
-    __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32((int)bits), byte_of_bit);
-    v = _mm256_cmpeq_epi8(_mm256_and_si256(v, bit_in_byte), bit_in_byte);
-    return _mm256_and_si256(v, _mm256_set1_epi8(0x10));
-}
-#endif
-
-static inline void k_scale_min(const uint8_t *p, int j, int *sc, int *mn) {
-    if (j < 4) {
-        *sc = p[j] & 63;
-        *mn = p[j + 4] & 63;
+    const uint16_t h = (uint16_t)_cvtss_sh(f, 0);
+#else
+    /* f is already an f16 value: its bits are exponent and top mantissa bits of the float. */
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    const uint32_t sign = (x >> 16) & 0x8000, ax = x & 0x7fffffff;
+    uint16_t h;
+    if (ax == 0) {
+        h = (uint16_t)sign;
+    } else if (ax < 0x38800000u) { /* subnormal half: steps of 2^-24 */
+        float v;
+        memcpy(&v, &ax, 4);
+        h = (uint16_t)(sign | (uint32_t)(v * 16777216.0f));
     } else {
-        *sc = (p[j + 4] & 0x0f) | ((p[j - 4] >> 6) << 4);
-        *mn = (p[j + 4] >> 4) | ((p[j] >> 6) << 4);
+        h = (uint16_t)(sign | (((ax >> 23) - 112) << 10) | ((ax >> 13) & 0x3ff));
+    }
+#endif
+    memcpy(p, &h, 2);
+}
+
+/* The internal activations in ggml's own layout (block_q8_0, block_q8_1 or block_q8_K, by qtype's
+ * vec_dot_type), to compare with ggml's quantize_row bytes. */
+void ladle_activations_to_ggml(int qtype, const void *act, int64_t m, int64_t k, uint8_t *out) {
+    if (is_k_quant(qtype)) {
+        memcpy(out, act, (size_t)(m * ladle_act_row_bytes(qtype, k)));
+        return;
+    }
+    const int with_s = qtype == T_Q4_1 || qtype == T_Q5_1;
+    const int64_t size = with_s ? 36 : 34, nb = m * (k / 32);
+    const a32_block *a = (const a32_block *)act;
+    for (int64_t b = 0; b < nb; b++) {
+        uint8_t *o = out + b * size;
+        store_half(o, a[b].d);
+        if (with_s) store_half(o + 2, a[b].s);
+        for (int i = 0; i < 32; i++) o[size - 32 + i] = (uint8_t)(a[b].qs[i] ^ 0x80);
     }
 }
 
 /* ------------------------------------------------------------------------------------------------ */
-/* Float-activation path: each 32-value weight block is decoded to signed integers and one or two scales
- * (plus an offset), converted to float and multiplied with the float activations, so the result equals
- * dequantize(W) @ x up to the order of float additions: no activation rounding at all. At batch 1 decoding
- * is memory-bound and this costs no more than the integer path; with many rows the integer path wins.     */
+/* Weight decoding                                                                                    */
 
+/* A K-quant super-block's scales: Q4_K/Q5_K's eight 6-bit scales and mins (unpacked from their 12 bytes
+ * with word operations: bytes 0-3 hold scales 0-3 and, in their top 2 bits, the high bits of scales 4-7;
+ * bytes 4-7 the same for the mins; bytes 8-11 the low nibbles of scales 4-7 and mins 4-7), or Q6_K's
+ * sixteen int8 scales. */
 typedef struct {
-#ifdef LADLE_AVX2
-    __m256i q;
-#else
-    int8_t q[32];
-#endif
-    float d0, d1; /* scale of values 0..15 and of 16..31 (equal except for Q6_K) */
-    float m;      /* added to every value (Q4_1/Q5_1 min, minus the K-quant min) */
-    int m_via_s;  /* int8 path: apply m through ggml's f16 s = d*sum (Q4_1/Q5_1, as llama.cpp) */
-} wblock;
+    float d, dmin;
+    int16_t sc[16];
+    uint8_t mn[8];
+} kscales;
 
-#ifdef LADLE_AVX2
-#define WQ_SET(dst, v) ((dst)->q = (v))
-#else
-#define WQ_SET(dst, v) memcpy((dst)->q, &(v), 32)
-#endif
+static inline void k_scales(int qtype, const uint8_t *sb, kscales *o) {
+    if (qtype == T_Q6_K) {
+        const int8_t *sc = (const int8_t *)(sb + 192);
+        o->d = half_to_float(sb + 208);
+        o->dmin = 0.0f;
+        for (int i = 0; i < 16; i++) o->sc[i] = sc[i];
+        return;
+    }
+    o->d = half_to_float(sb);
+    o->dmin = half_to_float(sb + 2);
+    uint32_t w[3];
+    memcpy(w, sb + 4, 12);
+    const uint32_t low6 = 0x3f3f3f3fu, nib = 0x0f0f0f0fu, top2 = 0xc0c0c0c0u;
+    const uint32_t sc_lo = w[0] & low6, mn_lo = w[1] & low6;
+    const uint32_t sc_hi = (w[2] & nib) | ((w[0] & top2) >> 2), mn_hi = ((w[2] >> 4) & nib) | ((w[1] & top2) >> 2);
+    uint8_t sc[8];
+    memcpy(sc, &sc_lo, 4);
+    memcpy(sc + 4, &sc_hi, 4);
+    memcpy(o->mn, &mn_lo, 4);
+    memcpy(o->mn + 4, &mn_hi, 4);
+    for (int i = 0; i < 8; i++) o->sc[i] = sc[i];
+}
+
+/* The 32 unsigned values t (0..7) of a K-quant super-block, in activation order, as plain bytes. */
+static inline void k_values_c(int qtype, const uint8_t *sb, int t, uint8_t *q) {
+    for (int l = 0; l < 32; l++) {
+        if (qtype == T_Q6_K) {
+            const int h = t / 4, s = t % 4;
+            const uint8_t ql = sb[64 * h + 32 * (s & 1) + l], qh = sb[128 + 32 * h + l];
+            q[l] = (uint8_t)((s < 2 ? ql & 0x0f : ql >> 4) | (((qh >> (2 * s)) & 3) << 4));
+        } else {
+            const uint8_t *qs = sb + (qtype == T_Q4_K ? 16 : 48) + 32 * (t / 2);
+            q[l] = (uint8_t)((t & 1) ? qs[l] >> 4 : qs[l] & 0x0f);
+            if (qtype == T_Q5_K) q[l] |= (uint8_t)(((sb[16 + l] >> t) & 1) << 4);
+        }
+    }
+}
+
+/* A 32-value block as signed values (what ggml's kernels multiply), its scale d and min m (Q4_1/Q5_1). */
+static inline void a32_values_c(int qtype, const uint8_t *blk, int8_t *q, float *d, float *m) {
+    *d = half_to_float(blk);
+    *m = (qtype == T_Q4_1 || qtype == T_Q5_1) ? half_to_float(blk + 2) : 0.0f;
+    if (qtype == T_Q8_0) {
+        memcpy(q, blk + 2, 32);
+        return;
+    }
+    const int has_min = qtype == T_Q4_1 || qtype == T_Q5_1, five = qtype == T_Q5_0 || qtype == T_Q5_1;
+    const uint8_t *qs = blk + 2 + 2 * has_min + 4 * five;
+    uint32_t qh = 0;
+    if (five) memcpy(&qh, blk + 2 + 2 * has_min, 4);
+    const int offset = has_min ? 0 : (five ? 16 : 8);
+    for (int i = 0; i < 16; i++) {
+        q[i] = (int8_t)(((qs[i] & 0x0f) | (((qh >> i) & 1) << 4)) - offset);
+        q[i + 16] = (int8_t)(((qs[i] >> 4) | (((qh >> (i + 16)) & 1) << 4)) - offset);
+    }
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* Plain C: one weight row times one activation row, the same integers and scale products as ggml.   */
 
 #ifndef LADLE_AVX2
-/* Plain C stand-ins for the two unpackers, producing the same byte order. */
-typedef struct { int8_t b[32]; } bytes32;
-static inline bytes32 c_nibbles16(const uint8_t *p) {
-    bytes32 r;
-    for (int i = 0; i < 16; i++) {
-        r.b[i] = (int8_t)(p[i] & 0x0f);
-        r.b[i + 16] = (int8_t)(p[i] >> 4);
+static float dot_a32_c(int qtype, const uint8_t *w, const a32_block *a, int64_t nb) {
+    const int bs = block_bytes(qtype);
+    float sum = 0.0f, mins = 0.0f;
+    for (int64_t b = 0; b < nb; b++) {
+        int8_t q[32];
+        float d, m;
+        a32_values_c(qtype, w + b * bs, q, &d, &m);
+        int32_t isum = 0;
+        for (int i = 0; i < 32; i++) isum += q[i] * ((int)a[b].qs[i] - 128);
+        sum += d * a[b].d * (float)isum;
+        mins += m * a[b].s;
     }
-    return r;
-}
-static inline void c_add_fifth(bytes32 *r, const uint8_t *qh) {
-    uint32_t bits;
-    memcpy(&bits, qh, 4);
-    for (int i = 0; i < 32; i++) r->b[i] = (int8_t)(r->b[i] | (((bits >> i) & 1) << 4));
-}
-static inline void c_offset(bytes32 *r, int off) {
-    for (int i = 0; i < 32; i++) r->b[i] = (int8_t)(r->b[i] - off);
-}
-#endif
-
-static inline void decode_q8_0(const uint8_t *w, int64_t b, wblock *o) {
-    const uint8_t *blk = w + b * 34;
-    o->d0 = o->d1 = half_to_float(blk);
-    o->m = 0.0f;
-#ifdef LADLE_AVX2
-    o->q = _mm256_loadu_si256((const __m256i *)(blk + 2));
-#else
-    memcpy(o->q, blk + 2, 32);
-#endif
+    return sum + mins;
 }
 
-static inline void decode_q4_0(const uint8_t *w, int64_t b, wblock *o) {
-    const uint8_t *blk = w + b * 18;
-    o->d0 = o->d1 = half_to_float(blk);
-    o->m = 0.0f;
-#ifdef LADLE_AVX2
-    o->q = _mm256_sub_epi8(unpack_nibbles16(blk + 2), _mm256_set1_epi8(8));
-#else
-    bytes32 r = c_nibbles16(blk + 2);
-    c_offset(&r, 8);
-    WQ_SET(o, r);
-#endif
-}
-
-static inline void decode_q4_1(const uint8_t *w, int64_t b, wblock *o) {
-    const uint8_t *blk = w + b * 20;
-    o->d0 = o->d1 = half_to_float(blk);
-    o->m = half_to_float(blk + 2);
-    o->m_via_s = 1;
-#ifdef LADLE_AVX2
-    o->q = unpack_nibbles16(blk + 4);
-#else
-    bytes32 r = c_nibbles16(blk + 4);
-    WQ_SET(o, r);
-#endif
-}
-
-static inline void decode_q5_0(const uint8_t *w, int64_t b, wblock *o) {
-    const uint8_t *blk = w + b * 22;
-    o->d0 = o->d1 = half_to_float(blk);
-    o->m = 0.0f;
-#ifdef LADLE_AVX2
-    o->q = _mm256_sub_epi8(_mm256_or_si256(unpack_nibbles16(blk + 6), fifth_bits(blk + 2)), _mm256_set1_epi8(16));
-#else
-    bytes32 r = c_nibbles16(blk + 6);
-    c_add_fifth(&r, blk + 2);
-    c_offset(&r, 16);
-    WQ_SET(o, r);
-#endif
-}
-
-static inline void decode_q5_1(const uint8_t *w, int64_t b, wblock *o) {
-    const uint8_t *blk = w + b * 24;
-    o->d0 = o->d1 = half_to_float(blk);
-    o->m = half_to_float(blk + 2);
-    o->m_via_s = 1;
-#ifdef LADLE_AVX2
-    o->q = _mm256_or_si256(unpack_nibbles16(blk + 8), fifth_bits(blk + 4));
-#else
-    bytes32 r = c_nibbles16(blk + 8);
-    c_add_fifth(&r, blk + 4);
-    WQ_SET(o, r);
-#endif
-}
-
-/* K-quants: block b is sub-block j = b % 8 of super-block b / 8. */
-static inline void decode_q4_k(const uint8_t *w, int64_t b, wblock *o) {
-    const uint8_t *blk = w + (b / 8) * 144;
-    const int j = (int)(b % 8);
-    int sc, mn;
-    k_scale_min(blk + 4, j, &sc, &mn);
-    o->d0 = o->d1 = half_to_float(blk) * (float)sc;
-    o->m = -(half_to_float(blk + 2) * (float)mn);
-    const uint8_t *qs = blk + 16 + 32 * (j / 2);
-#ifdef LADLE_AVX2
-    const __m256i raw = _mm256_loadu_si256((const __m256i *)qs);
-    o->q = _mm256_and_si256((j & 1) ? _mm256_srli_epi16(raw, 4) : raw, _mm256_set1_epi8(0x0f));
-#else
-    for (int i = 0; i < 32; i++) o->q[i] = (int8_t)((j & 1) ? (qs[i] >> 4) : (qs[i] & 0x0f));
-#endif
-}
-
-static inline void decode_q5_k(const uint8_t *w, int64_t b, wblock *o) {
-    const uint8_t *blk = w + (b / 8) * 176;
-    const int j = (int)(b % 8);
-    int sc, mn;
-    k_scale_min(blk + 4, j, &sc, &mn);
-    o->d0 = o->d1 = half_to_float(blk) * (float)sc;
-    o->m = -(half_to_float(blk + 2) * (float)mn);
-    const uint8_t *qh = blk + 16, *qs = blk + 48 + 32 * (j / 2);
-#ifdef LADLE_AVX2
-    const __m256i raw = _mm256_loadu_si256((const __m256i *)qs);
-    const __m256i lo = _mm256_and_si256((j & 1) ? _mm256_srli_epi16(raw, 4) : raw, _mm256_set1_epi8(0x0f));
-    const __m256i hi = _mm256_slli_epi16(
-        _mm256_and_si256(_mm256_srli_epi16(_mm256_loadu_si256((const __m256i *)qh), j), _mm256_set1_epi8(1)), 4);
-    o->q = _mm256_or_si256(lo, hi);
-#else
-    for (int i = 0; i < 32; i++)
-        o->q[i] = (int8_t)(((j & 1) ? (qs[i] >> 4) : (qs[i] & 0x0f)) | (((qh[i] >> j) & 1) << 4));
-#endif
-}
-
-static inline void decode_q6_k(const uint8_t *w, int64_t b, wblock *o) {
-    const uint8_t *blk = w + (b / 8) * 210;
-    const int sub = (int)(b % 8), h = sub / 4, s = sub % 4;
-    const int8_t *scales = (const int8_t *)(blk + 192);
-    const float d = half_to_float(blk + 208);
-    o->d0 = d * (float)scales[2 * sub];
-    o->d1 = d * (float)scales[2 * sub + 1];
-    o->m = 0.0f;
-    const uint8_t *ql = blk + 64 * h + 32 * (s & 1), *qh = blk + 128 + 32 * h;
-#ifdef LADLE_AVX2
-    const __m256i l = _mm256_loadu_si256((const __m256i *)ql);
-    const __m256i lo = _mm256_and_si256(s < 2 ? l : _mm256_srli_epi16(l, 4), _mm256_set1_epi8(0x0f));
-    const __m256i hi = _mm256_slli_epi16(
-        _mm256_and_si256(_mm256_srli_epi16(_mm256_loadu_si256((const __m256i *)qh), 2 * s), _mm256_set1_epi8(3)), 4);
-    o->q = _mm256_sub_epi8(_mm256_or_si256(lo, hi), _mm256_set1_epi8(32));
-#else
-    for (int i = 0; i < 32; i++) {
-        const int lo = s < 2 ? (ql[i] & 0x0f) : (ql[i] >> 4);
-        o->q[i] = (int8_t)((lo | (((qh[i] >> (2 * s)) & 3) << 4)) - 32);
+static float dot_k_c(int qtype, const uint8_t *w, const q8k_block *a, int64_t nsb) {
+    const int bs = block_bytes(qtype), q6 = qtype == T_Q6_K;
+    float sum = 0.0f;
+    for (int64_t b = 0; b < nsb; b++) {
+        const uint8_t *sb = w + b * bs;
+        kscales ks;
+        k_scales(qtype, sb, &ks);
+        int32_t isum = 0, msum = 0;
+        for (int t = 0; t < 8; t++) {
+            uint8_t q[32];
+            k_values_c(qtype, sb, t, q);
+            for (int i = 0; i < 32; i++) isum += ks.sc[q6 ? 2 * t + i / 16 : t] * q[i] * a[b].qs[32 * t + i];
+        }
+        /* Q6_K's values are q - 32; Q4_K/Q5_K's are d * sc * q - dmin * mn */
+        for (int g = 0; g < 16; g++) msum += (q6 ? 32 * ks.sc[g] : ks.mn[g / 2]) * a[b].bsums[g];
+        if (q6)
+            sum += ks.d * a[b].d * (float)(isum - msum);
+        else
+            sum += ks.d * a[b].d * (float)isum - ks.dmin * a[b].d * (float)msum;
     }
+    return sum;
+}
+#endif
+
+/* ------------------------------------------------------------------------------------------------ */
+/* SIMD tiles: R weight rows x C activation rows per call, both compile-time constants.              */
+
+#ifdef LADLE_AVX2
+#define MAXR 4
+#define MAXC 8
+/* Tile shapes, R x C: at batch 1 several weight rows share each activation load; with more activation
+ * rows, each weight row decoded is used for as many of them as the registers allow (32 ymm with
+ * AVX-512VL, 16 with AVX2 alone). */
+#ifdef LADLE_VNNI
+#define R32 2
+#define C32 8
+#define CK 8
+#else
+#define R32 2
+#define C32 4
+#define CK 4
+#endif
+
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+
+/* How far ahead (bytes) the weights are prefetched. A tile reads R short rows in lockstep (a Gemma row
+ * is 680 bytes), which the hardware prefetcher does not follow well; the rows are contiguous, so fetching
+ * a fixed distance ahead of each row covers the tiles to come. */
+#ifndef PREFETCH_BYTES
+#define PREFETCH_BYTES 16384
+#endif
+
+/* sum over lanes-of-4 of u[i] * s[i] (u unsigned, s signed), added to acc. Without VNNI the int16 pair sums
+ * must not overflow: callers keep |u * s| pairs below 2^15. */
+ALWAYS_INLINE __m256i dot_u8s8(__m256i acc, __m256i u, __m256i s) {
+#ifdef LADLE_VNNI
+    return _mm256_dpbusd_epi32(acc, u, s);
+#else
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
 #endif
 }
 
-/* Rows per register tile: 4 x 8-float accumulators plus the decoded block and temporaries fit in 16 ymm. */
-#define FTILE 4
-
-/* y[r, n] for one weight row and up to FTILE activation rows. xsum[r * nb + b]: sum of block b of row r. */
-#define DEFINE_FLOAT_ROW(NAME, DECODE)                                                                      \
-    static void NAME(const uint8_t *w, const float *x, const float *xsum, int64_t k, int64_t rows,          \
-                     float *out) {                                                                            \
-        const int64_t nb = k / 32;                                                                            \
-        FLOAT_ROW_BODY(DECODE)                                                                                \
-    }
-
-#ifdef LADLE_AVX2
-#define FLOAT_ROW_BODY(DECODE)                                                                                \
-    __m256 acc[FTILE];                                                                                        \
-    float offset[FTILE];                                                                                      \
-    for (int r = 0; r < FTILE; r++) {                                                                         \
-        acc[r] = _mm256_setzero_ps();                                                                         \
-        offset[r] = 0.0f;                                                                                     \
-    }                                                                                                         \
-    for (int64_t b = 0; b < nb; b++) {                                                                        \
-        wblock blk = {0};                                                                                     \
-        DECODE(w, b, &blk);                                                                                   \
-        const __m128i q_lo = _mm256_castsi256_si128(blk.q), q_hi = _mm256_extracti128_si256(blk.q, 1);       \
-        const __m256 f0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q_lo));                                     \
-        const __m256 f1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q_lo, 8)));                  \
-        const __m256 f2 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q_hi));                                     \
-        const __m256 f3 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q_hi, 8)));                  \
-        const __m256 d0 = _mm256_set1_ps(blk.d0), d1 = _mm256_set1_ps(blk.d1);                               \
-        for (int64_t r = 0; r < rows; r++) {                                                                  \
-            const float *xb = x + r * k + b * 32;                                                             \
-            const __m256 t = _mm256_fmadd_ps(f1, _mm256_loadu_ps(xb + 8), _mm256_mul_ps(f0, _mm256_loadu_ps(xb)));  \
-            const __m256 u = _mm256_fmadd_ps(f3, _mm256_loadu_ps(xb + 24), _mm256_mul_ps(f2, _mm256_loadu_ps(xb + 16))); \
-            acc[r] = _mm256_fmadd_ps(d1, u, _mm256_fmadd_ps(d0, t, acc[r]));                                  \
-            offset[r] += blk.m * xsum[r * nb + b];                                                            \
-        }                                                                                                     \
-    }                                                                                                         \
-    for (int64_t r = 0; r < rows; r++) out[r] = hsum_ps(acc[r]) + offset[r];
+/* acc + sum of pairs of (int16 a * int16 b). */
+ALWAYS_INLINE __m256i dot_i16(__m256i acc, __m256i a, __m256i b) {
+#ifdef LADLE_VNNI
+    return _mm256_dpwssd_epi32(acc, a, b);
 #else
-#define FLOAT_ROW_BODY(DECODE)                                                                                \
-    float acc[FTILE] = {0}, offset[FTILE] = {0};                                                              \
-    for (int64_t b = 0; b < nb; b++) {                                                                        \
-        wblock blk = {0};                                                                                     \
-        DECODE(w, b, &blk);                                                                                   \
-        for (int64_t r = 0; r < rows; r++) {                                                                  \
-            const float *xb = x + r * k + b * 32;                                                             \
-            float t = 0.0f, u = 0.0f;                                                                         \
-            for (int i = 0; i < 16; i++) t += (float)blk.q[i] * xb[i];                                       \
-            for (int i = 16; i < 32; i++) u += (float)blk.q[i] * xb[i];                                      \
-            acc[r] += blk.d0 * t + blk.d1 * u;                                                                \
-            offset[r] += blk.m * xsum[r * nb + b];                                                            \
-        }                                                                                                     \
-    }                                                                                                         \
-    for (int64_t r = 0; r < rows; r++) out[r] = acc[r] + offset[r];
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(a, b));
 #endif
+}
 
-DEFINE_FLOAT_ROW(frow_q8_0, decode_q8_0)
-DEFINE_FLOAT_ROW(frow_q4_0, decode_q4_0)
-DEFINE_FLOAT_ROW(frow_q4_1, decode_q4_1)
-DEFINE_FLOAT_ROW(frow_q5_0, decode_q5_0)
-DEFINE_FLOAT_ROW(frow_q5_1, decode_q5_1)
-DEFINE_FLOAT_ROW(frow_q4_k, decode_q4_k)
-DEFINE_FLOAT_ROW(frow_q5_k, decode_q5_k)
-DEFINE_FLOAT_ROW(frow_q6_k, decode_q6_k)
+/* One 32-value weight block: signed values, -128*sum(values) spread over lanes, scale, min. */
+typedef struct {
+    __m256i q, corr;
+    __m256 d;
+    float m;
+} wblk32;
 
-
-/* Int8 path, the same decoders: each weight block is decoded once and multiplied, as 8-bit integers, with
- * the quantized blocks of up to FTILE activation rows (batches and prefill reuse the decode work).      */
-#define DEFINE_INT8_ROW(NAME, DECODE)                                                                       \
-    static void NAME(const uint8_t *w, const act_block *a, int64_t nb, int64_t rows, float *out) {         \
-        INT8_ROW_BODY(DECODE)                                                                                 \
-    }
-
-#ifdef LADLE_AVX2
-#define INT8_ROW_BODY(DECODE)                                                                                 \
-    __m256 acc[FTILE];                                                                                        \
-    float offset[FTILE];                                                                                      \
-    for (int r = 0; r < FTILE; r++) {                                                                         \
-        acc[r] = _mm256_setzero_ps();                                                                         \
-        offset[r] = 0.0f;                                                                                     \
-    }                                                                                                         \
-    for (int64_t b = 0; b < nb; b++) {                                                                        \
-        wblock blk = {0};                                                                                     \
-        DECODE(w, b, &blk);                                                                                   \
-        const __m256i qabs = _mm256_sign_epi8(blk.q, blk.q);                                                  \
-        /* lanes 0..3 of the int32 sums come from values 0..15, lanes 4..7 from 16..31 */                      \
-        const __m256 dw = _mm256_set_m128(_mm_set1_ps(blk.d1), _mm_set1_ps(blk.d0));                          \
-        for (int64_t r = 0; r < rows; r++) {                                                                  \
-            const act_block *ab = a + r * nb + b;                                                             \
-            const __m256i x = _mm256_loadu_si256((const __m256i *)ab->qs);                                    \
-            const __m256i p = dot_us(qabs, _mm256_sign_epi8(x, blk.q));                                       \
-            acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(ab->d)), _mm256_cvtepi32_ps(p), acc[r]); \
-            offset[r] += blk.m * (blk.m_via_s ? ab->s : ab->d * (float)ab->sum);                             \
-        }                                                                                                     \
-    }                                                                                                         \
-    for (int64_t r = 0; r < rows; r++) out[r] = hsum_ps(acc[r]) + offset[r];
-#else
-#define INT8_ROW_BODY(DECODE)                                                                                 \
-    float acc[FTILE] = {0}, offset[FTILE] = {0};                                                              \
-    for (int64_t b = 0; b < nb; b++) {                                                                        \
-        wblock blk = {0};                                                                                     \
-        DECODE(w, b, &blk);                                                                                   \
-        for (int64_t r = 0; r < rows; r++) {                                                                  \
-            const act_block *ab = a + r * nb + b;                                                             \
-            int32_t s0 = 0, s1 = 0;                                                                           \
-            for (int i = 0; i < 16; i++) s0 += blk.q[i] * ab->qs[i];                                          \
-            for (int i = 16; i < 32; i++) s1 += blk.q[i] * ab->qs[i];                                         \
-            acc[r] += ab->d * (blk.d0 * (float)s0 + blk.d1 * (float)s1);                                      \
-            offset[r] += blk.m * (blk.m_via_s ? ab->s : ab->d * (float)ab->sum);                             \
-        }                                                                                                     \
-    }                                                                                                         \
-    for (int64_t r = 0; r < rows; r++) out[r] = acc[r] + offset[r];
-#endif
-
-DEFINE_INT8_ROW(irow_q8_0, decode_q8_0)
-DEFINE_INT8_ROW(irow_q4_0, decode_q4_0)
-DEFINE_INT8_ROW(irow_q4_1, decode_q4_1)
-DEFINE_INT8_ROW(irow_q5_0, decode_q5_0)
-DEFINE_INT8_ROW(irow_q5_1, decode_q5_1)
-DEFINE_INT8_ROW(irow_q4_k, decode_q4_k)
-DEFINE_INT8_ROW(irow_q5_k, decode_q5_k)
-DEFINE_INT8_ROW(irow_q6_k, decode_q6_k)
-
-typedef void (*irow_fn)(const uint8_t *, const act_block *, int64_t, int64_t, float *);
-
-static irow_fn irow_for_type(int qtype) {
+ALWAYS_INLINE void decode32(int qtype, const uint8_t *blk, wblk32 *o) {
+    o->d = _mm256_set1_ps(half_to_float(blk));
+    o->m = 0.0f;
     switch (qtype) {
-        case T_Q8_0: return irow_q8_0;
-        case T_Q4_0: return irow_q4_0;
-        case T_Q4_1: return irow_q4_1;
-        case T_Q5_0: return irow_q5_0;
-        case T_Q5_1: return irow_q5_1;
-        case T_Q4_K: return irow_q4_k;
-        case T_Q5_K: return irow_q5_k;
-        case T_Q6_K: return irow_q6_k;
-        default: return NULL;
+        case T_Q8_0: o->q = _mm256_loadu_si256((const __m256i *)(blk + 2)); break;
+        case T_Q4_0: o->q = _mm256_sub_epi8(unpack_nibbles16(blk + 2), _mm256_set1_epi8(8)); break;
+        case T_Q4_1:
+            o->m = half_to_float(blk + 2);
+            o->q = unpack_nibbles16(blk + 4);
+            break;
+        case T_Q5_0:
+            o->q = _mm256_sub_epi8(_mm256_or_si256(unpack_nibbles16(blk + 6), fifth_bits(blk + 2)),
+                                   _mm256_set1_epi8(16));
+            break;
+        default: /* T_Q5_1 */
+            o->m = half_to_float(blk + 2);
+            o->q = _mm256_or_si256(unpack_nibbles16(blk + 8), fifth_bits(blk + 4));
+            break;
     }
+    /* The activations are q + 128: their products carry 128 * sum(w) too, taken off via corr. */
+    const __m256i s128 = dot_u8s8(_mm256_setzero_si256(), _mm256_set1_epi8((char)0x80), o->q);
+#ifdef LADLE_VNNI
+    o->corr = _mm256_sub_epi32(_mm256_setzero_si256(), s128);
+#else
+    o->corr = s128;
+#endif
 }
 
-typedef void (*frow_fn)(const uint8_t *, const float *, const float *, int64_t, int64_t, float *);
+/* Exact int32 lanes summing to sum(w * a) for one block pair. Without VNNI, Q8_0's |w| up to 128 times
+ * a + 128 up to 255 would overflow vpmaddubsw's pairs, so it takes ggml's sign trick on the signed a. */
+ALWAYS_INLINE __m256i dot32(int qtype, const wblk32 *w, __m256i a_u) {
+#ifdef LADLE_VNNI
+    (void)qtype;
+    return _mm256_dpbusd_epi32(w->corr, a_u, w->q);
+#else
+    if (qtype == T_Q8_0) {
+        const __m256i a = _mm256_xor_si256(a_u, _mm256_set1_epi8((char)0x80));
+        return dot_u8s8(_mm256_setzero_si256(), _mm256_sign_epi8(w->q, w->q), _mm256_sign_epi8(a, w->q));
+    }
+    return _mm256_sub_epi32(dot_u8s8(_mm256_setzero_si256(), a_u, w->q), w->corr);
+#endif
+}
 
-static frow_fn frow_for_type(int qtype) {
+/* out[c * R + r] = row r of w times activation row c. */
+ALWAYS_INLINE void tile32(int qtype, int R, int C, const uint8_t *const *w, const a32_block *const *a, int64_t nb,
+                          float *out) {
+    const int bs = block_bytes(qtype), has_min = qtype == T_Q4_1 || qtype == T_Q5_1;
+    __m256 acc[MAXR][MAXC];
+    float mins[MAXR][MAXC];
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) {
+            acc[r][c] = _mm256_setzero_ps();
+            mins[r][c] = 0.0f;
+        }
+    for (int64_t b = 0; b < nb; b++) {
+        wblk32 wb[MAXR];
+        for (int r = 0; r < R; r++) {
+            _mm_prefetch((const char *)(w[r] + b * bs + PREFETCH_BYTES), _MM_HINT_T0);
+            decode32(qtype, w[r] + b * bs, &wb[r]);
+        }
+        for (int c = 0; c < C; c++) {
+            const a32_block *ab = a[c] + b;
+            const __m256i a_u = _mm256_loadu_si256((const __m256i *)ab->qs);
+            const __m256 ad = _mm256_set1_ps(ab->d);
+            for (int r = 0; r < R; r++) {
+                const __m256 p = _mm256_cvtepi32_ps(dot32(qtype, &wb[r], a_u));
+                acc[r][c] = _mm256_fmadd_ps(_mm256_mul_ps(wb[r].d, ad), p, acc[r][c]);
+                if (has_min) mins[r][c] += wb[r].m * ab->s;
+            }
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) out[c * R + r] = hsum_ps(acc[r][c]) + mins[r][c];
+}
+
+/* The 32 unsigned values t of a K-quant super-block (see k_values_c). */
+ALWAYS_INLINE __m256i k_values(int qtype, const uint8_t *sb, int t) {
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    if (qtype == T_Q6_K) {
+        const int h = t / 4, s = t % 4;
+        const __m256i l = _mm256_loadu_si256((const __m256i *)(sb + 64 * h + 32 * (s & 1)));
+        const __m256i lo = _mm256_and_si256(s < 2 ? l : _mm256_srli_epi16(l, 4), m4);
+        const __m256i qh = _mm256_loadu_si256((const __m256i *)(sb + 128 + 32 * h));
+        const __m256i hi = _mm256_and_si256(_mm256_slli_epi16(_mm256_srli_epi16(qh, 2 * s), 4),
+                                            _mm256_set1_epi8(0x30));
+        return _mm256_or_si256(lo, hi);
+    }
+    const __m256i raw = _mm256_loadu_si256((const __m256i *)(sb + (qtype == T_Q4_K ? 16 : 48) + 32 * (t / 2)));
+    __m256i q = _mm256_and_si256((t & 1) ? _mm256_srli_epi16(raw, 4) : raw, m4);
+    if (qtype == T_Q5_K) {
+        const __m256i qh = _mm256_loadu_si256((const __m256i *)(sb + 16));
+        const __m256i bit = _mm256_and_si256(_mm256_srli_epi16(qh, t), _mm256_set1_epi8(1));
+        q = _mm256_or_si256(q, _mm256_slli_epi16(bit, 4));
+    }
+    return q;
+}
+
+/* Per 32 values t, the int16 multiplier of each vpmaddubsw lane: Q4_K/Q5_K one scale, Q6_K two (16 values each). */
+ALWAYS_INLINE __m256i k_lane_scales(int qtype, const kscales *ks, int t) {
+    if (qtype != T_Q6_K) return _mm256_set1_epi16(ks->sc[t]);
+    return _mm256_set_m128i(_mm_set1_epi16(ks->sc[2 * t + 1]), _mm_set1_epi16(ks->sc[2 * t]));
+}
+
+/* What bsums are multiplied by: Q6_K 32 * each scale (its -32 offset), Q4_K/Q5_K each min, twice. */
+ALWAYS_INLINE __m256i k_bsum_factors(int qtype, const kscales *ks) {
+    if (qtype == T_Q6_K) return _mm256_slli_epi16(_mm256_loadu_si256((const __m256i *)ks->sc), 5);
+    const __m128i mn = _mm_loadl_epi64((const __m128i *)ks->mn);
+    return _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mn, mn));
+}
+
+/* K-quant tile, R x C, super-block by super-block. */
+ALWAYS_INLINE void tile_k(int qtype, int R, int C, const uint8_t *const *w, const q8k_block *const *a, int64_t nsb,
+                          float *out) {
+    const int bs = block_bytes(qtype);
+    __m256 acc[MAXR][MAXC];
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) acc[r][c] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nsb; b++) {
+        kscales ks[MAXR];
+        for (int r = 0; r < R; r++) k_scales(qtype, w[r] + b * bs, &ks[r]);
+        __m256i isum[MAXR][MAXC];
+        for (int r = 0; r < R; r++)
+            for (int c = 0; c < C; c++) isum[r][c] = _mm256_setzero_si256();
+        for (int t = 0; t < 8; t++) {
+            __m256i q[MAXR], sc[MAXR];
+            for (int r = 0; r < R; r++) {
+                q[r] = k_values(qtype, w[r] + b * bs, t);
+                sc[r] = k_lane_scales(qtype, &ks[r], t);
+            }
+            for (int c = 0; c < C; c++) {
+                const __m256i av = _mm256_loadu_si256((const __m256i *)(a[c][b].qs + 32 * t));
+                for (int r = 0; r < R; r++)
+                    isum[r][c] = dot_i16(isum[r][c], _mm256_maddubs_epi16(q[r], av), sc[r]);
+            }
+        }
+        for (int r = 0; r < R; r++) {
+            const __m256i factors = k_bsum_factors(qtype, &ks[r]);
+            for (int c = 0; c < C; c++) {
+                const __m256i bsum_terms = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)a[c][b].bsums), factors);
+                const float ad = a[c][b].d;
+                if (qtype == T_Q6_K) {
+                    const __m256i exact = _mm256_sub_epi32(isum[r][c], bsum_terms);
+                    acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(ks[r].d * ad), _mm256_cvtepi32_ps(exact), acc[r][c]);
+                } else {
+                    acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(ks[r].d * ad), _mm256_cvtepi32_ps(isum[r][c]), acc[r][c]);
+                    acc[r][c] = _mm256_fnmadd_ps(_mm256_set1_ps(ks[r].dmin * ad), _mm256_cvtepi32_ps(bsum_terms), acc[r][c]);
+                }
+            }
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) out[c * R + r] = hsum_ps(acc[r][c]);
+}
+
+/* Each (type, shape) gets its own fully unrolled copy of a tile; `shape` is R * 16 + C. */
+#define SHAPE(R, C) ((R) * 16 + (C))
+#define TILE32_SHAPES(QT)                                                          \
+    switch (shape) {                                                               \
+        case SHAPE(4, 1): tile32(QT, 4, 1, w, (const a32_block *const *)a, nb, out); return;       \
+        case SHAPE(R32, 1): tile32(QT, R32, 1, w, (const a32_block *const *)a, nb, out); return;   \
+        case SHAPE(R32, 2): tile32(QT, R32, 2, w, (const a32_block *const *)a, nb, out); return;   \
+        case SHAPE(R32, 4): tile32(QT, R32, 4, w, (const a32_block *const *)a, nb, out); return;   \
+        default: tile32(QT, R32, C32, w, (const a32_block *const *)a, nb, out); return;            \
+    }
+
+static void run_tile32(int qtype, int shape, const uint8_t *const *w, const void *const *a, int64_t nb, float *out) {
     switch (qtype) {
-        case T_Q8_0: return frow_q8_0;
-        case T_Q4_0: return frow_q4_0;
-        case T_Q4_1: return frow_q4_1;
-        case T_Q5_0: return frow_q5_0;
-        case T_Q5_1: return frow_q5_1;
-        case T_Q4_K: return frow_q4_k;
-        case T_Q5_K: return frow_q5_k;
-        case T_Q6_K: return frow_q6_k;
-        default: return NULL;
+        case T_Q8_0: TILE32_SHAPES(T_Q8_0)
+        case T_Q4_0: TILE32_SHAPES(T_Q4_0)
+        case T_Q4_1: TILE32_SHAPES(T_Q4_1)
+        case T_Q5_0: TILE32_SHAPES(T_Q5_0)
+        default: TILE32_SHAPES(T_Q5_1)
     }
 }
 
-/* Work splitting: a second thread pays off once a product reads a few hundred KB of weights (the wake-up
- * costs tens of microseconds); chunks of rows are small enough to balance, large enough to stream. */
+#define TILEK_SHAPES(QT)                                                                   \
+    switch (shape) {                                                                       \
+        case SHAPE(4, 1): tile_k(QT, 4, 1, w, (const q8k_block *const *)a, nsb, out); return; \
+        case SHAPE(1, 1): tile_k(QT, 1, 1, w, (const q8k_block *const *)a, nsb, out); return; \
+        case SHAPE(1, 2): tile_k(QT, 1, 2, w, (const q8k_block *const *)a, nsb, out); return; \
+        case SHAPE(1, 4): tile_k(QT, 1, 4, w, (const q8k_block *const *)a, nsb, out); return; \
+        default: tile_k(QT, 1, CK, w, (const q8k_block *const *)a, nsb, out); return;         \
+    }
+
+static void run_tile_k(int qtype, int shape, const uint8_t *const *w, const void *const *a, int64_t nsb, float *out) {
+    switch (qtype) {
+        case T_Q4_K: TILEK_SHAPES(T_Q4_K)
+        case T_Q5_K: TILEK_SHAPES(T_Q5_K)
+        default: TILEK_SHAPES(T_Q6_K)
+    }
+}
+
+#ifdef LADLE_VNNI
+/* Batched path for the 32-value formats (8+ activation rows, VNNI only): an outer product. Activations are
+ * regrouped 8 rows at a time so that one register holds 4 values of each of the 8 rows; each 4 weight
+ * values are broadcast against it (vpdpbusd: weights unsigned, activations signed), giving the 8 rows'
+ * exact block sums in the 8 lanes. The float work (convert, scale, accumulate) is then per weight block
+ * for 8 rows at once, instead of per block for every row. */
+#define GROUP 8
+#define OUTER_R 8 /* weight rows per tile: 8 accumulators + 8 activation registers + temporaries */
+
+typedef struct {
+    int8_t q[32 * GROUP]; /* [4-value group v][row][4] */
+    float d[GROUP];
+    float s[GROUP];
+    int32_t sum[GROUP];
+} a32x8_block;
+
+/* Rows [r0, r0 + 8) of a32 activations (missing rows as zeros) -> nb regrouped blocks. */
+static void regroup_a32(const a32_block *act, int64_t nb, int64_t rows, a32x8_block *out) {
+    for (int64_t b = 0; b < nb; b++) {
+        a32x8_block *o = out + b;
+        for (int r = 0; r < GROUP; r++) {
+            const a32_block *a = r < rows ? act + r * nb + b : NULL;
+            int32_t sum = 0;
+            for (int i = 0; i < 32; i++) {
+                const int8_t q = a ? (int8_t)(a->qs[i] ^ 0x80) : 0;
+                o->q[(i / 4) * 32 + r * 4 + i % 4] = q;
+                sum += q;
+            }
+            o->d[r] = a ? a->d : 0.0f;
+            o->s[r] = a ? a->s : 0.0f;
+            o->sum[r] = sum;
+        }
+    }
+}
+
+/* The block's values as unsigned bytes, and the offset they carry (value = byte - offset). */
+ALWAYS_INLINE __m256i decode_unsigned32(int qtype, const uint8_t *blk) {
+    switch (qtype) {
+        case T_Q8_0: return _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(blk + 2)), _mm256_set1_epi8((char)0x80));
+        case T_Q4_0: return unpack_nibbles16(blk + 2);
+        case T_Q4_1: return unpack_nibbles16(blk + 4);
+        case T_Q5_0: return _mm256_or_si256(unpack_nibbles16(blk + 6), fifth_bits(blk + 2));
+        default: return _mm256_or_si256(unpack_nibbles16(blk + 8), fifth_bits(blk + 4));
+    }
+}
+
+static inline int offset_shift(int qtype) {
+    switch (qtype) {
+        case T_Q8_0: return 7;
+        case T_Q4_0: return 3;
+        case T_Q5_0: return 4;
+        default: return -1; /* Q4_1, Q5_1: no offset */
+    }
+}
+
+/* out[r * GROUP + c] = weight row r times activation row c of the group. */
+ALWAYS_INLINE void outer32(int qtype, const uint8_t *const *w, const a32x8_block *a, int64_t nb, float *out) {
+    const int bs = block_bytes(qtype), shift = offset_shift(qtype), has_min = shift < 0;
+    __m256 acc[OUTER_R];
+    for (int r = 0; r < OUTER_R; r++) acc[r] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const a32x8_block *ab = a + b;
+        __m256i av[8];
+        for (int v = 0; v < 8; v++) av[v] = _mm256_loadu_si256((const __m256i *)(ab->q + 32 * v));
+        const __m256 ad = _mm256_loadu_ps(ab->d);
+        const __m256i sums = _mm256_loadu_si256((const __m256i *)ab->sum);
+        /* sum((u - off) * a) = sum(u * a) - off * sum(a): start each row's sums at -off * sum(a) */
+        const __m256i init = has_min ? _mm256_setzero_si256() : _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(sums, shift > 0 ? shift : 0));
+        for (int r = 0; r < OUTER_R; r++) {
+            const uint8_t *blk = w[r] + b * bs;
+            _mm_prefetch((const char *)(blk + PREFETCH_BYTES), _MM_HINT_T0);
+            uint32_t u[8];
+            _mm256_storeu_si256((__m256i *)u, decode_unsigned32(qtype, blk));
+            __m256i p = init;
+            for (int v = 0; v < 8; v++) p = _mm256_dpbusd_epi32(p, _mm256_set1_epi32((int)u[v]), av[v]);
+            acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(half_to_float(blk)), ad), _mm256_cvtepi32_ps(p), acc[r]);
+            if (has_min) acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(half_to_float(blk + 2)), _mm256_loadu_ps(ab->s), acc[r]);
+        }
+    }
+    for (int r = 0; r < OUTER_R; r++) _mm256_storeu_ps(out + r * GROUP, acc[r]);
+}
+
+static void run_outer32(int qtype, const uint8_t *const *w, const a32x8_block *a, int64_t nb, float *out) {
+    switch (qtype) {
+        case T_Q8_0: outer32(T_Q8_0, w, a, nb, out); return;
+        case T_Q4_0: outer32(T_Q4_0, w, a, nb, out); return;
+        case T_Q4_1: outer32(T_Q4_1, w, a, nb, out); return;
+        case T_Q5_0: outer32(T_Q5_0, w, a, nb, out); return;
+        default: outer32(T_Q5_1, w, a, nb, out); return;
+    }
+}
+#endif /* LADLE_VNNI */
+#endif /* LADLE_AVX2 */
+
+/* ------------------------------------------------------------------------------------------------ */
+/* Work splitting                                                                                     */
+
+typedef struct {
+    int qtype;
+    const uint8_t *w;
+    int64_t row_bytes, n_rows, k, m, act_row_bytes;
+    const uint8_t *act;
+    float *y;
+    const void *grouped; /* the activations regrouped for the outer-product path, or NULL */
+} mm_job;
+
+/* Activation rows per pass over a chunk of weight rows: the chunk and the pass's activations stay in L2. */
+#define ACT_BLOCK 64
+
+#ifdef LADLE_AVX2
+/* The largest tile width (1, 2, 4 or max_c) that fits in `rows`. */
+static int tile_width(int64_t rows, int max_c) {
+    int c = 1;
+    while (c * 2 <= rows && c * 2 <= max_c) c *= 2;
+    return rows >= max_c ? max_c : c;
+}
+
+/* Rows [n0, n0 + R) of the weight (clamped to the last row) against activation rows [c0, c1). */
+static void mm_weight_tile(const mm_job *j, int R, int64_t n0, int64_t n_end, int64_t c0, int64_t c1) {
+    const uint8_t *w[MAXR];
+    for (int r = 0; r < R; r++) w[r] = j->w + (n0 + r < n_end ? n0 + r : n_end - 1) * j->row_bytes;
+    const int kq = is_k_quant(j->qtype);
+    for (int64_t c = c0; c < c1;) {
+        const int C = R == 4 ? 1 : tile_width(c1 - c, kq ? CK : C32);
+        const void *a[MAXC];
+        for (int i = 0; i < C; i++) a[i] = j->act + (c + i) * j->act_row_bytes;
+        float out[MAXR * MAXC];
+        if (kq)
+            run_tile_k(j->qtype, SHAPE(R, C), w, a, j->k / 256, out);
+        else
+            run_tile32(j->qtype, SHAPE(R, C), w, a, j->k / 32, out);
+        for (int i = 0; i < C; i++)
+            for (int r = 0; r < R && n0 + r < n_end; r++) j->y[(c + i) * j->n_rows + n0 + r] = out[i * R + r];
+        c += C;
+    }
+}
+
+#ifdef LADLE_VNNI
+/* The outer-product path over weight rows [begin, end): OUTER_R rows x 8 activation rows per tile. */
+static void mm_rows_outer(const mm_job *j, int64_t begin, int64_t end) {
+    const int64_t nb = j->k / 32, groups = (j->m + GROUP - 1) / GROUP;
+    const a32x8_block *act = (const a32x8_block *)j->grouped;
+    for (int64_t g0 = 0; g0 < groups; g0 += ACT_BLOCK / GROUP) {
+        const int64_t g1 = g0 + ACT_BLOCK / GROUP < groups ? g0 + ACT_BLOCK / GROUP : groups;
+        for (int64_t n0 = begin; n0 < end; n0 += OUTER_R) {
+            const uint8_t *w[OUTER_R];
+            for (int r = 0; r < OUTER_R; r++) w[r] = j->w + (n0 + r < end ? n0 + r : end - 1) * j->row_bytes;
+            for (int64_t g = g0; g < g1; g++) {
+                float out[OUTER_R * GROUP];
+                run_outer32(j->qtype, w, act + g * nb, nb, out);
+                for (int r = 0; r < OUTER_R && n0 + r < end; r++)
+                    for (int c = 0; c < GROUP && g * GROUP + c < j->m; c++)
+                        j->y[(g * GROUP + c) * j->n_rows + n0 + r] = out[r * GROUP + c];
+            }
+        }
+    }
+}
+#endif
+
+static void mm_rows(void *ctx, int64_t begin, int64_t end) {
+    const mm_job *j = (const mm_job *)ctx;
+#ifdef LADLE_VNNI
+    if (j->grouped != NULL) {
+        mm_rows_outer(j, begin, end);
+        return;
+    }
+#endif
+    /* Batch 1: 4 weight rows per activation load; else the R x C shapes above. */
+    const int R = j->m == 1 ? 4 : (is_k_quant(j->qtype) ? 1 : R32);
+    for (int64_t c0 = 0; c0 < j->m; c0 += ACT_BLOCK) {
+        const int64_t c1 = c0 + ACT_BLOCK < j->m ? c0 + ACT_BLOCK : j->m;
+        for (int64_t n0 = begin; n0 < end; n0 += R) mm_weight_tile(j, R, n0, end, c0, c1);
+    }
+}
+#else
+static void mm_rows(void *ctx, int64_t begin, int64_t end) {
+    const mm_job *j = (const mm_job *)ctx;
+    for (int64_t c = 0; c < j->m; c++) {
+        const uint8_t *a = j->act + c * j->act_row_bytes;
+        for (int64_t n = begin; n < end; n++) {
+            const uint8_t *w = j->w + n * j->row_bytes;
+            j->y[c * j->n_rows + n] = is_k_quant(j->qtype)
+                                          ? dot_k_c(j->qtype, w, (const q8k_block *)a, j->k / 256)
+                                          : dot_a32_c(j->qtype, w, (const a32_block *)a, j->k / 32);
+        }
+    }
+}
+#endif
+
+/* A second thread pays off once a product reads some tens of KB of weights; chunks of rows are small
+ * enough to balance between threads, large enough to stream. */
 static int threads_for(int64_t weight_bytes, int64_t m, int nthreads) {
-    return weight_bytes * (m < 4 ? 1 : 4) < (256 << 10) ? 1 : nthreads;
+    return weight_bytes * (m < 4 ? 1 : 4) < (64 << 10) ? 1 : nthreads;
 }
 
-static int64_t rows_per_chunk(int64_t n_rows, int64_t row_bytes, int64_t m, int nthreads) {
-    (void)row_bytes;
-    (void)m;
-    const int64_t chunk = n_rows / (16 * (nthreads > 0 ? nthreads : 1));
-    return chunk < 4 ? 4 : (chunk > 512 ? 512 : chunk);
-}
-
-typedef struct {
-    irow_fn irow;
-    const uint8_t *w;
-    int64_t row_bytes, n_rows, nb, m;
-    const act_block *act;
-    float *y;
-} int8_job;
-
-static void int8_rows(void *ctx, int64_t begin, int64_t end) {
-    const int8_job *j = (const int8_job *)ctx;
-    for (int64_t n = begin; n < end; n++) {
-        float out[FTILE];
-        for (int64_t r0 = 0; r0 < j->m; r0 += FTILE) {
-            const int64_t rows = j->m - r0 < FTILE ? j->m - r0 : FTILE;
-            j->irow(j->w + n * j->row_bytes, j->act + r0 * j->nb, j->nb, rows, out);
-            for (int64_t r = 0; r < rows; r++) j->y[(r0 + r) * j->n_rows + n] = out[r];
-        }
-    }
-}
-
-typedef struct {
-    frow_fn frow;
-    const uint8_t *w;
-    int64_t row_bytes, n_rows, k;
-    const float *x;
-    int64_t m;
-    const float *xsum;
-    float *y;
-} float_job;
-
-static void float_rows(void *ctx, int64_t begin, int64_t end) {
-    const float_job *j = (const float_job *)ctx;
-    const int64_t nb = j->k / 32;
-    for (int64_t n = begin; n < end; n++) {
-        float out[FTILE];
-        for (int64_t r0 = 0; r0 < j->m; r0 += FTILE) {
-            const int64_t rows = j->m - r0 < FTILE ? j->m - r0 : FTILE;
-            j->frow(j->w + n * j->row_bytes, j->x + r0 * j->k, j->xsum + r0 * nb, j->k, rows, out);
-            for (int64_t r = 0; r < rows; r++) j->y[(r0 + r) * j->n_rows + n] = out[r];
-        }
-    }
+static int64_t rows_per_chunk(int64_t n_rows, int nthreads) {
+    int64_t chunk = n_rows / (8 * (nthreads > 0 ? nthreads : 1));
+    chunk = chunk < 16 ? 16 : (chunk > 256 ? 256 : chunk);
+    return chunk & ~(int64_t)7; /* whole tiles */
 }
 
 /* ------------------------------------------------------------------------------------------------ */
 /* Exported entry points (ctypes).                                                                   */
 
-int ladle_supports(int qtype) { return irow_for_type(qtype) != NULL; }
+int ladle_supports(int qtype) { return block_bytes(qtype) != 0; }
 
 int ladle_has_avx2(void) {
 #ifdef LADLE_AVX2
@@ -603,46 +789,44 @@ int ladle_has_avx2(void) {
 #endif
 }
 
-/* Bytes of quantized activations for one row of k values (the same format for every qtype). */
-int64_t ladle_act_row_bytes(int qtype, int64_t k) {
-    (void)qtype;
-    return (k / 32) * (int64_t)sizeof(act_block);
+int ladle_has_vnni(void) {
+#ifdef LADLE_VNNI
+    return 1;
+#else
+    return 0;
+#endif
 }
 
-/* Quantize m rows of k floats into the activation format qtype's kernel reads. */
-void ladle_quantize_activations(int qtype, const float *x, int64_t m, int64_t k, void *out, int nthreads) {
-    (void)nthreads; /* cheap next to the matmul: one pass over m*k floats */
-    const int64_t row_bytes = ladle_act_row_bytes(qtype, k);
-    for (int64_t r = 0; r < m; r++) quantize_row(x + r * k, (act_block *)((uint8_t *)out + r * row_bytes), k);
+static int shape_ok(int qtype, int64_t k) { return ladle_supports(qtype) && k % (is_k_quant(qtype) ? 256 : 32) == 0; }
+
+/* y[r, n] = sum_i W[n, i] * x[r, i] for r < m, n < n_rows, from activations already quantized by
+ * ladle_quantize_activations for a weight of the same format. Returns 0, or -1 for an unsupported type/k. */
+int ladle_matmul_quantized(int qtype, const uint8_t *w, int64_t row_bytes, int64_t n_rows, int64_t k,
+                           const void *act, int64_t m, float *y, int nthreads) {
+    if (!shape_ok(qtype, k)) return -1;
+    mm_job job = {qtype, w, row_bytes, n_rows, k, m, ladle_act_row_bytes(qtype, k), (const uint8_t *)act, y, NULL};
+    void *grouped = NULL;
+#ifdef LADLE_VNNI
+    if (m >= GROUP && !is_k_quant(qtype)) {
+        const int64_t nb = k / 32, groups = (m + GROUP - 1) / GROUP;
+        grouped = malloc(sizeof(a32x8_block) * (size_t)(groups * nb));
+        if (grouped != NULL)
+            for (int64_t g = 0; g < groups; g++)
+                regroup_a32((const a32_block *)act + g * GROUP * nb, nb, m - g * GROUP < GROUP ? m - g * GROUP : GROUP,
+                            (a32x8_block *)grouped + g * nb);
+        job.grouped = grouped;
+    }
+#endif
+    parallel_for(mm_rows, &job, n_rows, rows_per_chunk(n_rows, nthreads),
+                 threads_for(n_rows * row_bytes, m, nthreads));
+    free(grouped);
+    return 0;
 }
 
-/* y[r, n] = sum_i W[n, i] * x[r, i] for r < m, n < n_rows, with W's rows row_bytes apart.
- * act: scratch of m * ladle_act_row_bytes(qtype, k) bytes. Returns 0, or -1 for an unsupported type/size. */
+/* The same from float activations; act: scratch of m * ladle_act_row_bytes(qtype, k) bytes. */
 int ladle_matmul(int qtype, const uint8_t *w, int64_t row_bytes, int64_t n_rows, int64_t k, const float *x,
                  int64_t m, float *y, void *act, int nthreads) {
-    const irow_fn irow = irow_for_type(qtype);
-    if (irow == NULL || k % 32 != 0 || ((qtype == T_Q4_K || qtype == T_Q5_K || qtype == T_Q6_K) && k % 256)) return -1;
-    const int64_t nb = k / 32;
+    if (!shape_ok(qtype, k)) return -1;
     ladle_quantize_activations(qtype, x, m, k, act, nthreads);
-    int8_job job = {irow, w, row_bytes, n_rows, nb, m, (const act_block *)act, y};
-    parallel_for(int8_rows, &job, n_rows, rows_per_chunk(n_rows, row_bytes, m, nthreads), threads_for(n_rows * row_bytes, m, nthreads));
-    return 0;
-}
-
-/* The same product with float activations (the exact path; see "Float-activation path").
- * xsum: scratch of m * k/32 floats. */
-int ladle_matmul_float(int qtype, const uint8_t *w, int64_t row_bytes, int64_t n_rows, int64_t k,
-                       const float *x, int64_t m, float *y, float *xsum, int nthreads) {
-    const frow_fn frow = frow_for_type(qtype);
-    if (frow == NULL || k % 32 != 0 || ((qtype == T_Q4_K || qtype == T_Q5_K || qtype == T_Q6_K) && k % 256)) return -1;
-    const int64_t nb = k / 32;
-    for (int64_t r = 0; r < m; r++)
-        for (int64_t b = 0; b < nb; b++) {
-            float s = 0.0f;
-            for (int i = 0; i < 32; i++) s += x[r * k + b * 32 + i];
-            xsum[r * nb + b] = s;
-        }
-    float_job job = {frow, w, row_bytes, n_rows, k, x, m, xsum, y};
-    parallel_for(float_rows, &job, n_rows, rows_per_chunk(n_rows, row_bytes, m, nthreads), threads_for(n_rows * row_bytes, m, nthreads));
-    return 0;
+    return ladle_matmul_quantized(qtype, w, row_bytes, n_rows, k, act, m, y, nthreads);
 }

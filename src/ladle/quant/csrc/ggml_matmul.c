@@ -12,11 +12,16 @@
  * Per block the integer dot product is exact (as in ggml's x86 kernels); it is then scaled by the product
  * of the two float scales, and for K-quants the mins are applied through bsums, as ggml does.
  *
- * The kernels here are 256-bit. Activations of the 32-value formats are stored offset by +128 so that
- * one unsigned x signed multiply-add (AVX512-VNNI vpdpbusd, else vpmaddubsw + vpmaddwd) takes signed
- * weights; the offset's contribution, 128 * sum(w), is computed once per weight block. K-quant weights are
- * unsigned already (Q6_K's -32 goes through bsums). Each weight block is decoded once for a tile of
- * activation rows, and each activation block loaded once for a tile of weight rows.
+ * The kernels are 256-bit (Zen 4 runs 512-bit vectors as two halves anyway), of two kinds:
+ * - tiles (tile32, tile_k) of R weight rows x C activation rows, each weight block decoded once per tile
+ *   and each activation block loaded once: 4 x 1 at batch 1, up to 4 x 4 / 1 x 8 for small batches. With
+ *   AVX512-VNNI a 32-value block is one vpdpbusd of unsigned weight bytes (value + a per-format offset)
+ *   and signed activations, the offset's share coming from the activation sum; with AVX2 alone
+ *   vpmaddubsw + vpmaddwd, the activations (stored + 128) being the unsigned side. K-quant weights are
+ *   unsigned already: vpmaddubsw, then vpdpwssd by the sub-block scales; mins and Q6_K's -32 via bsums.
+ * - outer products (outer32, outer_k; VNNI, 8+ activation rows): activations regrouped 8 rows at a time,
+ *   weights decoded to bytes once per tile, each 4 weight bytes broadcast against 4 values of 8 rows, so
+ *   the float scaling is done for 8 rows per instruction.
  * Without AVX2 a plain C version computes the same integers, one weight row and activation row at a time.
  *
  * Built on first use by ladle/quant/native.py (cc -O3 -march=native -pthread) and called through ctypes.
@@ -29,7 +34,7 @@
 #include "ggml_common.h"
 #include "thread_pool.h"
 
-#if defined(LADLE_AVX2) && defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#if defined(LADLE_AVX2) && defined(__AVX512VNNI__) && defined(__AVX512VL__) && defined(__AVX512BW__)
 #define LADLE_VNNI 1
 #endif
 
@@ -37,6 +42,7 @@
 typedef struct {
     float d;        /* f16(max|x| / 127), as a float */
     float s;        /* f16(unrounded d * sum q): Q8_1's s */
+    int32_t sum;    /* sum q */
     uint8_t qs[32]; /* q + 128 */
 } a32_block;
 
@@ -89,7 +95,8 @@ static void quantize_a32_row(const float *x, a32_block *out, int64_t k) {
         t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0x4e));
         t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0xb1));
         o->d = round_to_half(d);
-        o->s = round_to_half(d * (float)_mm_cvtsi128_si32(t));
+        o->sum = _mm_cvtsi128_si32(t);
+        o->s = round_to_half(d * (float)o->sum);
         /* The packs work per 128-bit lane, leaving 4-byte groups in the order 0,2,4,6,1,3,5,7: undo that. */
         __m256i packed = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
         packed = _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
@@ -106,24 +113,51 @@ static void quantize_a32_row(const float *x, a32_block *out, int64_t k) {
             sum += q;
         }
         o->d = round_to_half(d);
+        o->sum = sum;
         o->s = round_to_half(d * (float)sum);
 #endif
     }
 }
 
-/* ggml's x86 quantize_row_q8_K is its reference C code; so is this (nearbyintf = nearest_int's ties to even). */
+/* The first value of largest magnitude in 256 (ggml's x_m), and that magnitude. */
+static inline float q8k_extreme(const float *x, float *amax_out) {
+#ifdef LADLE_AVX2
+    const __m256 sign_bit = _mm256_set1_ps(-0.0f);
+    __m256 m = _mm256_setzero_ps();
+    for (int i = 0; i < 256; i += 8) m = _mm256_max_ps(m, _mm256_andnot_ps(sign_bit, _mm256_loadu_ps(x + i)));
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    const float amax = _mm_cvtss_f32(m4);
+    *amax_out = amax;
+    const __m256 target = _mm256_set1_ps(amax);
+    for (int i = 0; i < 256; i += 8) {
+        const int hits = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_andnot_ps(sign_bit, _mm256_loadu_ps(x + i)), target, _CMP_EQ_OQ));
+        if (hits) return x[i + __builtin_ctz((unsigned)hits)];
+    }
+    return 0.0f;
+#else
+    float amax = 0.0f, max = 0.0f;
+    for (int i = 0; i < 256; i++) {
+        const float a = fabsf(x[i]);
+        if (a > amax) {
+            amax = a;
+            max = x[i];
+        }
+    }
+    *amax_out = amax;
+    return max;
+#endif
+}
+
+/* ggml's x86 quantize_row_q8_K is its reference C code: q = min(127, nearest_int(iscale * x)), nearest_int
+ * rounding ties to even like nearbyintf and vcvtps2dq. */
 static void quantize_q8k_row(const float *x, q8k_block *out, int64_t k) {
     for (int64_t b = 0; b < k / 256; b++) {
         const float *xb = x + b * 256;
         q8k_block *o = out + b;
-        float amax = 0.0f, max = 0.0f;
-        for (int i = 0; i < 256; i++) {
-            const float a = fabsf(xb[i]);
-            if (a > amax) {
-                amax = a;
-                max = xb[i];
-            }
-        }
+        float amax;
+        const float max = q8k_extreme(xb, &amax);
         memset(o->bsums, 0, sizeof o->bsums);
         if (amax == 0.0f) {
             o->d = 0.0f;
@@ -131,6 +165,24 @@ static void quantize_q8k_row(const float *x, q8k_block *out, int64_t k) {
             continue;
         }
         const float iscale = -127.0f / max;
+#ifdef LADLE_AVX2
+        /* |iscale * x| <= 127 (+ rounding), so the saturating packs are ggml's min(127, .) */
+        const __m256 sv = _mm256_set1_ps(iscale);
+        for (int i = 0; i < 256; i += 32) {
+            __m256i q[4];
+            for (int j = 0; j < 4; j++) q[j] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xb + i + 8 * j), sv));
+            for (int g = 0; g < 2; g++) {
+                const __m256i sum = _mm256_add_epi32(q[2 * g], q[2 * g + 1]);
+                __m128i t = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+                t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0x4e));
+                t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0xb1));
+                o->bsums[i / 16 + g] = (int16_t)_mm_cvtsi128_si32(t);
+            }
+            __m256i packed = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+            packed = _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            _mm256_storeu_si256((__m256i *)(o->qs + i), packed);
+        }
+#else
         for (int i = 0; i < 256; i++) {
             const int q = (int)nearbyintf(iscale * xb[i]);
             o->qs[i] = (int8_t)(q < 127 ? q : 127);
@@ -140,6 +192,7 @@ static void quantize_q8k_row(const float *x, q8k_block *out, int64_t k) {
             for (int i = 0; i < 16; i++) sum += o->qs[16 * g + i];
             o->bsums[g] = (int16_t)sum;
         }
+#endif
         o->d = 1.0f / iscale;
     }
 }
@@ -229,6 +282,17 @@ typedef struct {
     uint8_t mn[8];
 } kscales;
 
+/* The 12 scale bytes -> 4 words: scales 0-3, scales 4-7, mins 0-3, mins 4-7, a byte each. */
+static inline void unpack_k_scales(const uint8_t *p, uint32_t out[4]) {
+    uint32_t w[3];
+    memcpy(w, p, 12);
+    const uint32_t low6 = 0x3f3f3f3fu, nib = 0x0f0f0f0fu, top2 = 0xc0c0c0c0u;
+    out[0] = w[0] & low6;
+    out[1] = (w[2] & nib) | ((w[0] & top2) >> 2);
+    out[2] = w[1] & low6;
+    out[3] = ((w[2] >> 4) & nib) | ((w[1] & top2) >> 2);
+}
+
 static inline void k_scales(int qtype, const uint8_t *sb, kscales *o) {
     if (qtype == T_Q6_K) {
         const int8_t *sc = (const int8_t *)(sb + 192);
@@ -239,16 +303,11 @@ static inline void k_scales(int qtype, const uint8_t *sb, kscales *o) {
     }
     o->d = half_to_float(sb);
     o->dmin = half_to_float(sb + 2);
-    uint32_t w[3];
-    memcpy(w, sb + 4, 12);
-    const uint32_t low6 = 0x3f3f3f3fu, nib = 0x0f0f0f0fu, top2 = 0xc0c0c0c0u;
-    const uint32_t sc_lo = w[0] & low6, mn_lo = w[1] & low6;
-    const uint32_t sc_hi = (w[2] & nib) | ((w[0] & top2) >> 2), mn_hi = ((w[2] >> 4) & nib) | ((w[1] & top2) >> 2);
+    uint32_t words[4];
+    unpack_k_scales(sb + 4, words);
     uint8_t sc[8];
-    memcpy(sc, &sc_lo, 4);
-    memcpy(sc + 4, &sc_hi, 4);
-    memcpy(o->mn, &mn_lo, 4);
-    memcpy(o->mn + 4, &mn_hi, 4);
+    memcpy(sc, words, 8);
+    memcpy(o->mn, words + 2, 8);
     for (int i = 0; i < 8; i++) o->sc[i] = sc[i];
 }
 
@@ -339,8 +398,8 @@ static float dot_k_c(int qtype, const uint8_t *w, const q8k_block *a, int64_t ns
  * rows, each weight row decoded is used for as many of them as the registers allow (32 ymm with
  * AVX-512VL, 16 with AVX2 alone). */
 #ifdef LADLE_VNNI
-#define R32 2
-#define C32 8
+#define R32 4 /* batches of 8+ rows take the outer-product kernels */
+#define C32 4
 #define CK 8
 #else
 #define R32 2
@@ -426,7 +485,44 @@ ALWAYS_INLINE __m256i dot32(int qtype, const wblk32 *w, __m256i a_u) {
 #endif
 }
 
-/* out[c * R + r] = row r of w times activation row c. */
+#ifdef LADLE_VNNI
+/* 16 packed bytes -> 32 nibbles (low nibbles, then high): one 128-bit broadcast, shifted per half. */
+ALWAYS_INLINE __m256i nibbles32(const uint8_t *p) {
+    const __m256i x = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)p));
+    return _mm256_and_si256(_mm256_srlv_epi64(x, _mm256_setr_epi64x(0, 0, 4, 4)), _mm256_set1_epi8(0x0f));
+}
+
+/* q | 0x10 where the 32 bits at qh are set (AVX-512 byte masking). */
+ALWAYS_INLINE __m256i with_fifth_bits(__m256i q, const uint8_t *qh) {
+    uint32_t bits;
+    memcpy(&bits, qh, 4);
+    return _mm256_mask_add_epi8(q, _cvtu32_mask32(bits), q, _mm256_set1_epi8(0x10)); /* bit 4 is clear: add = or */
+}
+
+/* A block's values as unsigned bytes u = value + value_offset(qtype). */
+ALWAYS_INLINE __m256i decode_unsigned32(int qtype, const uint8_t *blk) {
+    switch (qtype) {
+        case T_Q8_0: return _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(blk + 2)), _mm256_set1_epi8((char)0x80));
+        case T_Q4_0: return nibbles32(blk + 2);
+        case T_Q4_1: return nibbles32(blk + 4);
+        case T_Q5_0: return with_fifth_bits(nibbles32(blk + 6), blk + 2);
+        default: return with_fifth_bits(nibbles32(blk + 8), blk + 4);
+    }
+}
+
+static inline int value_offset(int qtype) {
+    switch (qtype) {
+        case T_Q8_0: return 128;
+        case T_Q4_0: return 8;
+        case T_Q5_0: return 16;
+        default: return 0;
+    }
+}
+#endif
+
+/* out[c * R + r] = row r of w times activation row c. With VNNI the weights are taken unsigned (value +
+ * offset) against the signed activations, the offset's share (offset * sum a) starting the sums; without,
+ * the activations are the unsigned side (see decode32 / dot32). */
 ALWAYS_INLINE void tile32(int qtype, int R, int C, const uint8_t *const *w, const a32_block *const *a, int64_t nb,
                           float *out) {
     const int bs = block_bytes(qtype), has_min = qtype == T_Q4_1 || qtype == T_Q5_1;
@@ -438,6 +534,29 @@ ALWAYS_INLINE void tile32(int qtype, int R, int C, const uint8_t *const *w, cons
             mins[r][c] = 0.0f;
         }
     for (int64_t b = 0; b < nb; b++) {
+#ifdef LADLE_VNNI
+        __m256i wu[MAXR];
+        __m256 wd[MAXR];
+        float wm[MAXR];
+        for (int r = 0; r < R; r++) {
+            const uint8_t *blk = w[r] + b * bs;
+            _mm_prefetch((const char *)(blk + PREFETCH_BYTES), _MM_HINT_T0);
+            wu[r] = decode_unsigned32(qtype, blk);
+            wd[r] = _mm256_set1_ps(half_to_float(blk));
+            wm[r] = has_min ? half_to_float(blk + 2) : 0.0f;
+        }
+        for (int c = 0; c < C; c++) {
+            const a32_block *ab = a[c] + b;
+            const __m256i as = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)ab->qs), _mm256_set1_epi8((char)0x80));
+            const __m256i init = _mm256_zextsi128_si256(_mm_cvtsi32_si128(-value_offset(qtype) * ab->sum));
+            const __m256 ad = _mm256_set1_ps(ab->d);
+            for (int r = 0; r < R; r++) {
+                const __m256 p = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(init, wu[r], as));
+                acc[r][c] = _mm256_fmadd_ps(_mm256_mul_ps(wd[r], ad), p, acc[r][c]);
+                if (has_min) mins[r][c] += wm[r] * ab->s;
+            }
+        }
+#else
         wblk32 wb[MAXR];
         for (int r = 0; r < R; r++) {
             _mm_prefetch((const char *)(w[r] + b * bs + PREFETCH_BYTES), _MM_HINT_T0);
@@ -453,6 +572,7 @@ ALWAYS_INLINE void tile32(int qtype, int R, int C, const uint8_t *const *w, cons
                 if (has_min) mins[r][c] += wb[r].m * ab->s;
             }
         }
+#endif
     }
     for (int r = 0; r < R; r++)
         for (int c = 0; c < C; c++) out[c * R + r] = hsum_ps(acc[r][c]) + mins[r][c];
@@ -480,17 +600,50 @@ ALWAYS_INLINE __m256i k_values(int qtype, const uint8_t *sb, int t) {
     return q;
 }
 
+/* A super-block's scales for the tiles: one int16 vector (Q4_K/Q5_K: the 8 scales, then the 8 mins; Q6_K:
+ * the 16 scales), unpacked without going through memory. */
+typedef struct {
+    __m256i v;
+    float d, dmin;
+} kscales_v;
+
+ALWAYS_INLINE void k_scales_v(int qtype, const uint8_t *sb, kscales_v *o) {
+    if (qtype == T_Q6_K) {
+        o->v = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(sb + 192)));
+        o->d = half_to_float(sb + 208);
+        o->dmin = 0.0f;
+        return;
+    }
+    uint32_t words[4];
+    unpack_k_scales(sb + 4, words);
+    o->v = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)words));
+    o->d = half_to_float(sb);
+    o->dmin = half_to_float(sb + 2);
+}
+
+/* Lanes of v picked by idx (int16 lane numbers). */
+ALWAYS_INLINE __m256i pick_i16(__m256i v, __m256i idx) {
+#if defined(__AVX512BW__) && defined(__AVX512VL__)
+    return _mm256_permutexvar_epi16(idx, v);
+#else
+    int16_t lanes[16], index[16], outv[16];
+    _mm256_storeu_si256((__m256i *)lanes, v);
+    _mm256_storeu_si256((__m256i *)index, idx);
+    for (int i = 0; i < 16; i++) outv[i] = lanes[index[i]];
+    return _mm256_loadu_si256((const __m256i *)outv);
+#endif
+}
+
 /* Per 32 values t, the int16 multiplier of each vpmaddubsw lane: Q4_K/Q5_K one scale, Q6_K two (16 values each). */
-ALWAYS_INLINE __m256i k_lane_scales(int qtype, const kscales *ks, int t) {
-    if (qtype != T_Q6_K) return _mm256_set1_epi16(ks->sc[t]);
-    return _mm256_set_m128i(_mm_set1_epi16(ks->sc[2 * t + 1]), _mm_set1_epi16(ks->sc[2 * t]));
+ALWAYS_INLINE __m256i k_lane_scales(int qtype, const kscales_v *ks, int t) {
+    if (qtype != T_Q6_K) return pick_i16(ks->v, _mm256_set1_epi16((short)t));
+    return pick_i16(ks->v, _mm256_set_m128i(_mm_set1_epi16((short)(2 * t + 1)), _mm_set1_epi16((short)(2 * t))));
 }
 
 /* What bsums are multiplied by: Q6_K 32 * each scale (its -32 offset), Q4_K/Q5_K each min, twice. */
-ALWAYS_INLINE __m256i k_bsum_factors(int qtype, const kscales *ks) {
-    if (qtype == T_Q6_K) return _mm256_slli_epi16(_mm256_loadu_si256((const __m256i *)ks->sc), 5);
-    const __m128i mn = _mm_loadl_epi64((const __m128i *)ks->mn);
-    return _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mn, mn));
+ALWAYS_INLINE __m256i k_bsum_factors(int qtype, const kscales_v *ks) {
+    if (qtype == T_Q6_K) return _mm256_slli_epi16(ks->v, 5);
+    return pick_i16(ks->v, _mm256_setr_epi16(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15));
 }
 
 /* K-quant tile, R x C, super-block by super-block. */
@@ -501,11 +654,16 @@ ALWAYS_INLINE void tile_k(int qtype, int R, int C, const uint8_t *const *w, cons
     for (int r = 0; r < R; r++)
         for (int c = 0; c < C; c++) acc[r][c] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nsb; b++) {
-        kscales ks[MAXR];
-        for (int r = 0; r < R; r++) k_scales(qtype, w[r] + b * bs, &ks[r]);
+        kscales_v ks[MAXR];
+        for (int r = 0; r < R; r++) {
+            for (int line = 0; line < bs; line += 64)
+                _mm_prefetch((const char *)(w[r] + b * bs + PREFETCH_BYTES + line), _MM_HINT_T0);
+            k_scales_v(qtype, w[r] + b * bs, &ks[r]);
+        }
         __m256i isum[MAXR][MAXC];
         for (int r = 0; r < R; r++)
             for (int c = 0; c < C; c++) isum[r][c] = _mm256_setzero_si256();
+#pragma GCC unroll 8 /* constant shifts and shared loads per 32 values */
         for (int t = 0; t < 8; t++) {
             __m256i q[MAXR], sc[MAXR];
             for (int r = 0; r < R; r++) {
@@ -539,13 +697,13 @@ ALWAYS_INLINE void tile_k(int qtype, int R, int C, const uint8_t *const *w, cons
 
 /* Each (type, shape) gets its own fully unrolled copy of a tile; `shape` is R * 16 + C. */
 #define SHAPE(R, C) ((R) * 16 + (C))
-#define TILE32_SHAPES(QT)                                                          \
-    switch (shape) {                                                               \
-        case SHAPE(4, 1): tile32(QT, 4, 1, w, (const a32_block *const *)a, nb, out); return;       \
-        case SHAPE(R32, 1): tile32(QT, R32, 1, w, (const a32_block *const *)a, nb, out); return;   \
-        case SHAPE(R32, 2): tile32(QT, R32, 2, w, (const a32_block *const *)a, nb, out); return;   \
-        case SHAPE(R32, 4): tile32(QT, R32, 4, w, (const a32_block *const *)a, nb, out); return;   \
-        default: tile32(QT, R32, C32, w, (const a32_block *const *)a, nb, out); return;            \
+#define TILE32_CASE(QT, R, C) \
+    case SHAPE(R, C): tile32(QT, R, C, w, (const a32_block *const *)a, nb, out); return;
+#define TILE32_SHAPES(QT)                                                                       \
+    switch (shape) {                                                                            \
+        TILE32_CASE(QT, 4, 1) TILE32_CASE(QT, 4, 2) TILE32_CASE(QT, 4, 3) TILE32_CASE(QT, 4, 4)  \
+        TILE32_CASE(QT, 2, 1) TILE32_CASE(QT, 2, 2) TILE32_CASE(QT, 2, 3)                         \
+        default: tile32(QT, 2, 4, w, (const a32_block *const *)a, nb, out); return;             \
     }
 
 static void run_tile32(int qtype, int shape, const uint8_t *const *w, const void *const *a, int64_t nb, float *out) {
@@ -585,54 +743,86 @@ static void run_tile_k(int qtype, int shape, const uint8_t *const *w, const void
 #define OUTER_R 8 /* weight rows per tile: 8 accumulators + 8 activation registers + temporaries */
 
 typedef struct {
-    int8_t q[32 * GROUP]; /* [4-value group v][row][4] */
+    uint8_t q[32 * GROUP]; /* [4-value group v][row][4], q + 128 */
     float d[GROUP];
     float s[GROUP];
-    int32_t sum[GROUP];
 } a32x8_block;
+
+/* out[v * 32 + r * 4 + i] = rows[r][4 * v + i] for 8 rows of 32 bytes: an 8 x 8 transpose of 4-byte words. */
+static inline void interleave8x32(const uint8_t *const *rows, uint8_t *out) {
+    __m256 r[8], t[8], u[8];
+    for (int i = 0; i < 8; i++) r[i] = _mm256_castsi256_ps(_mm256_loadu_si256((const __m256i *)rows[i]));
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) {
+        u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+        u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xee);
+        u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xee);
+    }
+    for (int v = 0; v < 4; v++) {
+        _mm256_storeu_ps((float *)(out + 32 * v), _mm256_permute2f128_ps(u[v], u[v + 4], 0x20));
+        _mm256_storeu_ps((float *)(out + 32 * (v + 4)), _mm256_permute2f128_ps(u[v], u[v + 4], 0x31));
+    }
+}
 
 /* Rows [r0, r0 + 8) of a32 activations (missing rows as zeros) -> nb regrouped blocks. */
 static void regroup_a32(const a32_block *act, int64_t nb, int64_t rows, a32x8_block *out) {
+    static const uint8_t zero_row[32] = {0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80,
+                                         0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80,
+                                         0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80};
     for (int64_t b = 0; b < nb; b++) {
         a32x8_block *o = out + b;
+        const uint8_t *src[GROUP];
         for (int r = 0; r < GROUP; r++) {
             const a32_block *a = r < rows ? act + r * nb + b : NULL;
-            int32_t sum = 0;
-            for (int i = 0; i < 32; i++) {
-                const int8_t q = a ? (int8_t)(a->qs[i] ^ 0x80) : 0;
-                o->q[(i / 4) * 32 + r * 4 + i % 4] = q;
-                sum += q;
-            }
+            src[r] = a ? a->qs : zero_row;
             o->d[r] = a ? a->d : 0.0f;
             o->s[r] = a ? a->s : 0.0f;
-            o->sum[r] = sum;
         }
+        interleave8x32(src, o->q);
     }
 }
 
-/* The block's values as unsigned bytes, and the offset they carry (value = byte - offset). */
-ALWAYS_INLINE __m256i decode_unsigned32(int qtype, const uint8_t *blk) {
-    switch (qtype) {
-        case T_Q8_0: return _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(blk + 2)), _mm256_set1_epi8((char)0x80));
-        case T_Q4_0: return unpack_nibbles16(blk + 2);
-        case T_Q4_1: return unpack_nibbles16(blk + 4);
-        case T_Q5_0: return _mm256_or_si256(unpack_nibbles16(blk + 6), fifth_bits(blk + 2));
-        default: return _mm256_or_si256(unpack_nibbles16(blk + 8), fifth_bits(blk + 4));
-    }
+/* A tile's weight blocks decoded once for all activation groups: signed values, the -128 * sum(values)
+ * that the +128 activations add, and the scales. Index [r * nb + b]. */
+typedef struct {
+    int8_t (*q)[32];
+    int32_t *offset;
+    float *d, *m;
+} decoded32;
+
+static void decode_tile32(int qtype, const uint8_t *const *w, int64_t nb, decoded32 *o) {
+    const int bs = block_bytes(qtype);
+    for (int r = 0; r < OUTER_R; r++)
+        for (int64_t b = 0; b < nb; b++) {
+            wblk32 blk;
+            _mm_prefetch((const char *)(w[r] + b * bs + PREFETCH_BYTES), _MM_HINT_T0);
+            decode32(qtype, w[r] + b * bs, &blk);
+            const int64_t i = r * nb + b;
+            _mm256_storeu_si256((__m256i *)o->q[i], blk.q);
+            /* blk.corr: -128 * sum(values), spread over lanes (VNNI build) */
+            __m128i t = _mm_add_epi32(_mm256_castsi256_si128(blk.corr), _mm256_extracti128_si256(blk.corr, 1));
+            t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0x4e));
+            t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0xb1));
+            o->offset[i] = _mm_cvtsi128_si32(t);
+            o->d[i] = _mm_cvtss_f32(_mm256_castps256_ps128(blk.d));
+            o->m[i] = blk.m;
+        }
 }
 
-static inline int offset_shift(int qtype) {
-    switch (qtype) {
-        case T_Q8_0: return 7;
-        case T_Q4_0: return 3;
-        case T_Q5_0: return 4;
-        default: return -1; /* Q4_1, Q5_1: no offset */
-    }
+ALWAYS_INLINE __m256i broadcast4(const void *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm256_set1_epi32(v);
 }
 
-/* out[r * GROUP + c] = weight row r times activation row c of the group. */
-ALWAYS_INLINE void outer32(int qtype, const uint8_t *const *w, const a32x8_block *a, int64_t nb, float *out) {
-    const int bs = block_bytes(qtype), shift = offset_shift(qtype), has_min = shift < 0;
+/* out[r * GROUP + c] = weight row r times activation row c of the group: each 4 decoded weight values are
+ * broadcast from memory (signed) against 4 values of the 8 activation rows (+128, unsigned). */
+ALWAYS_INLINE void outer32(int qtype, const decoded32 *wd, const a32x8_block *a, int64_t nb, float *out) {
+    const int has_min = qtype == T_Q4_1 || qtype == T_Q5_1;
     __m256 acc[OUTER_R];
     for (int r = 0; r < OUTER_R; r++) acc[r] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
@@ -640,31 +830,119 @@ ALWAYS_INLINE void outer32(int qtype, const uint8_t *const *w, const a32x8_block
         __m256i av[8];
         for (int v = 0; v < 8; v++) av[v] = _mm256_loadu_si256((const __m256i *)(ab->q + 32 * v));
         const __m256 ad = _mm256_loadu_ps(ab->d);
-        const __m256i sums = _mm256_loadu_si256((const __m256i *)ab->sum);
-        /* sum((u - off) * a) = sum(u * a) - off * sum(a): start each row's sums at -off * sum(a) */
-        const __m256i init = has_min ? _mm256_setzero_si256() : _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(sums, shift > 0 ? shift : 0));
         for (int r = 0; r < OUTER_R; r++) {
-            const uint8_t *blk = w[r] + b * bs;
-            _mm_prefetch((const char *)(blk + PREFETCH_BYTES), _MM_HINT_T0);
-            uint32_t u[8];
-            _mm256_storeu_si256((__m256i *)u, decode_unsigned32(qtype, blk));
-            __m256i p = init;
-            for (int v = 0; v < 8; v++) p = _mm256_dpbusd_epi32(p, _mm256_set1_epi32((int)u[v]), av[v]);
-            acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(half_to_float(blk)), ad), _mm256_cvtepi32_ps(p), acc[r]);
-            if (has_min) acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(half_to_float(blk + 2)), _mm256_loadu_ps(ab->s), acc[r]);
+            const int64_t i = r * nb + b;
+            __m256i p = _mm256_set1_epi32(wd->offset[i]);
+            for (int v = 0; v < 8; v++) p = _mm256_dpbusd_epi32(p, av[v], broadcast4(wd->q[i] + 4 * v));
+            acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(wd->d[i]), ad), _mm256_cvtepi32_ps(p), acc[r]);
+            if (has_min) acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(wd->m[i]), _mm256_loadu_ps(ab->s), acc[r]);
         }
     }
     for (int r = 0; r < OUTER_R; r++) _mm256_storeu_ps(out + r * GROUP, acc[r]);
 }
 
-static void run_outer32(int qtype, const uint8_t *const *w, const a32x8_block *a, int64_t nb, float *out) {
-    switch (qtype) {
-        case T_Q8_0: outer32(T_Q8_0, w, a, nb, out); return;
-        case T_Q4_0: outer32(T_Q4_0, w, a, nb, out); return;
-        case T_Q4_1: outer32(T_Q4_1, w, a, nb, out); return;
-        case T_Q5_0: outer32(T_Q5_0, w, a, nb, out); return;
-        default: outer32(T_Q5_1, w, a, nb, out); return;
+static void run_outer32(int qtype, const decoded32 *wd, const a32x8_block *a, int64_t nb, float *out) {
+    if (qtype == T_Q4_1 || qtype == T_Q5_1) outer32(T_Q4_1, wd, a, nb, out);
+    else outer32(T_Q8_0, wd, a, nb, out); /* the formats differ only in decoding, done already */
+}
+
+/* The outer product for K-quants. Weight super-blocks are first decoded to plain bytes (kdecoded, once
+ * per tile of weight rows, reused by every group of 8 activation rows); each 4 weight bytes are then
+ * broadcast against 4 values of 8 activation rows, and each 32 (Q6_K: 16) values' sums are scaled in
+ * int32, so the 8 rows' integer totals equal ggml's. Activation groups carry their bsums paired per 32
+ * values, so one vpdpwssd applies a sub-block's min (or Q6_K's -32 offset) to all 8 rows. */
+#define OUTER_RK 8
+
+typedef struct {
+    int8_t q[256 * GROUP]; /* [4-value group v][row][4] */
+    float d[GROUP];
+    int16_t bs[8][GROUP][2]; /* [32 values t][row]: bsums 2t and 2t+1 */
+} q8kx8_block;
+
+typedef struct {
+    uint8_t q[256];     /* the unsigned values, in order */
+    int32_t sc[16];     /* Q4_K/Q5_K: scale of each 32 values (8 used); Q6_K: of each 16 */
+    int32_t factors[8]; /* per 32 values t: the int16 pair multiplying bsums 2t and 2t+1 */
+    float d, dmin;
+} kdecoded;
+
+static void regroup_q8k(const q8k_block *act, int64_t nsb, int64_t rows, q8kx8_block *out) {
+    static const uint8_t zero_row[32] = {0};
+    for (int64_t b = 0; b < nsb; b++) {
+        q8kx8_block *o = out + b;
+        for (int r = 0; r < GROUP; r++) {
+            const q8k_block *a = r < rows ? act + r * nsb + b : NULL;
+            for (int g = 0; g < 16; g++) o->bs[g / 2][r][g % 2] = a ? a->bsums[g] : 0;
+            o->d[r] = a ? a->d : 0.0f;
+        }
+        for (int t = 0; t < 8; t++) {
+            const uint8_t *src[GROUP];
+            for (int r = 0; r < GROUP; r++) src[r] = r < rows ? (const uint8_t *)act[r * nsb + b].qs + 32 * t : zero_row;
+            interleave8x32(src, (uint8_t *)o->q + 256 * t);
+        }
     }
+}
+
+static inline int32_t int16_pair(int lo, int hi) { return (int32_t)(((uint32_t)(uint16_t)hi << 16) | (uint16_t)lo); }
+
+static void decode_k_superblock(int qtype, const uint8_t *sb, kdecoded *o) {
+    kscales ks;
+    k_scales(qtype, sb, &ks);
+    for (int t = 0; t < 8; t++) _mm256_storeu_si256((__m256i *)(o->q + 32 * t), k_values(qtype, sb, t));
+    const int q6 = qtype == T_Q6_K;
+    for (int i = 0; i < (q6 ? 16 : 8); i++) o->sc[i] = ks.sc[i];
+    for (int t = 0; t < 8; t++)
+        o->factors[t] = q6 ? int16_pair(32 * ks.sc[2 * t], 32 * ks.sc[2 * t + 1]) : int16_pair(ks.mn[t], ks.mn[t]);
+    o->d = ks.d;
+    o->dmin = ks.dmin;
+}
+
+/* out[r * GROUP + c]; wd[r * nsb + b] is super-block b of weight row r, decoded. */
+ALWAYS_INLINE void outer_k(int qtype, const kdecoded *wd, int64_t nsb, const q8kx8_block *a, float *out) {
+    const int q6 = qtype == T_Q6_K, parts = q6 ? 2 : 1, nv = 8 / parts;
+    __m256 acc[OUTER_RK];
+    for (int r = 0; r < OUTER_RK; r++) acc[r] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nsb; b++) {
+        const q8kx8_block *ab = a + b;
+        __m256i isum[OUTER_RK];
+        for (int r = 0; r < OUTER_RK; r++) isum[r] = _mm256_setzero_si256();
+#pragma GCC unroll 8
+        for (int t = 0; t < 8; t++) {
+            for (int part = 0; part < parts; part++) {
+                __m256i p[OUTER_RK];
+                for (int r = 0; r < OUTER_RK; r++) p[r] = _mm256_setzero_si256();
+                for (int v = part * nv; v < (part + 1) * nv; v++) {
+                    const __m256i codes = _mm256_loadu_si256((const __m256i *)(ab->q + 256 * t + 32 * v));
+                    for (int r = 0; r < OUTER_RK; r++)
+                        p[r] = _mm256_dpbusd_epi32(p[r], broadcast4(wd[r * nsb + b].q + 32 * t + 4 * v), codes);
+                }
+                for (int r = 0; r < OUTER_RK; r++) {
+                    const __m256i sc = _mm256_set1_epi32(wd[r * nsb + b].sc[q6 ? 2 * t + part : t]);
+                    isum[r] = _mm256_add_epi32(isum[r], _mm256_mullo_epi32(p[r], sc));
+                }
+            }
+        }
+        const __m256 ad = _mm256_loadu_ps(ab->d);
+        for (int r = 0; r < OUTER_RK; r++) {
+            const kdecoded *k = &wd[r * nsb + b];
+            __m256i bterms = _mm256_setzero_si256();
+            for (int t = 0; t < 8; t++)
+                bterms = _mm256_dpwssd_epi32(bterms, _mm256_loadu_si256((const __m256i *)ab->bs[t]), _mm256_set1_epi32(k->factors[t]));
+            const __m256 dd = _mm256_mul_ps(_mm256_set1_ps(k->d), ad);
+            if (q6) {
+                acc[r] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(_mm256_sub_epi32(isum[r], bterms)), acc[r]);
+            } else {
+                acc[r] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(isum[r]), acc[r]);
+                acc[r] = _mm256_fnmadd_ps(_mm256_mul_ps(_mm256_set1_ps(k->dmin), ad), _mm256_cvtepi32_ps(bterms), acc[r]);
+            }
+        }
+    }
+    for (int r = 0; r < OUTER_RK; r++) _mm256_storeu_ps(out + r * GROUP, acc[r]);
+}
+
+static void run_outer_k(int qtype, const kdecoded *wd, int64_t nsb, const q8kx8_block *a, float *out) {
+    if (qtype == T_Q6_K) outer_k(T_Q6_K, wd, nsb, a, out);
+    else outer_k(T_Q4_K, wd, nsb, a, out); /* Q4_K and Q5_K differ only in decoding, done already */
 }
 #endif /* LADLE_VNNI */
 #endif /* LADLE_AVX2 */
@@ -685,11 +963,12 @@ typedef struct {
 #define ACT_BLOCK 64
 
 #ifdef LADLE_AVX2
-/* The largest tile width (1, 2, 4 or max_c) that fits in `rows`. */
-static int tile_width(int64_t rows, int max_c) {
-    int c = 1;
-    while (c * 2 <= rows && c * 2 <= max_c) c *= 2;
-    return rows >= max_c ? max_c : c;
+/* The tile width for `rows` remaining activation rows: all of them up to max_c; K-quant tiles come in
+ * widths 1, 2, 4 and max_c only. */
+static int tile_width(int64_t rows, int max_c, int k_quant) {
+    if (rows >= max_c) return max_c;
+    if (!k_quant) return (int)rows;
+    return rows >= 4 ? 4 : (rows >= 2 ? 2 : 1);
 }
 
 /* Rows [n0, n0 + R) of the weight (clamped to the last row) against activation rows [c0, c1). */
@@ -698,7 +977,7 @@ static void mm_weight_tile(const mm_job *j, int R, int64_t n0, int64_t n_end, in
     for (int r = 0; r < R; r++) w[r] = j->w + (n0 + r < n_end ? n0 + r : n_end - 1) * j->row_bytes;
     const int kq = is_k_quant(j->qtype);
     for (int64_t c = c0; c < c1;) {
-        const int C = R == 4 ? 1 : tile_width(c1 - c, kq ? CK : C32);
+        const int C = j->m == 1 ? 1 : tile_width(c1 - c, kq ? CK : C32, kq);
         const void *a[MAXC];
         for (int i = 0; i < C; i++) a[i] = j->act + (c + i) * j->act_row_bytes;
         float out[MAXR * MAXC];
@@ -713,24 +992,65 @@ static void mm_weight_tile(const mm_job *j, int R, int64_t n0, int64_t n_end, in
 }
 
 #ifdef LADLE_VNNI
-/* The outer-product path over weight rows [begin, end): OUTER_R rows x 8 activation rows per tile. */
+/* Stores a tile's outputs: out[r * GROUP + c] for weight rows n0.. and activation rows g * GROUP.. */
+static void store_outer(const mm_job *j, const float *out, int R, int64_t n0, int64_t end, int64_t g) {
+    for (int r = 0; r < R && n0 + r < end; r++)
+        for (int c = 0; c < GROUP && g * GROUP + c < j->m; c++) j->y[(g * GROUP + c) * j->n_rows + n0 + r] = out[r * GROUP + c];
+}
+
+/* The outer-product path over weight rows [begin, end), a pass per ACT_BLOCK activation rows. */
 static void mm_rows_outer(const mm_job *j, int64_t begin, int64_t end) {
-    const int64_t nb = j->k / 32, groups = (j->m + GROUP - 1) / GROUP;
-    const a32x8_block *act = (const a32x8_block *)j->grouped;
+    const int kq = is_k_quant(j->qtype), R = kq ? OUTER_RK : OUTER_R;
+    const int64_t nb = kq ? j->k / 256 : j->k / 32, groups = (j->m + GROUP - 1) / GROUP;
+    const size_t group_bytes = (size_t)nb * (kq ? sizeof(q8kx8_block) : sizeof(a32x8_block));
+    /* one allocation for the tile's decoded weights */
+    const size_t per_block = kq ? sizeof(kdecoded) : 32 + 3 * sizeof(float);
+    uint8_t *buf = malloc(per_block * (size_t)(R * nb));
+    if (buf == NULL) return; /* out of memory: y stays unset rather than crash */
+    kdecoded *wd = (kdecoded *)buf;
+    decoded32 d32 = {(int8_t(*)[32])buf, (int32_t *)(buf + 32 * R * nb), (float *)(buf + 36 * R * nb),
+                     (float *)(buf + 40 * R * nb)};
     for (int64_t g0 = 0; g0 < groups; g0 += ACT_BLOCK / GROUP) {
         const int64_t g1 = g0 + ACT_BLOCK / GROUP < groups ? g0 + ACT_BLOCK / GROUP : groups;
-        for (int64_t n0 = begin; n0 < end; n0 += OUTER_R) {
+        for (int64_t n0 = begin; n0 < end; n0 += R) {
             const uint8_t *w[OUTER_R];
-            for (int r = 0; r < OUTER_R; r++) w[r] = j->w + (n0 + r < end ? n0 + r : end - 1) * j->row_bytes;
+            for (int r = 0; r < R; r++) w[r] = j->w + (n0 + r < end ? n0 + r : end - 1) * j->row_bytes;
+            if (kq) {
+                for (int r = 0; r < R; r++)
+                    for (int64_t b = 0; b < nb; b++) decode_k_superblock(j->qtype, w[r] + b * block_bytes(j->qtype), &wd[r * nb + b]);
+            } else {
+                decode_tile32(j->qtype, w, nb, &d32);
+            }
             for (int64_t g = g0; g < g1; g++) {
                 float out[OUTER_R * GROUP];
-                run_outer32(j->qtype, w, act + g * nb, nb, out);
-                for (int r = 0; r < OUTER_R && n0 + r < end; r++)
-                    for (int c = 0; c < GROUP && g * GROUP + c < j->m; c++)
-                        j->y[(g * GROUP + c) * j->n_rows + n0 + r] = out[r * GROUP + c];
+                const void *act = (const uint8_t *)j->grouped + g * group_bytes;
+                if (kq)
+                    run_outer_k(j->qtype, wd, nb, (const q8kx8_block *)act, out);
+                else
+                    run_outer32(j->qtype, &d32, (const a32x8_block *)act, nb, out);
+                store_outer(j, out, R, n0, end, g);
             }
         }
     }
+    free(buf);
+}
+
+/* The activations regrouped for the outer-product kernels (malloc'ed), or NULL where they do not apply. */
+static void *regroup_activations(int qtype, const void *act, int64_t m, int64_t k) {
+    if (m < GROUP) return NULL;
+    const int kq = is_k_quant(qtype);
+    const int64_t nb = kq ? k / 256 : k / 32, groups = (m + GROUP - 1) / GROUP;
+    const size_t block = kq ? sizeof(q8kx8_block) : sizeof(a32x8_block);
+    uint8_t *out = malloc(block * (size_t)(groups * nb));
+    if (out == NULL) return NULL;
+    for (int64_t g = 0; g < groups; g++) {
+        const int64_t rows = m - g * GROUP < GROUP ? m - g * GROUP : GROUP;
+        if (kq)
+            regroup_q8k((const q8k_block *)act + g * GROUP * nb, nb, rows, (q8kx8_block *)(out + g * nb * block));
+        else
+            regroup_a32((const a32_block *)act + g * GROUP * nb, nb, rows, (a32x8_block *)(out + g * nb * block));
+    }
+    return out;
 }
 #endif
 
@@ -807,15 +1127,7 @@ int ladle_matmul_quantized(int qtype, const uint8_t *w, int64_t row_bytes, int64
     mm_job job = {qtype, w, row_bytes, n_rows, k, m, ladle_act_row_bytes(qtype, k), (const uint8_t *)act, y, NULL};
     void *grouped = NULL;
 #ifdef LADLE_VNNI
-    if (m >= GROUP && !is_k_quant(qtype)) {
-        const int64_t nb = k / 32, groups = (m + GROUP - 1) / GROUP;
-        grouped = malloc(sizeof(a32x8_block) * (size_t)(groups * nb));
-        if (grouped != NULL)
-            for (int64_t g = 0; g < groups; g++)
-                regroup_a32((const a32_block *)act + g * GROUP * nb, nb, m - g * GROUP < GROUP ? m - g * GROUP : GROUP,
-                            (a32x8_block *)grouped + g * nb);
-        job.grouped = grouped;
-    }
+    job.grouped = grouped = regroup_activations(qtype, act, m, k);
 #endif
     parallel_for(mm_rows, &job, n_rows, rows_per_chunk(n_rows, nthreads),
                  threads_for(n_rows * row_bytes, m, nthreads));

@@ -2,13 +2,14 @@
  * thread's time slice, several milliseconds per call on a loaded machine; this pool never does.
  *
  * A job is published through a generation counter: odd while the caller rewrites the job, even once it is
- * complete. Workers that just finished a job spin on the counter for SPIN_NS before going to sleep on the
- * condition variable, so back-to-back matmuls (a decode step is hundreds of them) start without a futex
- * wake-up; the caller only signals when some worker is really asleep. */
+ * complete. Workers that just finished a job spin on the counter for a while (DEFAULT_SPIN_NS) before
+ * sleeping on the condition variable, so back-to-back matmuls (a decode step is hundreds of them) start
+ * without a futex wake-up; the caller only signals when some worker is really asleep. */
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <time.h>
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -19,9 +20,19 @@
 
 #include "thread_pool.h"
 
-/* How long an idle worker polls for the next job before sleeping: longer than the Python-side gap between
- * two matmuls of a decode step, short enough not to burn a shared machine's CPU between requests. */
-#define SPIN_NS 200000
+/* How long an idle worker polls for the next job before sleeping: about the Python-side gap between two
+ * matmuls of a decode step, short enough not to take a core from torch's own threads (the ops between
+ * matmuls) for long. LADLE_POOL_SPIN_US overrides (0: always sleep). */
+#define DEFAULT_SPIN_NS 100000
+static int64_t spin_ns = -1;
+
+static int64_t spin_budget(void) {
+    if (spin_ns < 0) {
+        const char *env = getenv("LADLE_POOL_SPIN_US");
+        spin_ns = env != NULL ? (int64_t)atol(env) * 1000 : DEFAULT_SPIN_NS;
+    }
+    return spin_ns;
+}
 
 typedef struct {
     range_fn fn;
@@ -62,7 +73,7 @@ static int joinable(long gen, long seen, int index) {
 
 /* Returns the next joinable generation, spinning first and then sleeping. */
 static long wait_for_job(long seen, int index) {
-    const int64_t deadline = now_ns() + SPIN_NS;
+    const int64_t deadline = now_ns() + spin_budget();
     for (int spins = 0;; spins++) {
         const long gen = atomic_load(&pool.generation);
         if (joinable(gen, seen, index)) return gen;

@@ -83,6 +83,7 @@ def main() -> None:
                     setattr(layer, n, lambda x, fn=fn, key=key: last.setdefault(key, fn(x)))
                 else:
                     setattr(layer, n, lambda x, key=key: last[key])
+            layer.regroup()
 
     def forward_inputs():
         # the same tensors ModelRunner.execute builds (one decode token at the sequence's current length)

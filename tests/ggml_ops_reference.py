@@ -102,6 +102,7 @@ class GGMLMatmuls:
                 weight = getattr(getattr(layer, name), "__self__", None)
                 if weight is not None and hasattr(weight, "qtype"):
                     setattr(layer, name, self._matmul(weight))
+            layer.regroup()
         emb = model.model.embed_tokens.quantized
         self.lm_head = self._matmul(emb) if emb is not None and model.config.tie_word_embeddings else None
         self.model = model

@@ -71,6 +71,22 @@ def _matmul(module: nn.Module) -> MatMul:
     return module.forward
 
 
+def _grouped(fns: list[MatMul]) -> Callable[[torch.Tensor], list[torch.Tensor]]:
+    """x -> [fn(x) for fn in fns], quantizing x once when every fn is a quantized kernel of the same
+    activation format (q/k/v, gate/up): ggml quantizes a matmul's input the same way for each of them."""
+    weights = [getattr(fn, "__self__", None) for fn in fns]
+    formats = {getattr(w, "act_format", None) for w in weights}
+    if len(formats) == 1 and None not in formats and all(fn == w.linear for fn, w in zip(fns, weights)):
+        first = weights[0]
+
+        def shared(x: torch.Tensor) -> list[torch.Tensor]:
+            quantized = first.quantize_input(x)
+            return [w.linear(x, quantized) for w in weights]
+
+        return shared
+    return lambda x: [fn(x) for fn in fns]
+
+
 @dataclass
 class _Layer:
     """One decoder layer's matmuls and constant addresses."""
@@ -92,6 +108,16 @@ class _Layer:
     q_scale: float
     kq_scale: float
     sliding_window: int
+    qkv: Callable[[torch.Tensor], list[torch.Tensor]] | None = None
+    gate_up: Callable[[torch.Tensor], list[torch.Tensor]] | None = None
+
+    def __post_init__(self) -> None:
+        self.regroup()
+
+    def regroup(self) -> None:
+        """Rebuilds the shared-input groups from the matmul fields (call after replacing any of them)."""
+        self.qkv = _grouped([self.q_proj, self.k_proj, self.v_proj])
+        self.gate_up = _grouped([self.gate_proj, self.up_proj])
 
 
 def _weight(norm: RMSNorm) -> int:
@@ -221,9 +247,7 @@ class GGMLForward:
         rows = meta.output_rows
         selected = torch.tensor(rows, dtype=torch.int64) if rows is not None and len(rows) < tokens else None
         for i, (layer, (k_cache, v_cache)) in enumerate(zip(self.layers, kv_caches)):
-            q = layer.q_proj(h)
-            k = layer.k_proj(h)
-            v = layer.v_proj(h)
+            q, k, v = layer.qkv(h)
             rc = lib.ladle_attention(
                 q.data_ptr(), k.data_ptr(), v.data_ptr(), tokens, heads, kv_heads, head_dim,
                 layer.q_norm, layer.k_norm, eps, layer.rope, pos_p, slot_p,
@@ -243,8 +267,7 @@ class GGMLForward:
             lib.ladle_residual_rms_norm(
                 x_p, o.data_ptr(), layer.post_attn_norm, layer.ffn_norm, h_p, tokens, hidden, eps, nth
             )
-            gate = layer.gate_proj(h)
-            up = layer.up_proj(h)
+            gate, up = layer.gate_up(h)
             self.glu(gate.data_ptr(), up.data_ptr(), act_p, tokens, cfg.intermediate_size, nth)
             down = layer.down_proj(act)
             next_norm, dst = (self.final_norm, out) if i == last else (self.layers[i + 1].input_norm, h)

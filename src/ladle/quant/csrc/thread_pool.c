@@ -34,29 +34,43 @@ static int64_t spin_budget(void) {
     return spin_ns;
 }
 
+/* A job slot. Jobs alternate between two slots, so a worker that registered for a job and was then
+ * descheduled delays nobody: the next job is written into the other slot, and the caller of a job waits
+ * only for workers inside a chunk (busy), never for ones merely registered (active). */
 typedef struct {
     range_fn fn;
     void *ctx;
     int64_t n, chunk;
-    atomic_llong next;       /* next unclaimed index */
-    atomic_int active;       /* workers registered in the current job */
-    atomic_long generation;  /* even: job published; odd: being rewritten */
-    atomic_int wanted;       /* workers invited to this job */
-    atomic_int sleepers;     /* workers waiting on pool_cond */
+    atomic_llong next; /* next unclaimed index */
+    atomic_int active; /* workers registered for this slot's job: it is not rewritten while > 0 */
+    atomic_int busy;   /* workers claiming or running a chunk */
 } pool_job;
+
+static struct {
+    pool_job slot[2];
+    atomic_long generation; /* even: job generation/2 published in slot (generation/2) % 2; odd: being set */
+    atomic_int wanted;      /* workers invited to the current job */
+    atomic_int sleepers;    /* workers waiting on pool_cond */
+} pool;
 
 static pthread_mutex_t pool_mutex = PTHREAD_MUTEX_INITIALIZER;
 static pthread_mutex_t pool_owner = PTHREAD_MUTEX_INITIALIZER; /* one job at a time; others run alone */
 static pthread_cond_t pool_cond = PTHREAD_COND_INITIALIZER;
-static pool_job pool;
 static int pool_workers = 0;
+
+static pool_job *slot_of(long gen) { return &pool.slot[(gen >> 1) & 1]; }
 
 static void run_chunks(pool_job *job) {
     for (;;) {
+        atomic_fetch_add(&job->busy, 1); /* before claiming: the caller sees a claimed chunk as busy */
         const int64_t begin = (int64_t)atomic_fetch_add(&job->next, job->chunk);
-        if (begin >= job->n) return;
+        if (begin >= job->n) {
+            atomic_fetch_sub(&job->busy, 1);
+            return;
+        }
         const int64_t end = begin + job->chunk < job->n ? begin + job->chunk : job->n;
         job->fn(job->ctx, begin, end);
+        atomic_fetch_sub(&job->busy, 1);
     }
 }
 
@@ -96,11 +110,12 @@ static void *pool_worker(void *arg) {
     for (;;) {
         const long gen = wait_for_job(seen, index);
         seen = gen;
-        atomic_fetch_add(&pool.active, 1);
-        /* Registered; the job is ours only if it was not replaced meanwhile (the caller rewrites a job
-         * only after setting the generation odd and seeing active == 0). */
-        if (atomic_load(&pool.generation) == gen) run_chunks(&pool);
-        atomic_fetch_sub(&pool.active, 1);
+        pool_job *job = slot_of(gen);
+        atomic_fetch_add(&job->active, 1);
+        /* Registered; the slot still holds this job only if no newer one was started meanwhile (a slot is
+         * rewritten only after its active count drops to 0). */
+        if (atomic_load(&pool.generation) == gen) run_chunks(job);
+        atomic_fetch_sub(&job->active, 1);
     }
     return NULL;
 }
@@ -116,9 +131,8 @@ static void start_workers(int wanted) {
     pthread_mutex_unlock(&pool_mutex);
 }
 
-/* Only workers that joined can hold a chunk; they finish it without needing more CPU than it takes. */
-static void wait_inactive(void) {
-    for (int spins = 0; atomic_load(&pool.active) > 0; spins++) {
+static void wait_zero(atomic_int *count) {
+    for (int spins = 0; atomic_load(count) > 0; spins++) {
         if (spins > 1000) sched_yield();
         else cpu_relax();
     }
@@ -131,22 +145,24 @@ void parallel_for(range_fn fn, void *ctx, int64_t n, int64_t chunk, int nthreads
         return;
     }
     if (pool_workers < nthreads - 1) start_workers(nthreads - 1);
-    const long gen = atomic_load(&pool.generation);
-    atomic_store(&pool.generation, gen + 1); /* odd: workers arriving late back out */
-    wait_inactive();
-    pool.fn = fn;
-    pool.ctx = ctx;
-    pool.n = n;
-    pool.chunk = chunk;
-    atomic_store(&pool.next, 0);
+    const long gen = atomic_load(&pool.generation) + 2;
+    atomic_store(&pool.generation, gen - 1); /* odd: workers arriving late back out */
+    pool_job *job = slot_of(gen);
+    wait_zero(&job->active); /* stragglers from two jobs ago, in practice long gone */
+    job->fn = fn;
+    job->ctx = ctx;
+    job->n = n;
+    job->chunk = chunk;
+    atomic_store(&job->next, 0);
     atomic_store(&pool.wanted, nthreads - 1);
-    atomic_store(&pool.generation, gen + 2);
+    atomic_store(&pool.generation, gen);
     if (atomic_load(&pool.sleepers) > 0) {
         pthread_mutex_lock(&pool_mutex);
         pthread_cond_broadcast(&pool_cond);
         pthread_mutex_unlock(&pool_mutex);
     }
-    run_chunks(&pool);
-    wait_inactive();
+    run_chunks(job);
+    /* Every index is claimed; only chunks still running matter (they need no more CPU than they take). */
+    wait_zero(&job->busy);
     pthread_mutex_unlock(&pool_owner);
 }

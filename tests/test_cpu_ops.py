@@ -239,6 +239,7 @@ ATTENTION_CASES = {
     "odd-head-dim-window": (6, 2, 24, [(3, 50), (1, 1)], True, 1.0, 24**-0.5, 7),
     "long-context-decode": (2, 2, 80, [(1, 3000), (1, 2047)], False, 1.0, 80**-0.5, None),
     "decode-short-window": (4, 2, 64, [(1, 300), (1, 45), (1, 3)], False, 1.0, 0.125, 40),
+    "decode-alone-split-heads": (4, 1, 256, [(1, 1500)], True, 0.0625, 1.0, None),
 }
 
 

@@ -106,6 +106,8 @@ def ggml_attention(q, k_cache, v_cache, mask, scale):
     "heads,kv_heads,d,prefix,q_len,window",
     [
         (4, 1, 256, 100, 1, None),  # Gemma 270M decode
+        (4, 1, 256, 700, 1, None),  # a long one: the group's heads split over the threads
+        (4, 1, 256, 900, 1, 512),
         (4, 1, 256, 0, 16, None),  # prefill
         (4, 1, 256, 40, 37, None),  # a chunk after a prefix-cache hit
         (4, 1, 256, 200, 1, 64),  # sliding window
@@ -115,7 +117,8 @@ def ggml_attention(q, k_cache, v_cache, mask, scale):
     ],
 )
 def test_attention_is_llama_cpps(heads, kv_heads, d, prefix, q_len, window):
-    n_kv, seq_len = 256, prefix + q_len
+    seq_len = prefix + q_len
+    n_kv = -(-seq_len // 256) * 256  # llama.cpp pads its cache view to 256 cells
     k_cache = torch.zeros((n_kv // 16, 16, kv_heads, d), dtype=torch.float16)
     v_cache = torch.zeros_like(k_cache)
     k_cache.view(-1, kv_heads, d)[:prefix] = torch.from_numpy(

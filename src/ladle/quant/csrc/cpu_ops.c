@@ -640,7 +640,7 @@ int ladle_attention(const float *q, const float *k, const float *v, int64_t num_
     const int groups = num_heads / num_kv_heads;
     const int64_t rows = num_tokens * num_kv_heads;
     /* only for long contexts: waking a worker costs more than it saves on short ones */
-    if (nthreads > 1 && rows < nthreads && job.max_seq_len >= 2048) job.group_parts = groups < nthreads ? groups : nthreads;
+    if (nthreads > 1 && rows < nthreads && job.max_seq_len >= 256) job.group_parts = groups < nthreads ? groups : nthreads;
     parallel_for(attend_items, &job, rows * job.group_parts, 1, nthreads);
     free(job.q_rounded);
     free(job.token_seq);

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+KV_CACHE_DTYPES = ("auto", "float16", "bfloat16", "float32")
+
 
 @dataclass
 class EngineConfig:
     model: str
     dtype: str = "auto"  # auto: float32 on CPU (exact and fast there), the checkpoint's dtype on CUDA
+    # K/V cache element type (vLLM's option): auto = the model dtype, except GGUF models on the CPU, which
+    # get float16 as llama.cpp does by default (half the memory, and llama.cpp's numerics).
+    kv_cache_dtype: str = "auto"
     device: str = "auto"  # auto: cuda when available, else cpu
     max_model_len: int | None = None  # None: the model's max_position_embeddings
     gpu_memory_utilization: float = 0.9
@@ -39,6 +44,10 @@ class EngineConfig:
             raise ValueError(f"block_size must be a power of two, got {self.block_size}")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(
+                f"kv_cache_dtype must be one of {', '.join(KV_CACHE_DTYPES)}, got {self.kv_cache_dtype!r}"
+            )
         if self.load_format not in ("auto", "dummy", "safetensors", "gguf"):
             raise ValueError(
                 f"load_format must be auto, dummy, safetensors or gguf, got {self.load_format!r}"

@@ -41,6 +41,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-num-batched-tokens", type=int, default=2048)
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--dtype", default="auto")
+    p.add_argument(
+        "--kv-cache-dtype",
+        default="auto",
+        choices=["auto", "float16", "bfloat16", "float32"],
+        help="K/V cache type (default auto: the model dtype; float16 for GGUF models on the CPU)",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--load-format", default="auto")
     p.add_argument("--seed", type=int, default=0)
@@ -79,6 +85,7 @@ def run(args: argparse.Namespace) -> None:
     )
     options = EngineOptions(
         dtype=args.dtype,
+        kv_cache_dtype=args.kv_cache_dtype,
         device=args.device,
         max_model_len=args.max_model_len,
         max_num_seqs=args.max_num_seqs,

@@ -18,7 +18,7 @@ from ladle.engine.kv_cache_manager import KVCacheManager
 from ladle.engine.request import Request
 from ladle.engine.sampler import Sampler, SamplingRow, prompt_logprobs
 from ladle.engine.scheduler import Scheduler
-from ladle.executor.device import resolve_device, resolve_dtype
+from ladle.executor.device import resolve_device, resolve_dtype, resolve_kv_cache_dtype
 from ladle.executor.model_runner import ModelRunner, kv_block_bytes
 from ladle.layers.attention import get_attention_backend
 from ladle.loader.checkpoint import Checkpoint, open_checkpoint
@@ -53,6 +53,9 @@ class LLMEngine:
         self.tokenizer = self.checkpoint.tokenizer
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device, self.arch.torch_dtype)
+        self.kv_cache_dtype = resolve_kv_cache_dtype(
+            config.kv_cache_dtype, self.dtype, self.device, self.checkpoint.format
+        )
         model_max = self.arch.max_position_embeddings
         if config.max_model_len is not None and config.max_model_len > model_max:
             raise ValueError(
@@ -83,7 +86,7 @@ class LLMEngine:
             )
             if self.device.type == "cuda":
                 model.fuse_weights()
-            self.runner = ModelRunner(model, self.device, self.dtype, config.block_size)
+            self.runner = ModelRunner(model, self.device, self.dtype, config.block_size, self.kv_cache_dtype)
         self.load_seconds = time.perf_counter() - start
         self.sampler = Sampler()
         self.memory_profile: dict[str, float] = {}
@@ -111,7 +114,7 @@ class LLMEngine:
         if self.config.num_kv_blocks is not None:
             return self.config.num_kv_blocks
         # The runner's model config: one rank's heads under tensor parallelism (each rank has its own memory).
-        block_bytes = kv_block_bytes(self.runner.model.config, self.config.block_size, self.dtype)
+        block_bytes = kv_block_bytes(self.runner.model.config, self.config.block_size, self.kv_cache_dtype)
         if self.device.type == "cuda":
             budget = self._cuda_kv_budget()
         else:

@@ -30,6 +30,7 @@ class LLM:
         tensor_parallel_size: int = 1,
         seed: int = 0,
         tokenizer: str | None = None,
+        kv_cache_dtype: str = "auto",
         **engine_options: Any,
     ) -> None:
         from ladle.models_hub.resolve import resolve_model_path
@@ -45,6 +46,7 @@ class LLM:
             tensor_parallel_size=tensor_parallel_size,
             seed=seed,
             tokenizer=tokenizer,
+            kv_cache_dtype=kv_cache_dtype,
             **engine_options,
         )
         self.llm_engine = LLMEngine(config)

@@ -30,6 +30,23 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def resolve_kv_cache_dtype(
+    name: str, model_dtype: torch.dtype, device: torch.device, checkpoint_format: str
+) -> torch.dtype:
+    """The K/V cache's element type: auto is the model dtype, except float16 for GGUF models on the CPU
+    (llama.cpp's default cache type, which its numerics round K, V, q and the probabilities to)."""
+    if name == "auto":
+        if checkpoint_format == "gguf" and device.type == "cpu":
+            return torch.float16
+        return model_dtype
+    if name not in ("float16", "bfloat16", "float32"):
+        raise ValueError(f"kv_cache_dtype: unknown dtype {name!r}; use auto, float16, bfloat16 or float32")
+    dtype = _DTYPES[name]
+    if device.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        raise ValueError("kv_cache_dtype: bfloat16 is not supported by this GPU; use float16")
+    return dtype
+
+
 def resolve_dtype(name: str, device: torch.device, checkpoint_dtype: str | None) -> torch.dtype:
     if name == "auto":
         if device.type == "cpu":

@@ -33,10 +33,18 @@ def kv_block_bytes(arch: ArchConfig, block_size: int, dtype: torch.dtype) -> int
 
 
 class ModelRunner:
-    def __init__(self, model: CausalLM, device: torch.device, dtype: torch.dtype, block_size: int) -> None:
+    def __init__(
+        self,
+        model: CausalLM,
+        device: torch.device,
+        dtype: torch.dtype,
+        block_size: int,
+        kv_cache_dtype: torch.dtype | None = None,
+    ) -> None:
         self.model = model
         self.device = device
         self.dtype = dtype
+        self.kv_cache_dtype = kv_cache_dtype or dtype  # the attention backends convert on write and read
         self.block_size = block_size
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.graphs = None  # DecodeGraphs once capture_graphs() ran (CUDA only)
@@ -47,8 +55,8 @@ class ModelRunner:
         # torch.empty: pages are touched only when written, so an unused CPU budget costs nothing.
         self.kv_caches = [
             (
-                torch.empty(shape, dtype=self.dtype, device=self.device),
-                torch.empty(shape, dtype=self.dtype, device=self.device),
+                torch.empty(shape, dtype=self.kv_cache_dtype, device=self.device),
+                torch.empty(shape, dtype=self.kv_cache_dtype, device=self.device),
             )
             for _ in range(cfg.num_hidden_layers)
         ]
@@ -186,6 +194,7 @@ class ModelRunner:
             block_size=size,
             max_query_len=max_query_len,
             max_seq_len=max(seq_lens),
+            output_rows=_output_rows(last_rows, prompt_rows, num_tokens),
         )
         hidden = self.model(longs[:num_tokens], longs[num_tokens : 2 * num_tokens], self.kv_caches, meta)
         if not last_rows:
@@ -205,3 +214,13 @@ class ModelRunner:
 
     def _to_device(self, values, dtype: torch.dtype) -> torch.Tensor:
         return self._host(values, dtype).to(self.device, non_blocking=True)
+
+
+def _output_rows(
+    last_rows: list[int], prompt_rows: dict[int, tuple[int, int]], num_tokens: int
+) -> list[int] | None:
+    """The batch rows whose logits this step computes (sampled rows and prompt-logprob ranges); None: all."""
+    rows = set(last_rows)
+    for a, b in prompt_rows.values():
+        rows.update(range(a, b))
+    return None if len(rows) == num_tokens else sorted(rows)

@@ -128,7 +128,10 @@ def build_rank_runner(
     )
     if device.type == "cuda" and hasattr(model, "fuse_weights"):
         model.fuse_weights()  # as the single-GPU engine does: this rank's q/k/v (gate/up) shards in one GEMM
-    return ModelRunner(model, device, dtype, config.block_size)
+    from ladle.executor.device import resolve_kv_cache_dtype
+
+    kv_dtype = resolve_kv_cache_dtype(config.kv_cache_dtype, dtype, device, ckpt.format)
+    return ModelRunner(model, device, dtype, config.block_size, kv_dtype)
 
 
 def _send(conn: Connection, kind: str, payload: Any = None) -> None:

@@ -32,6 +32,9 @@ class AttentionMetadata:
     decode_num_splits: int | None = None
     # Per-step values a backend derives once and reuses in every layer (e.g. the Triton work list).
     backend_cache: dict[Any, Any] = field(default_factory=dict)
+    # Rows whose final hidden states are read (for logits), ascending; None: all. The ggml numerics path
+    # runs the last layer's MLP on these rows only, as llama.cpp does (the others come back as zeros).
+    output_rows: list[int] | None = None
 
     @property
     def is_decode_only(self) -> bool:

@@ -290,7 +290,11 @@ def arch_config_from_gguf(
         qk_norm=spec.qk_norm,
         tie_word_embeddings=not has_output,
         max_position_embeddings=int(_get(meta, f"{arch}.context_length", 4096)),
-        rope=RopeConfig(theta=theta, scaling=_rope_scaling(meta, arch, rope_freqs, theta, head_dim)),
+        rope=RopeConfig(
+            theta=theta,
+            scaling=_rope_scaling(meta, arch, rope_freqs, theta, head_dim),
+            freq_factors=list(rope_freqs) if rope_freqs is not None else None,
+        ),
         bos_token_id=special_token_id(meta, "bos"),
         eos_token_ids=eos_token_ids(meta, meta.get("tokenizer.ggml.tokens")),
         torch_dtype=None,

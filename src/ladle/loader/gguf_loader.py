@@ -55,8 +55,11 @@ class GGUFCheckpoint:
             if hf is not None:
                 yield hf, info
 
-    def weights(self) -> Iterator[tuple[str, torch.Tensor | GGMLWeight]]:
-        """(Hugging Face name, tensor or GGMLWeight) for every weight the model needs, in file order."""
+    def weights(self, file_norms: bool = False) -> Iterator[tuple[str, torch.Tensor | GGMLWeight]]:
+        """(Hugging Face name, tensor or GGMLWeight) for every weight the model needs, in file order.
+
+        file_norms: yield Gemma's norm weights as stored ((1 + w), what ggml multiplies by), for the ggml
+        numerics path; by default they become Hugging Face's w (the torch model adds the 1 back)."""
         cfg = self.arch_config
         for hf, info in self._loaded_names():
             value = self._load(info)
@@ -66,7 +69,7 @@ class GGUFCheckpoint:
             elif self.spec.permute_qk and hf.endswith(("self_attn.q_proj.bias", "self_attn.k_proj.bias")):
                 heads = cfg.num_attention_heads if ".q_proj." in hf else cfg.num_key_value_heads
                 value = value[torch.tensor(unpermute_rows(info.shape[0], heads))]
-            if self.spec.norm_offset and hf.endswith("norm.weight"):
+            if self.spec.norm_offset and hf.endswith("norm.weight") and not file_norms:
                 value = value.float() - self.spec.norm_offset
             yield hf, value
 
@@ -168,11 +171,14 @@ def load_gguf(path: str | Path) -> GGUFCheckpoint:
 
 def open_gguf_checkpoint(path: str | Path) -> Checkpoint:
     """The engine's view of a .gguf file (loader/checkpoint.py). GGMLWeight runs on the CPU only; on other
-    devices quantized matrices are expanded to the model dtype as they stream."""
+    devices quantized matrices are expanded to the model dtype as they stream. Its weights() also takes
+    file_norms (see GGUFCheckpoint.weights), which load_model passes for the ggml numerics path."""
     gguf = load_gguf(path)
 
-    def weights(device: torch.device, dtype: torch.dtype) -> Iterator[tuple[str, Any]]:
-        for name, value in gguf.weights():
+    def weights(
+        device: torch.device, dtype: torch.dtype, file_norms: bool = False
+    ) -> Iterator[tuple[str, Any]]:
+        for name, value in gguf.weights(file_norms):
             if isinstance(value, GGMLWeight) and torch.device(device).type != "cpu":
                 value = value.dequantize(dtype)
             yield name, value

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from ladle.layers.attention import AttentionBackend
 from ladle.loader.checkpoint import Checkpoint
+from ladle.model.ggml_cpu import use_ggml_numerics
 from ladle.model.llama import CausalLM
 from ladle.model.registry import build_model
 
@@ -19,10 +22,16 @@ def load_model(
     dummy: bool = False,
     seed: int = 0,
 ) -> CausalLM:
+    ggml = not dummy and ckpt.weights is not None and use_ggml_numerics(ckpt.format, device, dtype)
+    arch = dataclasses.replace(ckpt.arch, numerics="ggml") if ggml else ckpt.arch
     with torch.device("meta"):
-        model = build_model(ckpt.arch, backend)
+        model = build_model(arch, backend)
     if dummy or ckpt.weights is None:
         model.load_weights(_dummy_weights(model, seed, device, dtype), device, dtype)
+    elif ggml:
+        # GGUF's norm weights as stored: ggml multiplies by them, Gemma's (1 + w) included.
+        model.load_weights(ckpt.weights(device, dtype, file_norms=True), device, dtype)
+        model.enable_ggml_numerics(max_positions)
     else:
         model.load_weights(ckpt.weights(device, dtype), device, dtype)
     model.build_buffers(device, max_positions)

@@ -28,6 +28,9 @@ class RopeConfig:
     theta: float = 10000.0
     # None, or a dict as in config.json: {"rope_type": "llama3"|"linear"|"default", "factor": ..., ...}
     scaling: dict[str, Any] | None = None
+    # GGUF's rope_freqs.weight (llama3 scaling): the per-pair divisors ggml applies to each angle, kept as
+    # stored so the ggml numerics path (model/ggml_cpu.py) uses them instead of refitted parameters.
+    freq_factors: list[float] | None = None
 
 
 @dataclass
@@ -58,6 +61,9 @@ class ArchConfig:
     bos_token_id: int | None = None
     eos_token_ids: list[int] = field(default_factory=list)
     torch_dtype: str | None = None  # the dtype the weights were published in
+    # "torch": transformers' numerics (the model's torch layers); "ggml": llama.cpp's CPU numerics through
+    # the native layer ops (model/ggml_cpu.py), set by load_model for GGUF files run on the CPU.
+    numerics: str = "torch"
 
     def __post_init__(self) -> None:
         if not self.layer_types:

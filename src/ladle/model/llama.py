@@ -170,6 +170,7 @@ class CausalLM(nn.Module):
             self.lm_head: nn.Module = TiedLMHead(self.model.embed_tokens)
         else:
             self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size)
+        self.ggml_forward: Any = None  # GGMLForward once enable_ggml_numerics() ran (GGUF on the CPU)
 
     def forward(
         self,
@@ -178,7 +179,17 @@ class CausalLM(nn.Module):
         kv_caches: list[KVCache],
         meta: AttentionMetadata,
     ) -> torch.Tensor:
+        if self.ggml_forward is not None:
+            return self.ggml_forward(input_ids, positions, kv_caches, meta)
         return self.model(input_ids, positions, kv_caches, meta)
+
+    def enable_ggml_numerics(self, max_positions: int) -> None:
+        """From now on forward() runs llama.cpp's CPU numerics (model/ggml_cpu.py); the weights must be
+        loaded with norms as ggml multiplies by them (GGUF's stored values)."""
+        from ladle.model.ggml_cpu import GGMLForward
+
+        self.ggml_forward = GGMLForward(self, max_positions)
+        self.config.numerics = "ggml"
 
     def fuse_weights(self) -> None:
         """Stacks q/k/v and gate/up weights so each is one GEMM (the GPU path; a no-op for quantized)."""
@@ -189,12 +200,17 @@ class CausalLM(nn.Module):
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = self.lm_head(hidden).float()
         cap = self.config.final_logit_softcapping
+        if cap and self.ggml_forward is not None:
+            return self.ggml_forward.softcap_(logits, cap)
         if cap:
             logits = torch.tanh(logits / cap) * cap
         return logits
 
     def build_buffers(self, device: torch.device, max_positions: int) -> None:
-        """Fills the rotary tables, one per distinct rope setting, shared by the layers that use it."""
+        """Fills the rotary tables, one per distinct rope setting, shared by the layers that use it (the
+        ggml numerics path builds its own, ggml's way)."""
+        if self.ggml_forward is not None:
+            return
         tables: dict[tuple, torch.Tensor] = {}
         for module in self.modules():
             if isinstance(module, RotaryEmbedding):

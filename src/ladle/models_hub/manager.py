@@ -66,6 +66,7 @@ class EngineOptions:
     """Engine settings every model loaded by this server gets (from `ladle serve` flags)."""
 
     dtype: str = "auto"
+    kv_cache_dtype: str = "auto"  # --kv-cache-dtype
     device: str = "auto"
     max_model_len: int | None = None
     max_num_seqs: int = 256
@@ -401,6 +402,7 @@ class ModelManager:
         config = EngineConfig(
             model=path,
             dtype=opts.dtype,
+            kv_cache_dtype=opts.kv_cache_dtype,
             device=opts.device,
             max_model_len=opts.max_model_len,
             max_num_seqs=opts.max_num_seqs,

@@ -83,3 +83,22 @@ def test_cuda_bf16_graphs_agree_with_eager(references):
         del llm
     same = sum(a == b for a, b in zip(got[False], got[True]))
     assert same >= 38, f"only {same}/40 sequences agree"  # bf16 near-ties may flip a rare token
+
+
+def test_cuda_fp8_kv_cache_with_graphs_matches_eager_and_stays_near_transformers(references):
+    """kv_cache_dtype="fp8": the pool is e4m3 (half of bf16's bytes), graph replay gives eager's tokens, and the
+    first prompt keeps most of transformers' greedy tokens (fp8 rounding may flip a near-tie)."""
+    _, folder, refs = references
+    got = {}
+    for eager in (False, True):
+        llm = LLM(str(folder), device="cuda", dtype="bfloat16", kv_cache_dtype="fp8", enforce_eager=eager)
+        engine = llm.llm_engine
+        assert engine.runner.kv_caches[0][0].dtype == torch.float8_e4m3fn
+        outputs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], GREEDY)
+        got[eager] = [o.outputs[0].token_ids for o in outputs]
+        _assert_no_leak(llm)
+        del llm
+    assert got[False] == got[True]
+    ref_tokens = refs[0][0]
+    agree = sum(a == b for a, b in zip(got[False][0], ref_tokens))
+    assert agree >= NUM_TOKENS // 2, f"fp8 run kept only {agree}/{NUM_TOKENS} of transformers' tokens"

@@ -14,7 +14,11 @@ from ladle.executor.model_runner import kv_block_bytes
 
 def test_bad_kv_cache_dtype_names_the_field():
     with pytest.raises(ValueError, match="kv_cache_dtype"):
-        EngineConfig(model="x", kv_cache_dtype="fp8")
+        EngineConfig(model="x", kv_cache_dtype="fp4")
+    with pytest.raises(ValueError, match="kv_cache_dtype: fp8 needs a CUDA device"):
+        resolve_kv_cache_dtype("fp8", torch.float32, torch.device("cpu"), "gguf")
+    with pytest.raises(ValueError, match="kv_cache_dtype: fp8 needs a CUDA device"):
+        LLM(model=str(stories_path()), kv_cache_dtype="fp8")
     with pytest.raises(ValueError, match="kv_cache_dtype"):
         resolve_kv_cache_dtype("int4", torch.float32, torch.device("cpu"), "gguf")
 
@@ -25,6 +29,9 @@ def test_auto_is_float16_for_gguf_on_cpu_else_the_model_dtype():
     assert resolve_kv_cache_dtype("auto", torch.float32, cpu, "safetensors") == torch.float32
     assert resolve_kv_cache_dtype("auto", torch.bfloat16, torch.device("cuda"), "gguf") == torch.bfloat16
     assert resolve_kv_cache_dtype("float32", torch.float32, cpu, "gguf") == torch.float32
+    assert resolve_kv_cache_dtype("fp8", torch.bfloat16, torch.device("cuda"), "safetensors") == (
+        torch.float8_e4m3fn
+    )
 
 
 @pytest.mark.parametrize(

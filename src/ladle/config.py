@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-KV_CACHE_DTYPES = ("auto", "float16", "bfloat16", "float32")
+# fp8 (alias fp8_e4m3): e4m3 without scales, as vLLM's uncalibrated fp8 cache; CUDA only.
+KV_CACHE_DTYPES = ("auto", "float16", "bfloat16", "float32", "fp8", "fp8_e4m3")
 
 
 @dataclass

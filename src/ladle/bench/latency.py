@@ -17,12 +17,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ladle.config import KV_CACHE_DTYPES
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="model path (a Hugging Face folder or .gguf)")
     p.add_argument("--preset", help="a config shipped with ladle (dummy weights), e.g. llama-3.1-8b")
     p.add_argument("--load-format", default=None, help="auto or dummy (default: dummy with --preset)")
     p.add_argument("--dtype", default="auto")
+    p.add_argument("--kv-cache-dtype", default="auto", choices=list(KV_CACHE_DTYPES), help="fp8: CUDA only")
     p.add_argument("--device", default="auto")
     p.add_argument("--input-len", type=int, default=512, help="prompt tokens (TTFT is measured on one)")
     p.add_argument("--output-len", type=int, default=128, help="new tokens per request")
@@ -89,7 +92,7 @@ def _model_bytes(engine) -> tuple[int, int]:
             continue  # only the batch's rows of an untied embedding are read
         weight += param.numel() * param.element_size()
     bs = engine.config.block_size
-    return weight, kv_block_bytes(engine.arch, bs, engine.dtype) // bs
+    return weight, kv_block_bytes(engine.arch, bs, engine.kv_cache_dtype) // bs
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -148,6 +151,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "model": model,
         "load_format": load_format,
         "dtype": str(engine.dtype),
+        "kv_cache_dtype": args.kv_cache_dtype,
         "attention_backend": engine.attention_backend.name,
         "cuda_graphs": engine.runner.graphs is not None,
         "engine_ready_s": round(ready_s, 2),

@@ -11,6 +11,8 @@ import random
 import time
 from typing import Any
 
+from ladle.config import KV_CACHE_DTYPES
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="model path (a Hugging Face folder or .gguf)")
@@ -22,6 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-len", type=int, nargs=2, default=[100, 1024], metavar=("MIN", "MAX"))
     p.add_argument("--output-len", type=int, nargs=2, default=[100, 1024], metavar=("MIN", "MAX"))
     p.add_argument("--dtype", default="auto")
+    p.add_argument("--kv-cache-dtype", default="auto", choices=list(KV_CACHE_DTYPES), help="fp8: CUDA only")
     p.add_argument("--device", default="auto")
     p.add_argument("--max-num-seqs", type=int, default=256)
     p.add_argument("--max-num-batched-tokens", type=int, default=2048)
@@ -60,6 +63,7 @@ def build_warm_engine(args: argparse.Namespace, model: str, load_format: str, **
         model,
         load_format=load_format,
         dtype=args.dtype,
+        kv_cache_dtype=args.kv_cache_dtype,
         device=args.device,
         seed=args.seed,
         max_num_seqs=args.max_num_seqs,
@@ -112,6 +116,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "prompt_tokens": prompt_tokens,
         "output_tokens": output_tokens,
         "dtype": str(llm.llm_engine.dtype),
+        "kv_cache_dtype": args.kv_cache_dtype,
         "kv_blocks": llm.llm_engine.kv.num_blocks,
         "preemptions": llm.llm_engine.scheduler.num_preemptions,
         "tensor_parallel_size": args.tensor_parallel_size,

@@ -6,6 +6,8 @@ import argparse
 import logging
 import os
 
+from ladle.config import KV_CACHE_DTYPES
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 11434
 
@@ -44,8 +46,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--kv-cache-dtype",
         default="auto",
-        choices=["auto", "float16", "bfloat16", "float32"],
-        help="K/V cache type (default auto: the model dtype; float16 for GGUF models on the CPU)",
+        choices=list(KV_CACHE_DTYPES),
+        help="K/V cache type (default auto: the model dtype; float16 for GGUF models on the CPU; fp8: CUDA)",
     )
     p.add_argument("--device", default="auto")
     p.add_argument("--load-format", default="auto")

@@ -39,8 +39,17 @@ def resolve_kv_cache_dtype(
         if checkpoint_format == "gguf" and device.type == "cpu":
             return torch.float16
         return model_dtype
+    if name in ("fp8", "fp8_e4m3"):
+        # Half the K/V bytes of bf16 that decode attention reads; the Triton kernels widen tiles as they load.
+        if device.type != "cuda":
+            raise ValueError(
+                f"kv_cache_dtype: {name} needs a CUDA device (on the CPU use float16 or bfloat16)"
+            )
+        return torch.float8_e4m3fn
     if name not in ("float16", "bfloat16", "float32"):
-        raise ValueError(f"kv_cache_dtype: unknown dtype {name!r}; use auto, float16, bfloat16 or float32")
+        raise ValueError(
+            f"kv_cache_dtype: unknown dtype {name!r}; use auto, float16, bfloat16, float32 or fp8 (CUDA)"
+        )
     dtype = _DTYPES[name]
     if device.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
         raise ValueError("kv_cache_dtype: bfloat16 is not supported by this GPU; use float16")

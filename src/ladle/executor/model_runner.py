@@ -48,6 +48,7 @@ class ModelRunner:
         self.block_size = block_size
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.graphs = None  # DecodeGraphs once capture_graphs() ran (CUDA only)
+        self._wants_output_rows = getattr(model, "ggml_forward", None) is not None
 
     def allocate_kv_cache(self, num_blocks: int) -> None:
         cfg = self.model.config
@@ -194,7 +195,8 @@ class ModelRunner:
             block_size=size,
             max_query_len=max_query_len,
             max_seq_len=max(seq_lens),
-            output_rows=_output_rows(last_rows, prompt_rows, num_tokens),
+            # Only the ggml numerics path reads it (llama.cpp's last layer runs on the output rows alone).
+            output_rows=_output_rows(last_rows, prompt_rows, num_tokens) if self._wants_output_rows else None,
         )
         hidden = self.model(longs[:num_tokens], longs[num_tokens : 2 * num_tokens], self.kv_caches, meta)
         if not last_rows:

@@ -31,14 +31,15 @@ def weights_memory_bytes(model_path: str | Path, fmt: str) -> int:
     return _FLOAT32_BYTES * sum(_safetensors_parameter_count(p) for p in sorted(path.glob("*.safetensors")))
 
 
+def packed_weights(model: Any) -> list[Any]:
+    """The model's quantized (packed GGML) matrices, each once: they are not parameters, and a tied LM head
+    shares its embedding's."""
+    unique = {id(q): q for m in model.modules() if (q := getattr(m, "quantized", None)) is not None}
+    return list(unique.values())
+
+
 def loaded_weight_bytes(model: Any) -> int:
-    """Bytes of a loaded model's weights as they sit in memory: dense parameters plus packed GGML matrices
-    (each counted once, so a tied LM head or fused q/k/v views add nothing)."""
-    total = sum(p.numel() * p.element_size() for p in model.parameters())
-    seen: set[int] = set()
-    for module in model.modules():
-        packed = getattr(module, "quantized", None)
-        if packed is not None and id(packed) not in seen:
-            seen.add(id(packed))
-            total += int(packed.nbytes)
-    return total
+    """Bytes of a loaded model's weights as they sit in memory: dense parameters (fused q/k/v views counted
+    once by parameters()) plus the packed GGML matrices."""
+    dense = sum(p.numel() * p.element_size() for p in model.parameters())
+    return dense + sum(int(q.nbytes) for q in packed_weights(model))

@@ -10,7 +10,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from ladle.loader.memory import loaded_weight_bytes
+from ladle.loader.memory import loaded_weight_bytes, packed_weights
 from ladle.models_hub.manager import LoadedModel
 from ladle.server.errors import ApiError
 from ladle.server.protocol_ollama import OLLAMA_DEFAULTS, ShowRequest
@@ -32,8 +32,7 @@ def _parameter_count(model: LoadedModel) -> int:
     # Packed GGUF matrices are not parameters: count their values too.
     runner_model = model.engine.engine.runner.model
     dense = sum(p.numel() for p in runner_model.parameters())
-    packed = {id(q): q for m in runner_model.modules() if (q := getattr(m, "quantized", None)) is not None}
-    return dense + sum(q.shape[0] * q.shape[1] for q in packed.values())
+    return dense + sum(q.shape[0] * q.shape[1] for q in packed_weights(runner_model))
 
 
 def _parameter_size(count: int) -> str:

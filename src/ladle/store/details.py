@@ -7,6 +7,7 @@ are computed here once and written into the config blob, so listing never has to
 from __future__ import annotations
 
 import json
+import math
 import struct
 from collections import Counter
 from dataclasses import dataclass
@@ -81,7 +82,7 @@ def gguf_details(path: Path) -> ModelDetails:
         raise ValueError(f"{path.name} is not a readable GGUF file ({e})") from None
     try:
         arch = gguf_file.metadata.get("general.architecture") or ""
-        n_params = sum(_elements(t.shape) for t in gguf_file.tensors.values())
+        n_params = sum(math.prod(t.shape) for t in gguf_file.tensors.values())
         quant = _gguf_file_type(gguf_file.tensors.values(), gguf_file.metadata.get("general.file_type"))
     finally:
         gguf_file.close()
@@ -92,13 +93,6 @@ def gguf_details(path: Path) -> ModelDetails:
         parameter_size=human_number(n_params) if n_params else "",
         quantization_level=quant,
     )
-
-
-def _elements(shape: tuple[int, ...]) -> int:
-    count = 1
-    for dim in shape:
-        count *= int(dim)
-    return count
 
 
 def _gguf_file_type(tensors: Any, file_type: Any) -> str:
@@ -114,7 +108,7 @@ def _gguf_file_type(tensors: Any, file_type: Any) -> str:
     # No (usable) file type: name it after the tensor type holding most of the weights.
     counts: Counter[str] = Counter()
     for tensor in tensors:
-        counts[tensor.qtype.name] += _elements(tensor.shape)
+        counts[tensor.qtype.name] += math.prod(tensor.shape)
     return counts.most_common(1)[0][0] if counts else ""
 
 

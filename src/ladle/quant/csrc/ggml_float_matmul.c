@@ -118,14 +118,19 @@ static inline void decode_q5_1(const uint8_t *w, int64_t b, wblock *o) {
 #endif
 }
 
-/* K-quants: block b is sub-block j = b % 8 of super-block b / 8. */
-static inline void decode_q4_k(const uint8_t *w, int64_t b, wblock *o) {
-    const uint8_t *blk = w + (b / 8) * 144;
-    const int j = (int)(b % 8);
+/* K-quants: block b is sub-block j = b % 8 of super-block b / 8. Q4_K and Q5_K super-blocks open alike:
+ * f16 d, f16 dmin, then 12 bytes of 6-bit sub-block scales and mins. */
+static inline void k_sub_block_scales(const uint8_t *blk, int j, wblock *o) {
     int sc, mn;
     k_scale_min(blk + 4, j, &sc, &mn);
     o->d0 = o->d1 = half_to_float(blk) * (float)sc;
     o->m = -(half_to_float(blk + 2) * (float)mn);
+}
+
+static inline void decode_q4_k(const uint8_t *w, int64_t b, wblock *o) {
+    const uint8_t *blk = w + (b / 8) * 144;
+    const int j = (int)(b % 8);
+    k_sub_block_scales(blk, j, o);
     const uint8_t *qs = blk + 16 + 32 * (j / 2);
 #ifdef LADLE_AVX2
     const __m256i raw = _mm256_loadu_si256((const __m256i *)qs);
@@ -138,10 +143,7 @@ static inline void decode_q4_k(const uint8_t *w, int64_t b, wblock *o) {
 static inline void decode_q5_k(const uint8_t *w, int64_t b, wblock *o) {
     const uint8_t *blk = w + (b / 8) * 176;
     const int j = (int)(b % 8);
-    int sc, mn;
-    k_scale_min(blk + 4, j, &sc, &mn);
-    o->d0 = o->d1 = half_to_float(blk) * (float)sc;
-    o->m = -(half_to_float(blk + 2) * (float)mn);
+    k_sub_block_scales(blk, j, o);
     const uint8_t *qh = blk + 16, *qs = blk + 48 + 32 * (j / 2);
 #ifdef LADLE_AVX2
     const __m256i raw = _mm256_loadu_si256((const __m256i *)qs);

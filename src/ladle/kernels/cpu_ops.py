@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import ctypes
 from functools import lru_cache
-from pathlib import Path
 
 import torch
 
-from ladle.quant.native import native_kernels
+from ladle.quant.native import bind_signatures, native_kernels
 
 _P = ctypes.c_void_p
 _I64 = ctypes.c_int64
@@ -25,19 +24,20 @@ _F = ctypes.c_float
 # Cache element types as the C code numbers them.
 CACHE_DTYPES: dict[torch.dtype, int] = {torch.float16: 0, torch.float32: 1, torch.bfloat16: 2}
 
-_SIGNATURES: dict[str, tuple[list, object]] = {
-    "ladle_rms_norm": ([_P, _P, _P, _I64, _I64, _F, _I], None),
-    "ladle_residual_rms_norm": ([_P, _P, _P, _P, _P, _I64, _I64, _F, _I], None),
-    "ladle_geglu": ([_P, _P, _P, _I64, _I64, _I], None),
-    "ladle_swiglu": ([_P, _P, _P, _I64, _I64, _I], None),
-    "ladle_gelu_table_entry": ([ctypes.c_uint16], ctypes.c_uint16),
-    "ladle_exp_poly": ([_P, _P, _I64], None),
-    "ladle_softcap": ([_P, _I64, _F], None),
-    "ladle_rope_table": ([_F, _F, _P, _I, _I64, _P], None),
+# name: (restype, argtypes), as declared in csrc/cpu_ops.c
+_SIGNATURES: dict[str, tuple[object, list]] = {
+    "ladle_rms_norm": (None, [_P, _P, _P, _I64, _I64, _F, _I]),
+    "ladle_residual_rms_norm": (None, [_P, _P, _P, _P, _P, _I64, _I64, _F, _I]),
+    "ladle_geglu": (None, [_P, _P, _P, _I64, _I64, _I]),
+    "ladle_swiglu": (None, [_P, _P, _P, _I64, _I64, _I]),
+    "ladle_gelu_table_entry": (ctypes.c_uint16, [ctypes.c_uint16]),
+    "ladle_exp_poly": (None, [_P, _P, _I64]),
+    "ladle_softcap": (None, [_P, _I64, _F]),
+    "ladle_rope_table": (None, [_F, _F, _P, _I, _I64, _P]),
     "ladle_attention": (
+        _I,
         [_P, _P, _P, _I64, _I, _I, _I, _P, _P, _F, _P, _P, _P, _P, _P, _I, _I, _P, _I64, _P, _P, _I]
         + [_F, _F, _I, _P, _I],
-        _I,
     ),
 }
 
@@ -52,11 +52,8 @@ def _check(t: torch.Tensor, name: str, dtype: torch.dtype = torch.float32) -> No
 
 
 class CpuOps:
-    def __init__(self, path: Path) -> None:
-        lib = ctypes.CDLL(str(path))  # the same handle (and thread pool) as the matmuls' NativeKernels
-        for name, (args, res) in _SIGNATURES.items():
-            fn = getattr(lib, name)
-            fn.argtypes, fn.restype = args, res
+    def __init__(self, lib: ctypes.CDLL) -> None:
+        bind_signatures(lib, _SIGNATURES)  # the matmuls' library handle, so the same thread pool
         self.lib = lib
 
     # -- tensor API -----------------------------------------------------------------------------------
@@ -212,4 +209,4 @@ def _threads() -> int:
 def cpu_ops() -> CpuOps | None:
     """The ops, or None when the native library is disabled or cannot be built (no C compiler)."""
     kernels = native_kernels()
-    return None if kernels is None else CpuOps(kernels.path)
+    return None if kernels is None else CpuOps(kernels.lib)

@@ -222,17 +222,9 @@ class GGMLForward:
         seq_lens, query_start = _as(meta.seq_lens, torch.int32), _as(meta.query_start, torch.int32)
         if tokens and int(positions.max()) >= self.max_positions:
             raise ValueError(f"position {int(positions.max())} is beyond the model's {self.max_positions}")
-        step = (
-            positions.data_ptr(),
-            slots.data_ptr(),
-            kv_caches[0][0].shape[1],
-            tables.data_ptr(),
-            tables.shape[1],
-            seq_lens.data_ptr(),
-            query_start.data_ptr(),
-            seq_lens.numel(),
-        )
-        pos_p, slot_p, block_size, table_p, max_blocks, lens_p, start_p, num_seqs = step
+        pos_p, slot_p, table_p = positions.data_ptr(), slots.data_ptr(), tables.data_ptr()
+        lens_p, start_p, num_seqs = seq_lens.data_ptr(), query_start.data_ptr(), seq_lens.numel()
+        block_size, max_blocks = kv_caches[0][0].shape[1], tables.shape[1]
         cache_dtype = CACHE_DTYPES[kv_caches[0][0].dtype]
         x_p = x.data_ptr()
         h = torch.empty(tokens, hidden, dtype=torch.float32)

@@ -99,6 +99,13 @@ def _compile(compiler: str, flags: list[str], output: Path) -> bool:
     return True
 
 
+def bind_signatures(lib: ctypes.CDLL, signatures: dict[str, tuple[object, list]]) -> None:
+    """Sets each named function's (restype, argtypes), once, so calls convert their arguments cheaply."""
+    for name, (restype, argtypes) in signatures.items():
+        fn = getattr(lib, name)
+        fn.restype, fn.argtypes = restype, argtypes
+
+
 class NativeKernels:
     """ctypes wrapper of the compiled library."""
 
@@ -108,7 +115,7 @@ class NativeKernels:
         i32, i64, ptr = ctypes.c_int, ctypes.c_int64, ctypes.c_void_p
         # name: (restype, argtypes), as declared in csrc/*.c
         matmul_head = [i32, ptr, i64, i64, i64]  # qtype, weight rows, row bytes, rows, k
-        signatures = {
+        signatures: dict[str, tuple[object, list]] = {
             "ladle_supports": (i32, [i32]),
             "ladle_has_avx2": (i32, []),
             "ladle_has_vnni": (i32, []),
@@ -116,14 +123,12 @@ class NativeKernels:
             "ladle_act_row_bytes": (i64, [i32, i64]),
             "ladle_quantize_activations": (None, [i32, ptr, i64, i64, ptr, i32]),
             "ladle_activations_to_ggml": (None, [i32, ptr, i64, i64, ptr]),
-            "ladle_matmul": (i32, [*matmul_head, ptr, i64, ptr, ptr, i32]),
             "ladle_matmul_float": (i32, [*matmul_head, ptr, i64, ptr, ptr, i32]),
             "ladle_matmul_quantized": (i32, [*matmul_head, ptr, i64, ptr, i32]),
         }
-        for name, (restype, argtypes) in signatures.items():
-            fn = getattr(lib, name)
-            fn.restype, fn.argtypes = restype, argtypes
+        bind_signatures(lib, signatures)
         self._lib = lib
+        self.lib = lib  # the raw handle, shared by the other bindings of this library (kernels/cpu_ops.py)
         self.has_avx2 = bool(lib.ladle_has_avx2())
         self.has_vnni = bool(lib.ladle_has_vnni())
 

@@ -1134,11 +1134,3 @@ int ladle_matmul_quantized(int qtype, const uint8_t *w, int64_t row_bytes, int64
     free(grouped);
     return 0;
 }
-
-/* The same from float activations; act: scratch of m * ladle_act_row_bytes(qtype, k) bytes. */
-int ladle_matmul(int qtype, const uint8_t *w, int64_t row_bytes, int64_t n_rows, int64_t k, const float *x,
-                 int64_t m, float *y, void *act, int nthreads) {
-    if (!shape_ok(qtype, k)) return -1;
-    ladle_quantize_activations(qtype, x, m, k, act, nthreads);
-    return ladle_matmul_quantized(qtype, w, row_bytes, n_rows, k, act, m, y, nthreads);
-}

@@ -1,5 +1,6 @@
-/* y = x @ W.T for W kept in GGML block formats, computed the way ggml's CPU backend computes it, so that
- * ladle gives llama.cpp's numbers up to the order of float additions (relative differences ~1e-6).
+/* y = x @ W.T for W kept in GGML block formats, computed the way ggml's CPU backend computes it on x86 with
+ * AVX2, bit for bit: the same quantized activations, the same integer sums and the same float operations in
+ * the same order.
  *
  * ggml first quantizes the activations to the weight type's vec_dot_type, then multiplies integers:
  * - Q4_0, Q5_0, Q8_0 weights: Q8_0 activations (32 values: d = f16(max|x|/127), q = round-half-even(x *
@@ -9,19 +10,28 @@
  *   q = min(127, nearest_int(iscale * x)), d = 1/iscale as a float, bsums = sums of 16 q). llama.cpp's
  *   repacked Q4_K route (Q4_Kx8 weights, Q8_Kx4 activations) quantizes the same way up to the sign
  *   convention when +max and -max tie, which flips q and d together and changes no product.
- * Per block the integer dot product is exact (as in ggml's x86 kernels); it is then scaled by the product
- * of the two float scales, and for K-quants the mins are applied through bsums, as ggml does.
+ * The float order is the route's that llama.cpp takes for the weight and the batch:
+ * - 32-value formats (vec_dot, and llamafile's tinyBLAS for batches; the same order): per block a vector of
+ *   8 exact lane sums (values 4l..4l+3), fma'd by the scale product into 8 accumulators, summed at the end
+ *   ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)); Q4_1/Q5_1 add the mins as a running float.
+ * - K-quants (k_order): below 8 rows vec_dot (lanes like the above; Q4_K and Q5_K keep the mins apart);
+ *   from 8 rows ggml's tiled matmul (per super-block the exact total * d_w - dmin * mins, then fma'd by
+ *   d_a); Q4_K weights of a multiple of 8 rows are repacked by llama.cpp instead (gemv: per super-block one
+ *   exact total fma'd by d_w * d_a, mins apart; gemm, on each whole 4 activation rows: the same per 64
+ *   values). Since that depends on the batch, the rows of separate sequences are told apart (groups in
+ *   ladle_matmul_quantized) and each gets the order of its own sequence computed alone.
+ * Not yet: llama.cpp's repacked Q4_0 (Q4_0x8, per-block totals); those weights come within ~1e-6.
  *
  * The kernels are 256-bit (Zen 4 runs 512-bit vectors as two halves anyway), of two kinds:
  * - tiles (tile32, tile_k) of R weight rows x C activation rows, each weight block decoded once per tile
  *   and each activation block loaded once: 4 x 1 at batch 1, up to 4 x 4 / 1 x 8 for small batches. With
  *   AVX512-VNNI a 32-value block is one vpdpbusd of unsigned weight bytes (value + a per-format offset)
- *   and signed activations, the offset's share coming from the activation sum; with AVX2 alone
- *   vpmaddubsw + vpmaddwd, the activations (stored + 128) being the unsigned side. K-quant weights are
- *   unsigned already: vpmaddubsw, then vpdpwssd by the sub-block scales; mins and Q6_K's -32 via bsums.
+ *   and signed activations, the offset's share taken off per lane; with AVX2 alone vpmaddubsw +
+ *   vpmaddwd, the activations (stored + 128) being the unsigned side. K-quant weights are unsigned
+ *   already: vpmaddubsw, then vpdpwssd by the sub-block scales; mins and Q6_K's -32 via bsums.
  * - outer products (outer32, outer_k; VNNI, 8+ activation rows): activations regrouped 8 rows at a time,
  *   weights decoded to bytes once per tile, each 4 weight bytes broadcast against 4 values of 8 rows, so
- *   the float scaling is done for 8 rows per instruction.
+ *   each float operation serves 8 rows.
  * Without AVX2 a plain C version computes the same integers, one weight row and activation row at a time.
  *
  * Built on first use by ladle/quant/native.py (cc -O3 -march=native -pthread) and called through ctypes.
@@ -398,7 +408,7 @@ static float dot_k_c(int qtype, const uint8_t *w, const q8k_block *a, int64_t ns
  * rows, each weight row decoded is used for as many of them as the registers allow (32 ymm with
  * AVX-512VL, 16 with AVX2 alone). */
 #ifdef LADLE_VNNI
-#define R32 4 /* batches of 8+ rows of the 32-value formats take the outer-product kernel */
+#define R32 4 /* batches of 8+ rows take the outer-product kernels */
 #define C32 4
 #define CK 8
 #else
@@ -993,6 +1003,156 @@ static void run_outer32(int qtype, const decoded32 *wd, const a32x8_block *a, in
     else outer32(T_Q8_0, wd, a, nb, out); /* the formats differ only in decoding, done already */
 }
 
+/* The outer product for K-quants (8+ rows in the tiled or repacked-gemm order, whose float work is per
+ * super-block or per 64 values of each (weight row, activation row): exact integer totals first, as here).
+ * Weight super-blocks are first decoded to plain bytes (kdecoded, once per tile of weight rows, reused by
+ * every group of 8 activation rows); each 4 weight bytes are then broadcast against 4 values of 8
+ * activation rows, and each 32 (Q6_K: 16) values' sums are scaled in int32, giving the 8 rows' exact
+ * totals. Activation groups carry their bsums paired per 32 values, so one vpdpwssd applies a sub-block's
+ * min (or Q6_K's -32 offset) to all 8 rows. */
+#define OUTER_RK 8
+
+typedef struct {
+    int8_t q[256 * GROUP]; /* [4-value group v][row][4] */
+    float d[GROUP];
+    int16_t bs[8][GROUP][2]; /* [32 values t][row]: bsums 2t and 2t+1 */
+} q8kx8_block;
+
+typedef struct {
+    uint8_t q[256];     /* the unsigned values, in order */
+    int32_t sc[16];     /* Q4_K/Q5_K: scale of each 32 values (8 used); Q6_K: of each 16 */
+    int32_t factors[8]; /* per 32 values t: the int16 pair multiplying bsums 2t and 2t+1 */
+    float d, dmin;
+} kdecoded;
+
+static void regroup_q8k(const q8k_block *act, int64_t nsb, int64_t rows, q8kx8_block *out) {
+    static const uint8_t zero_row[32] = {0};
+    for (int64_t b = 0; b < nsb; b++) {
+        q8kx8_block *o = out + b;
+        for (int r = 0; r < GROUP; r++) {
+            const q8k_block *a = r < rows ? act + r * nsb + b : NULL;
+            for (int g = 0; g < 16; g++) o->bs[g / 2][r][g % 2] = a ? a->bsums[g] : 0;
+            o->d[r] = a ? a->d : 0.0f;
+        }
+        for (int t = 0; t < 8; t++) {
+            const uint8_t *src[GROUP];
+            for (int r = 0; r < GROUP; r++) src[r] = r < rows ? (const uint8_t *)act[r * nsb + b].qs + 32 * t : zero_row;
+            interleave8x32(src, (uint8_t *)o->q + 256 * t);
+        }
+    }
+}
+
+static inline int32_t int16_pair(int lo, int hi) { return (int32_t)(((uint32_t)(uint16_t)hi << 16) | (uint16_t)lo); }
+
+static void decode_k_superblock(int qtype, const uint8_t *sb, kdecoded *o) {
+    kscales ks;
+    k_scales(qtype, sb, &ks);
+    for (int t = 0; t < 8; t++) _mm256_storeu_si256((__m256i *)(o->q + 32 * t), k_values(qtype, sb, t));
+    const int q6 = qtype == T_Q6_K;
+    for (int i = 0; i < (q6 ? 16 : 8); i++) o->sc[i] = ks.sc[i];
+    for (int t = 0; t < 8; t++)
+        o->factors[t] = q6 ? int16_pair(32 * ks.sc[2 * t], 32 * ks.sc[2 * t + 1]) : int16_pair(ks.mn[t], ks.mn[t]);
+    o->d = ks.d;
+    o->dmin = ks.dmin;
+}
+
+/* The repacked gemm's order, for weight rows [r0, r0 + 4) of the tile: per two sub-blocks their exact
+ * total and their mins' terms, each fma'd by its scale product; the result is their difference. (Four rows
+ * at a time: the two accumulators per row and the running sums fit the registers.) */
+ALWAYS_INLINE void outer_k_gemm4(const kdecoded *wd, int r0, int64_t nsb, const q8kx8_block *a, float *out) {
+    __m256 acc[4], acc_m[4];
+    for (int r = 0; r < 4; r++) acc[r] = acc_m[r] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nsb; b++) {
+        const q8kx8_block *ab = a + b;
+        const __m256 ad = _mm256_loadu_ps(ab->d);
+        __m256 dd[4], dm[4];
+        for (int r = 0; r < 4; r++) {
+            dd[r] = _mm256_mul_ps(_mm256_set1_ps(wd[(r0 + r) * nsb + b].d), ad);
+            dm[r] = _mm256_mul_ps(_mm256_set1_ps(wd[(r0 + r) * nsb + b].dmin), ad);
+        }
+#pragma GCC unroll 4
+        for (int t = 0; t < 8; t += 2) {
+            __m256i isum[4];
+            for (int r = 0; r < 4; r++) isum[r] = _mm256_setzero_si256();
+            for (int u = t; u < t + 2; u++) {
+                __m256i p[4];
+                for (int r = 0; r < 4; r++) p[r] = _mm256_setzero_si256();
+                for (int v = 0; v < 8; v++) {
+                    const __m256i codes = _mm256_loadu_si256((const __m256i *)(ab->q + 256 * u + 32 * v));
+                    for (int r = 0; r < 4; r++)
+                        p[r] = _mm256_dpbusd_epi32(p[r], broadcast4(wd[(r0 + r) * nsb + b].q + 32 * u + 4 * v), codes);
+                }
+                for (int r = 0; r < 4; r++)
+                    isum[r] = _mm256_add_epi32(isum[r], _mm256_mullo_epi32(p[r], _mm256_set1_epi32(wd[(r0 + r) * nsb + b].sc[u])));
+            }
+            const __m256i bs0 = _mm256_loadu_si256((const __m256i *)ab->bs[t]);
+            const __m256i bs1 = _mm256_loadu_si256((const __m256i *)ab->bs[t + 1]);
+            for (int r = 0; r < 4; r++) {
+                const kdecoded *k = &wd[(r0 + r) * nsb + b];
+                const __m256i mins = _mm256_dpwssd_epi32(_mm256_madd_epi16(bs0, _mm256_set1_epi32(k->factors[t])), bs1,
+                                                         _mm256_set1_epi32(k->factors[t + 1]));
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r]), dd[r], acc[r]);
+                acc_m[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mins), dm[r], acc_m[r]);
+            }
+        }
+    }
+    for (int r = 0; r < 4; r++) _mm256_storeu_ps(out + (r0 + r) * GROUP, _mm256_sub_ps(acc[r], acc_m[r]));
+}
+
+/* ggml's tiled order: per super-block the exact total * d_w (- dmin * the mins' total), then * d_a, added.
+ * out[r * GROUP + c]; wd[r * nsb + b] is super-block b of weight row r, decoded. */
+ALWAYS_INLINE void outer_k(int qtype, const kdecoded *wd, int64_t nsb, const q8kx8_block *a, float *out) {
+    const int q6 = qtype == T_Q6_K, parts = q6 ? 2 : 1, nv = 8 / parts;
+    __m256 acc[OUTER_RK];
+    for (int r = 0; r < OUTER_RK; r++) acc[r] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nsb; b++) {
+        const q8kx8_block *ab = a + b;
+        __m256i isum[OUTER_RK];
+        for (int r = 0; r < OUTER_RK; r++) isum[r] = _mm256_setzero_si256();
+#pragma GCC unroll 8
+        for (int t = 0; t < 8; t++) {
+            for (int part = 0; part < parts; part++) {
+                __m256i p[OUTER_RK];
+                for (int r = 0; r < OUTER_RK; r++) p[r] = _mm256_setzero_si256();
+                for (int v = part * nv; v < (part + 1) * nv; v++) {
+                    const __m256i codes = _mm256_loadu_si256((const __m256i *)(ab->q + 256 * t + 32 * v));
+                    for (int r = 0; r < OUTER_RK; r++)
+                        p[r] = _mm256_dpbusd_epi32(p[r], broadcast4(wd[r * nsb + b].q + 32 * t + 4 * v), codes);
+                }
+                for (int r = 0; r < OUTER_RK; r++) {
+                    const __m256i sc = _mm256_set1_epi32(wd[r * nsb + b].sc[q6 ? 2 * t + part : t]);
+                    isum[r] = _mm256_add_epi32(isum[r], _mm256_mullo_epi32(p[r], sc));
+                }
+            }
+        }
+        const __m256 ad = _mm256_loadu_ps(ab->d);
+        for (int r = 0; r < OUTER_RK; r++) {
+            const kdecoded *k = &wd[r * nsb + b];
+            __m256i bterms = _mm256_setzero_si256();
+            for (int t = 0; t < 8; t++)
+                bterms = _mm256_dpwssd_epi32(bterms, _mm256_loadu_si256((const __m256i *)ab->bs[t]), _mm256_set1_epi32(k->factors[t]));
+            __m256 part;
+            if (q6) {
+                part = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(isum[r], bterms)), _mm256_set1_ps(k->d));
+            } else {
+                part = _mm256_mul_ps(_mm256_cvtepi32_ps(isum[r]), _mm256_set1_ps(k->d));
+                part = _mm256_fnmadd_ps(_mm256_set1_ps(k->dmin), _mm256_cvtepi32_ps(bterms), part);
+            }
+            acc[r] = _mm256_fmadd_ps(part, ad, acc[r]);
+        }
+    }
+    for (int r = 0; r < OUTER_RK; r++) _mm256_storeu_ps(out + r * GROUP, acc[r]);
+}
+
+static void run_outer_k(int qtype, int order, const kdecoded *wd, int64_t nsb, const q8kx8_block *a, float *out) {
+    if (order == K_REPACK_GEMM) {
+        for (int r0 = 0; r0 < OUTER_RK; r0 += 4) outer_k_gemm4(wd, r0, nsb, a, out);
+    } else if (qtype == T_Q6_K) {
+        outer_k(T_Q6_K, wd, nsb, a, out);
+    } else {
+        outer_k(T_Q4_K, wd, nsb, a, out); /* Q4_K and Q5_K differ only in decoding, done already */
+    }
+}
 #endif /* LADLE_VNNI */
 #endif /* LADLE_AVX2 */
 
@@ -1051,40 +1211,79 @@ static void store_outer(const mm_job *j, const float *out, int R, int64_t n0, in
         for (int c = 0; c < GROUP && g * GROUP + c < j->m; c++) j->y[(g * GROUP + c) * j->n_rows + n0 + r] = out[r * GROUP + c];
 }
 
-/* The outer-product path over weight rows [begin, end), a pass per ACT_BLOCK activation rows. */
+/* The order the outer-product kernels compute activation-row group g in, or -1 where the group is left to
+ * the tiles: the 32-value formats have one order at every batch size; a K-quant group needs all its rows in
+ * one order the outer kernel knows (K_TILED, K_REPACK_GEMM). */
+static int outer_order(const mm_job *j, int64_t g) {
+    if (!is_k_quant(j->qtype)) return 0;
+    const int64_t c0 = g * GROUP, c1 = c0 + GROUP < j->m ? c0 + GROUP : j->m;
+    const int order = j->order[c0];
+    if (order != K_TILED && order != K_REPACK_GEMM) return -1;
+    return j->run_end[c0] >= c1 ? order : -1;
+}
+
+/* The outer-product path over weight rows [begin, end), a pass per ACT_BLOCK activation rows; the groups
+ * it leaves are done by the tiles. */
 static void mm_rows_outer(const mm_job *j, int64_t begin, int64_t end) {
-    const int64_t nb = j->k / 32, groups = (j->m + GROUP - 1) / GROUP;
-    const size_t group_bytes = (size_t)nb * sizeof(a32x8_block);
-    uint8_t *buf = malloc(DECODED32_BYTES * (size_t)(OUTER_R * nb)); /* the tile's decoded weights */
+    const int kq = is_k_quant(j->qtype), R = kq ? OUTER_RK : OUTER_R;
+    const int64_t nb = kq ? j->k / 256 : j->k / 32, groups = (j->m + GROUP - 1) / GROUP;
+    const size_t group_bytes = (size_t)nb * (kq ? sizeof(q8kx8_block) : sizeof(a32x8_block));
+    uint8_t *buf = malloc((kq ? sizeof(kdecoded) : DECODED32_BYTES) * (size_t)(R * nb)); /* decoded weights */
     if (buf == NULL) return; /* out of memory: y stays unset rather than crash */
+    kdecoded *wd = (kdecoded *)buf;
     decoded32 d32 = {(int8_t(*)[32])buf, (int32_t(*)[8])(buf + 32 * OUTER_R * nb), (float *)(buf + 64 * OUTER_R * nb),
                      (float *)(buf + 68 * OUTER_R * nb)};
     for (int64_t g0 = 0; g0 < groups; g0 += ACT_BLOCK / GROUP) {
         const int64_t g1 = g0 + ACT_BLOCK / GROUP < groups ? g0 + ACT_BLOCK / GROUP : groups;
-        for (int64_t n0 = begin; n0 < end; n0 += OUTER_R) {
-            const uint8_t *w[OUTER_R];
-            for (int r = 0; r < OUTER_R; r++) w[r] = j->w + (n0 + r < end ? n0 + r : end - 1) * j->row_bytes;
-            decode_tile32(j->qtype, w, nb, &d32);
+        for (int64_t n0 = begin; n0 < end; n0 += R) {
+            const uint8_t *w[OUTER_RK];
+            for (int r = 0; r < R; r++) w[r] = j->w + (n0 + r < end ? n0 + r : end - 1) * j->row_bytes;
+            if (kq) {
+                for (int r = 0; r < R; r++)
+                    for (int64_t b = 0; b < nb; b++) decode_k_superblock(j->qtype, w[r] + b * block_bytes(j->qtype), &wd[r * nb + b]);
+            } else {
+                decode_tile32(j->qtype, w, nb, &d32);
+            }
             for (int64_t g = g0; g < g1; g++) {
-                float out[OUTER_R * GROUP];
-                run_outer32(j->qtype, &d32, (const a32x8_block *)((const uint8_t *)j->grouped + g * group_bytes), nb, out);
-                store_outer(j, out, OUTER_R, n0, end, g);
+                const int order = outer_order(j, g);
+                if (order < 0) continue;
+                float out[OUTER_RK * GROUP];
+                const void *act = (const uint8_t *)j->grouped + g * group_bytes;
+                if (kq)
+                    run_outer_k(j->qtype, order, wd, nb, (const q8kx8_block *)act, out);
+                else
+                    run_outer32(j->qtype, &d32, (const a32x8_block *)act, nb, out);
+                store_outer(j, out, R, n0, end, g);
             }
         }
     }
     free(buf);
+    const int tile_r = kq ? 1 : R32;
+    for (int64_t g = 0; g < groups; g++) {
+        if (outer_order(j, g) >= 0) continue;
+        const int64_t c0 = g * GROUP, c1 = c0 + GROUP < j->m ? c0 + GROUP : j->m;
+        for (int64_t n0 = begin; n0 < end; n0 += tile_r) mm_weight_tile(j, tile_r, n0, end, c0, c1);
+    }
 }
 
-/* The activations regrouped for the outer-product kernel (malloc'ed), or NULL where it does not apply:
- * K-quants take the tiles at every batch size (their float work is per 256 values already). */
-static void *regroup_activations(int qtype, const void *act, int64_t m, int64_t k) {
-    if (m < GROUP || is_k_quant(qtype)) return NULL;
-    const int64_t nb = k / 32, groups = (m + GROUP - 1) / GROUP;
-    a32x8_block *out = malloc(sizeof(a32x8_block) * (size_t)(groups * nb));
+/* The activations regrouped for the outer-product kernels (malloc'ed), or NULL where they do not apply
+ * (fewer than 8 rows, or no group of 8 that they would take). */
+static void *regroup_activations(const mm_job *j) {
+    if (j->m < GROUP) return NULL;
+    const int kq = is_k_quant(j->qtype);
+    const int64_t nb = kq ? j->k / 256 : j->k / 32, groups = (j->m + GROUP - 1) / GROUP;
+    int any = 0;
+    for (int64_t g = 0; g < groups && !any; g++) any = outer_order(j, g) >= 0;
+    if (!any) return NULL;
+    const size_t block = kq ? sizeof(q8kx8_block) : sizeof(a32x8_block);
+    uint8_t *out = malloc(block * (size_t)(groups * nb));
     if (out == NULL) return NULL;
     for (int64_t g = 0; g < groups; g++) {
-        const int64_t rows = m - g * GROUP < GROUP ? m - g * GROUP : GROUP;
-        regroup_a32((const a32_block *)act + g * GROUP * nb, nb, rows, out + g * nb);
+        const int64_t rows = j->m - g * GROUP < GROUP ? j->m - g * GROUP : GROUP;
+        if (kq)
+            regroup_q8k((const q8k_block *)j->act + g * GROUP * nb, nb, rows, (q8kx8_block *)(out + g * nb * block));
+        else
+            regroup_a32((const a32_block *)j->act + g * GROUP * nb, nb, rows, (a32x8_block *)(out + g * nb * block));
     }
     return out;
 }
@@ -1197,7 +1396,7 @@ int ladle_matmul_quantized(int qtype, const uint8_t *w, int64_t row_bytes, int64
     (void)n_groups;
 #endif
 #ifdef LADLE_VNNI
-    job.grouped = grouped = regroup_activations(qtype, act, m, k);
+    job.grouped = grouped = regroup_activations(&job);
 #endif
     parallel_for(mm_rows, &job, n_rows, rows_per_chunk(n_rows, nthreads),
                  threads_for(n_rows * row_bytes, m, nthreads));

@@ -3,9 +3,8 @@
 The default method computes what llama.cpp computes, bit for bit: the same quantized activations, byte for
 byte, the same integer dot products, and the float products added in the order of the route llama.cpp takes
 on this CPU for that weight and batch (vec_dot, llamafile's tinyBLAS, the repacked Q4_Kx8 gemv/gemm, the
-tiled K-quant matmul from 8 rows). Exceptions, held to a tolerance instead: Q4_0 weights of a multiple of 8
-rows (llama.cpp repacks them to Q4_0x8, whose order ladle does not follow yet) and the plain C build for
-CPUs without AVX2.
+tiled K-quant matmul from 8 rows, the repacked Q4_0x8 gemv/gemm). The plain C build for CPUs without AVX2
+is held to a tolerance instead.
 
 Tolerance: max|ladle - ggml| <= 1e-5 * max|ggml|. Float reordering over k <= 2048 costs ~1e-7..1e-6 of
 max|y| (measured: <= 5e-7). One activation rounded the other way (ties to even vs away from zero, or
@@ -116,11 +115,6 @@ def activations(m: int, k: int, seed: int) -> torch.Tensor:
     return x
 
 
-def bitwise_route(ref: GGMLReference, qtype: Q, n_rows: int) -> bool:
-    """Whether ladle follows llama.cpp's summation order for this weight (see the module docstring)."""
-    return not (qtype == Q.Q4_0 and ref.llama_route(int(qtype), n_rows) == "repack")
-
-
 def assert_matches_ggml(y: np.ndarray, y_ref: np.ndarray, bitwise: bool = False) -> None:
     if bitwise:
         mismatched = int((y != y_ref).sum())
@@ -147,7 +141,7 @@ def test_matmul_matches_ggml(kernels: NativeKernels, ref: GGMLReference, qtype: 
     raw = random_weight(qtype, *shape, seed=int(qtype) + shape[0])
     x = activations(m, shape[1], seed=m)
     y = kernels.matmul(qtype, torch.from_numpy(raw), x).numpy()
-    assert_matches_ggml(y, ref.mul_mat(int(qtype), raw, x.numpy()), bitwise_route(ref, qtype, shape[0]))
+    assert_matches_ggml(y, ref.mul_mat(int(qtype), raw, x.numpy()), bitwise=True)
 
 
 @pytest.mark.parametrize("qtype", NATIVE, ids=lambda q: q.name)
@@ -165,7 +159,7 @@ def test_other_builds_match_ggml(
             assert_matches_ggml(
                 k.matmul(qtype, torch.from_numpy(raw), x).numpy(),
                 ref.mul_mat(int(qtype), raw, x.numpy()),
-                build == "avx2" and bitwise_route(ref, qtype, shape[0]),
+                bitwise=build == "avx2",
             )
         assert np.array_equal(
             k.quantize_activations(qtype, x).numpy(), ref.quantize_row(VEC_DOT_TYPE[qtype], x.numpy())

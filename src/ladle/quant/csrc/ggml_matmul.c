@@ -20,7 +20,8 @@
  *   exact total fma'd by d_w * d_a, mins apart; gemm, on each whole 4 activation rows: the same per 64
  *   values). Since that depends on the batch, the rows of separate sequences are told apart (groups in
  *   ladle_matmul_quantized) and each gets the order of its own sequence computed alone.
- * Not yet: llama.cpp's repacked Q4_0 (Q4_0x8, per-block totals); those weights come within ~1e-6.
+ * - Q4_0 weights of a multiple of 8 rows are repacked by llama.cpp (Q4_0x8): per block one exact total,
+ *   fma'd by the scale product (a32_route).
  *
  * The kernels are 256-bit (Zen 4 runs 512-bit vectors as two halves anyway), of two kinds:
  * - tiles (tile32, tile_k) of R weight rows x C activation rows, each weight block decoded once per tile
@@ -542,10 +543,28 @@ ALWAYS_INLINE __m256i offset_lanes(int qtype, __m256i a_signed) {
 /* out[c * R + r] = row r of w times activation row c. With VNNI the weights are taken unsigned (value +
  * offset) against the signed activations, the offset's share (offset * sum a) starting the sums; without,
  * the activations are the unsigned side (see decode32 / dot32). */
-ALWAYS_INLINE void tile32(int qtype, int R, int C, const uint8_t *const *w, const a32_block *const *a, int64_t nb,
+/* Lane i of the result = the sum of v[i]'s 8 int32 lanes (exact). */
+ALWAYS_INLINE __m256i lane_totals8(const __m256i *v) {
+    const __m256i h01 = _mm256_hadd_epi32(v[0], v[1]), h23 = _mm256_hadd_epi32(v[2], v[3]);
+    const __m256i h45 = _mm256_hadd_epi32(v[4], v[5]), h67 = _mm256_hadd_epi32(v[6], v[7]);
+    const __m256i lo = _mm256_hadd_epi32(h01, h23), hi = _mm256_hadd_epi32(h45, h67);
+    return _mm256_add_epi32(_mm256_permute2x128_si256(lo, hi, 0x20), _mm256_permute2x128_si256(lo, hi, 0x31));
+}
+
+/* llama.cpp repacks Q4_0 weights of a multiple of 8 rows (Q4_0x8) and sums each block to one exact total
+ * before its fma, instead of 8 lanes: `qtype` T_Q4_0X8 asks for that order (the values are Q4_0's). */
+#define T_Q4_0X8 100
+
+static inline int a32_route(int qtype, int64_t n_rows) { return qtype == T_Q4_0 && n_rows % 8 == 0 ? T_Q4_0X8 : qtype; }
+
+ALWAYS_INLINE void tile32(int route, int R, int C, const uint8_t *const *w, const a32_block *const *a, int64_t nb,
                           float *out) {
+    const int totals = route == T_Q4_0X8, qtype = totals ? T_Q4_0 : route;
     const int bs = block_bytes(qtype), has_min = qtype == T_Q4_1 || qtype == T_Q5_1;
-    __m256 acc[MAXR][MAXC];
+    __m256 acc[MAXR][MAXC], tot[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()}; /* totals: lane c * R + r */
+    __m256i flat[16];
+    float dd[16];
+    for (int i = 0; i < 16; i++) flat[i] = _mm256_setzero_si256(), dd[i] = 0.0f;
     float mins[MAXR][MAXC];
     for (int r = 0; r < R; r++)
         for (int c = 0; c < C; c++) {
@@ -570,8 +589,13 @@ ALWAYS_INLINE void tile32(int qtype, int R, int C, const uint8_t *const *w, cons
             const __m256i init = offset_lanes(qtype, as);
             const __m256 ad = _mm256_set1_ps(ab->d);
             for (int r = 0; r < R; r++) {
-                const __m256 p = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(init, wu[r], as));
-                acc[r][c] = _mm256_fmadd_ps(_mm256_mul_ps(wd[r], ad), p, acc[r][c]);
+                const __m256i lanes = _mm256_dpbusd_epi32(init, wu[r], as);
+                if (totals) {
+                    flat[c * R + r] = lanes;
+                    dd[c * R + r] = _mm_cvtss_f32(_mm256_castps256_ps128(_mm256_mul_ps(wd[r], ad)));
+                    continue;
+                }
+                acc[r][c] = _mm256_fmadd_ps(_mm256_mul_ps(wd[r], ad), _mm256_cvtepi32_ps(lanes), acc[r][c]);
                 if (has_min) mins[r][c] += wm[r] * ab->s;
             }
         }
@@ -586,12 +610,27 @@ ALWAYS_INLINE void tile32(int qtype, int R, int C, const uint8_t *const *w, cons
             const __m256i a_u = _mm256_loadu_si256((const __m256i *)ab->qs);
             const __m256 ad = _mm256_set1_ps(ab->d);
             for (int r = 0; r < R; r++) {
-                const __m256 p = _mm256_cvtepi32_ps(dot32(qtype, &wb[r], a_u));
-                acc[r][c] = _mm256_fmadd_ps(_mm256_mul_ps(wb[r].d, ad), p, acc[r][c]);
+                const __m256i lanes = dot32(qtype, &wb[r], a_u);
+                if (totals) {
+                    flat[c * R + r] = lanes;
+                    dd[c * R + r] = _mm_cvtss_f32(_mm256_castps256_ps128(_mm256_mul_ps(wb[r].d, ad)));
+                    continue;
+                }
+                acc[r][c] = _mm256_fmadd_ps(_mm256_mul_ps(wb[r].d, ad), _mm256_cvtepi32_ps(lanes), acc[r][c]);
                 if (has_min) mins[r][c] += wb[r].m * ab->s;
             }
         }
 #endif
+        if (totals)
+            for (int h = 0; h * 8 < R * C; h++)
+                tot[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lane_totals8(flat + 8 * h)), _mm256_loadu_ps(dd + 8 * h), tot[h]);
+    }
+    if (totals) {
+        float res[16];
+        _mm256_storeu_ps(res, tot[0]);
+        _mm256_storeu_ps(res + 8, tot[1]);
+        for (int i = 0; i < R * C; i++) out[i] = res[i];
+        return;
     }
     for (int r = 0; r < R; r++)
         for (int c = 0; c < C; c++) out[c * R + r] = hsum_ps(acc[r][c]) + mins[r][c];
@@ -675,14 +714,6 @@ enum {
     K_REPACK_GEMM, /* its gemm (each whole 4 activation rows): the same per 64 values (two sub-blocks) */
     K_TILED,      /* ggml's tiled K-quant matmul (8+ rows): per super-block total * d_w (- dmin * mins), * d_a */
 };
-
-/* Lane i of the result = the sum of v[i]'s 8 int32 lanes (exact). */
-ALWAYS_INLINE __m256i lane_totals8(const __m256i *v) {
-    const __m256i h01 = _mm256_hadd_epi32(v[0], v[1]), h23 = _mm256_hadd_epi32(v[2], v[3]);
-    const __m256i h45 = _mm256_hadd_epi32(v[4], v[5]), h67 = _mm256_hadd_epi32(v[6], v[7]);
-    const __m256i lo = _mm256_hadd_epi32(h01, h23), hi = _mm256_hadd_epi32(h45, h67);
-    return _mm256_add_epi32(_mm256_permute2x128_si256(lo, hi, 0x20), _mm256_permute2x128_si256(lo, hi, 0x31));
-}
 
 /* Lane i of out[s] = lanes 2s and 2s+1 of v[i] added (s < 4): the pair sums of 8 vectors, transposed. */
 ALWAYS_INLINE void pair_totals8(const __m256i *v, __m256i out[4]) {
@@ -837,6 +868,7 @@ static void run_tile32(int qtype, int shape, const uint8_t *const *w, const void
     switch (qtype) {
         case T_Q8_0: TILE32_SHAPES(T_Q8_0)
         case T_Q4_0: TILE32_SHAPES(T_Q4_0)
+        case T_Q4_0X8: TILE32_SHAPES(T_Q4_0X8)
         case T_Q4_1: TILE32_SHAPES(T_Q4_1)
         case T_Q5_0: TILE32_SHAPES(T_Q5_0)
         default: TILE32_SHAPES(T_Q5_1)
@@ -961,6 +993,26 @@ ALWAYS_INLINE __m256i broadcast4(const void *p) {
     return _mm256_set1_epi32(v);
 }
 
+/* Q4_0x8's order (a32_route): one exact total per block, so the 8 groups' sums go into one accumulator.
+ * out[r * GROUP + c] = weight row r times activation row c of the group. */
+ALWAYS_INLINE void outer32_totals(const decoded32 *wd, const a32x8_block *a, int64_t nb, float *out) {
+    __m256 acc[OUTER_R];
+    for (int r = 0; r < OUTER_R; r++) acc[r] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const a32x8_block *ab = a + b;
+        const __m256 ad = _mm256_loadu_ps(ab->d);
+        for (int r = 0; r < OUTER_R; r++) {
+            const int64_t i = r * nb + b;
+            const int32_t *off = wd->offset[i];
+            __m256i p = _mm256_set1_epi32(off[0] + off[1] + off[2] + off[3] + off[4] + off[5] + off[6] + off[7]);
+            for (int v = 0; v < 8; v++)
+                p = _mm256_dpbusd_epi32(p, _mm256_loadu_si256((const __m256i *)(ab->q + 32 * v)), broadcast4(wd->q[i] + 4 * v));
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_mul_ps(_mm256_set1_ps(wd->d[i]), ad), acc[r]);
+        }
+    }
+    for (int r = 0; r < OUTER_R; r++) _mm256_storeu_ps(out + r * GROUP, acc[r]);
+}
+
 /* out[r * GROUP + c] = weight row r times activation row c of the group. */
 ALWAYS_INLINE void outer32(int qtype, const decoded32 *wd, const a32x8_block *a, int64_t nb, float *out) {
     const int has_min = qtype == T_Q4_1 || qtype == T_Q5_1;
@@ -998,8 +1050,9 @@ ALWAYS_INLINE void outer32(int qtype, const decoded32 *wd, const a32x8_block *a,
     }
 }
 
-static void run_outer32(int qtype, const decoded32 *wd, const a32x8_block *a, int64_t nb, float *out) {
-    if (qtype == T_Q4_1 || qtype == T_Q5_1) outer32(T_Q4_1, wd, a, nb, out);
+static void run_outer32(int route, const decoded32 *wd, const a32x8_block *a, int64_t nb, float *out) {
+    if (route == T_Q4_0X8) outer32_totals(wd, a, nb, out);
+    else if (route == T_Q4_1 || route == T_Q5_1) outer32(T_Q4_1, wd, a, nb, out);
     else outer32(T_Q8_0, wd, a, nb, out); /* the formats differ only in decoding, done already */
 }
 
@@ -1197,7 +1250,7 @@ static void mm_weight_tile(const mm_job *j, int R, int64_t n0, int64_t n_end, in
         if (kq)
             run_tile_k(j->qtype, order, SHAPE(R, C), w, a, j->k / 256, out);
         else
-            run_tile32(j->qtype, SHAPE(R, C), w, a, j->k / 32, out);
+            run_tile32(a32_route(j->qtype, j->n_rows), SHAPE(R, C), w, a, j->k / 32, out);
         for (int i = 0; i < C; i++)
             for (int r = 0; r < R && n0 + r < n_end; r++) j->y[(c + i) * j->n_rows + n0 + r] = out[i * R + r];
         c += C;
@@ -1252,7 +1305,7 @@ static void mm_rows_outer(const mm_job *j, int64_t begin, int64_t end) {
                 if (kq)
                     run_outer_k(j->qtype, order, wd, nb, (const q8kx8_block *)act, out);
                 else
-                    run_outer32(j->qtype, &d32, (const a32x8_block *)act, nb, out);
+                    run_outer32(a32_route(j->qtype, j->n_rows), &d32, (const a32x8_block *)act, nb, out);
                 store_outer(j, out, R, n0, end, g);
             }
         }

@@ -753,13 +753,20 @@ ALWAYS_INLINE void tile_k(int qtype, int order, int R, int C, const uint8_t *con
             k_scales_v(qtype, w[r] + b * bs, &ks[r]);
         }
         float wd[8] = {0}, wm[8] = {0}, ad[8] = {0}; /* lane c * R + r */
-        for (int r = 0; r < R; r++)
-            for (int c = 0; c < C; c++) {
-                wd[c * R + r] = ks[r].d;
-                wm[c * R + r] = ks[r].dmin;
-                ad[c * R + r] = a[c][b].d;
-            }
-        const __m256 vwd = _mm256_loadu_ps(wd), vwm = _mm256_loadu_ps(wm), vad = _mm256_loadu_ps(ad);
+        const int packed = order == K_REPACK && R == 4 && C == 1; /* batch 1: one vector, set directly */
+        __m256 vwd = _mm256_setzero_ps(), vwm = vwd, vad = vwd;
+        if (packed) {
+            vwd = _mm256_setr_ps(ks[0].d, ks[1].d, ks[2].d, ks[3].d, ks[0].dmin, ks[1].dmin, ks[2].dmin, ks[3].dmin);
+            vad = _mm256_set1_ps(a[0][b].d);
+        } else {
+            for (int r = 0; r < R; r++)
+                for (int c = 0; c < C; c++) {
+                    wd[c * R + r] = ks[r].d;
+                    wm[c * R + r] = ks[r].dmin;
+                    ad[c * R + r] = a[c][b].d;
+                }
+            vwd = _mm256_loadu_ps(wd), vwm = _mm256_loadu_ps(wm), vad = _mm256_loadu_ps(ad);
+        }
         __m256i isum[MAXR][MAXC];
         for (int r = 0; r < R; r++)
             for (int c = 0; c < C; c++) isum[r][c] = _mm256_setzero_si256();
@@ -806,6 +813,11 @@ ALWAYS_INLINE void tile_k(int qtype, int order, int R, int C, const uint8_t *con
             continue;
         }
         if (totals) {
+            if (packed) { /* the 4 totals and the 4 mins' totals in one vector, scaled by one product */
+                for (int i = 0; i < 4; i++) sums[4 + i] = mins[i];
+                tot = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lane_totals8(sums)), _mm256_mul_ps(vwd, vad), tot);
+                continue;
+            }
             const __m256 fs = _mm256_cvtepi32_ps(lane_totals8(sums)), fm = _mm256_cvtepi32_ps(lane_totals8(mins));
             if (order == K_REPACK) {
                 tot = _mm256_fmadd_ps(fs, _mm256_mul_ps(vwd, vad), tot);
@@ -836,6 +848,8 @@ ALWAYS_INLINE void tile_k(int qtype, int order, int R, int C, const uint8_t *con
     }
     if (totals) {
         float res[8];
+        if (order == K_REPACK && R == 4 && C == 1) /* lanes 4..7 hold the mins' sums */
+            tot_m = _mm256_permute2f128_ps(tot, tot, 0x01);
         _mm256_storeu_ps(res, order == K_TILED ? tot : _mm256_sub_ps(tot, tot_m));
         for (int i = 0; i < R * C; i++) out[i] = res[i];
         return;

@@ -32,9 +32,7 @@ def _case(batch: int, ctx: int, dtype: torch.dtype, gen: torch.Generator):
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--sweep", action="store_true", help="also try other (BLOCK_N, warps, stages) and splits")
-    p.add_argument("--grid", default="head", choices=["head", "seq"], help="LADLE_DECODE_GRID for this run")
     args = p.parse_args()
-    os.environ["LADLE_DECODE_GRID"] = args.grid
     gen = torch.Generator().manual_seed(0)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     tiles = list(itertools.product([32, 64, 128], [1, 2, 4], [3]))

@@ -299,14 +299,9 @@ def _decode_kernel(
     SPLIT: tl.constexpr,
     MAX_SPLITS: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
-    HEAD_MAJOR: tl.constexpr,  # grid (KVH, S, splits): a sequence's KV heads run side by side
 ):
-    if HEAD_MAJOR:
-        kv_head = tl.program_id(0)
-        seq = tl.program_id(1)
-    else:
-        seq = tl.program_id(0)
-        kv_head = tl.program_id(1)
+    seq = tl.program_id(0)
+    kv_head = tl.program_id(1)
     split = tl.program_id(2)
     seq_len = tl.load(seq_lens_ptr + seq)
 
@@ -445,11 +440,7 @@ def decode_attention(
         lse = torch.empty(num_seqs, num_heads, MAX_DECODE_SPLITS, dtype=torch.float32, device=q.device)
     else:
         part, lse = out, out  # unused
-    # Head-major: the KV heads of one token sit next to each other in the cache, so the programs reading them
-    # run at the same time (neighbouring program ids) rather than num_seqs launches apart.
-    head_major = os.environ.get("LADLE_DECODE_GRID", "head") == "head"
-    grid = (num_kv_heads, num_seqs, num_splits) if head_major else (num_seqs, num_kv_heads, num_splits)
-    _decode_kernel[grid](
+    _decode_kernel[(num_seqs, num_kv_heads, num_splits)](
         q,
         k_cache,
         v_cache,
@@ -476,7 +467,6 @@ def decode_attention(
         SPLIT=split,
         MAX_SPLITS=MAX_DECODE_SPLITS,
         DOT_PRECISION=_dot_precision(q),
-        HEAD_MAJOR=head_major,
         num_warps=warps,
         num_stages=stages,
     )

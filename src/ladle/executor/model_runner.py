@@ -144,10 +144,15 @@ class ModelRunner:
             start = req.num_computed_tokens
             end = start + num_new
             row0 = len(input_ids)
-            input_ids.extend(req.all_token_ids[start:end])
-            positions.extend(range(start, end))
             blocks = req.block_ids
-            slots.extend(blocks[p // size] * size + p % size for p in range(start, end))
+            if num_new == 1:  # a decode: the common case at large batches, without per-token generators
+                input_ids.append(req.all_token_ids[start])
+                positions.append(start)
+                slots.append(blocks[start // size] * size + start % size)
+            else:
+                input_ids.extend(req.all_token_ids[start:end])
+                positions.extend(range(start, end))
+                slots.extend(blocks[p // size] * size + p % size for p in range(start, end))
             query_lens.append(num_new)
             seq_lens.append(end)
             if end == req.num_tokens:

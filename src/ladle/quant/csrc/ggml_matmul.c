@@ -1039,13 +1039,18 @@ ALWAYS_INLINE void outer32(int qtype, const decoded32 *wd, const a32x8_block *a,
         const a32x8_block *ab = a + b;
         const __m256 ad = _mm256_loadu_ps(ab->d);
         __m256 dd[OUTER_R];
-        for (int r = 0; r < OUTER_R; r++) dd[r] = _mm256_mul_ps(_mm256_set1_ps(wd->d[r * nb + b]), ad);
+        __m256i offsets[OUTER_R]; /* spread to all lanes by a permute: cheaper here than a broadcast load */
+        for (int r = 0; r < OUTER_R; r++) {
+            dd[r] = _mm256_mul_ps(_mm256_set1_ps(wd->d[r * nb + b]), ad);
+            offsets[r] = _mm256_loadu_si256((const __m256i *)wd->offset[r * nb + b]);
+        }
 #pragma GCC unroll 8
         for (int v = 0; v < 8; v++) {
             const __m256i av = _mm256_loadu_si256((const __m256i *)(ab->q + 32 * v));
             for (int r = 0; r < OUTER_R; r++) {
                 const int64_t i = r * nb + b;
-                const __m256i p = _mm256_dpbusd_epi32(_mm256_set1_epi32(wd->offset[i][v]), av, broadcast4(wd->q[i] + 4 * v));
+                const __m256i init = _mm256_permutevar8x32_epi32(offsets[r], _mm256_set1_epi32(v));
+                const __m256i p = _mm256_dpbusd_epi32(init, av, broadcast4(wd->q[i] + 4 * v));
                 acc[r][v] = _mm256_fmadd_ps(dd[r], _mm256_cvtepi32_ps(p), acc[r][v]);
             }
         }

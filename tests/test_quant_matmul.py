@@ -332,3 +332,17 @@ def test_row_layout_is_chosen_by_row_count() -> None:
     with sequence_rows([3, 1, 1], [1, 1]):
         assert row_groups(5) == (3, 1, 1) and row_groups(2) == (1, 1) and row_groups(4) is None
     assert row_groups(5) is None
+
+
+@pytest.mark.parametrize("qtype", NATIVE, ids=lambda q: q.name)
+def test_any_order_matmul_is_close_and_exact_where_it_keeps_the_order(
+    kernels: NativeKernels, ref: GGMLReference, qtype: Q
+) -> None:
+    """exact=False (for LM heads) takes the fastest order from 8 rows: ggml's values to float rounding; below
+    8 rows, and for the formats it leaves alone, still ggml's bits."""
+    raw = random_weight(qtype, 72, 512, seed=int(qtype) + 1)
+    for m in (3, 32):
+        x = activations(m, 512, seed=m)
+        y = kernels.matmul(qtype, torch.from_numpy(raw), x, exact=False).numpy()
+        y_ref = ref.mul_mat(int(qtype), raw, x.numpy())
+        assert_matches_ggml(y, y_ref, bitwise=m < 8 or qtype in (Q.Q4_0, Q.Q4_1, Q.Q5_1, *K_QUANTS))

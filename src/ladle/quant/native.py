@@ -127,6 +127,7 @@ class NativeKernels:
             "ladle_activations_to_ggml": (None, [i32, ptr, i64, i64, ptr]),
             "ladle_matmul_float": (i32, [*matmul_head, ptr, i64, ptr, ptr, i32]),
             "ladle_matmul_quantized": (i32, [*matmul_head, ptr, i64, ptr, i64, ptr, i32]),
+            "ladle_matmul_quantized_any_order": (i32, [*matmul_head, ptr, i64, ptr, i32]),
         }
         bind_signatures(lib, signatures)
         self._lib = lib
@@ -174,11 +175,14 @@ class NativeKernels:
         x: torch.Tensor | None,
         method: str = "auto",
         quantized: QuantizedInput | None = None,
+        exact: bool = True,
     ) -> torch.Tensor:
         """x [m, k] float32 @ W.T, with W the raw rows of `weight` (uint8 [n, row_bytes]) -> [m, n].
 
         method "ggml" ("int8", "auto") is llama.cpp's arithmetic (see _METHODS); "float" keeps the activations
         in float32. `quantized` (from quantize_input, same act_format) replaces x for the ggml method.
+        exact=False (ggml method): the same products, added in the fastest order rather than llama.cpp's, for
+        results that feed nothing later (an LM head's logits): they differ from ggml's in the last bits.
         """
         if method == "auto":
             method = choose_method(qtype, 0)
@@ -196,6 +200,13 @@ class NativeKernels:
             )
         (m, k), n = quantized.shape, weight.shape[0]
         y = torch.empty(m, n, dtype=torch.float32)
+        if not exact:
+            rc = self._lib.ladle_matmul_quantized_any_order(
+                int(qtype), weight.data_ptr(), weight.stride(0), n, k, quantized.data.data_ptr(), m,
+                y.data_ptr(), torch.get_num_threads(),
+            )  # fmt: skip
+            self._check(rc, qtype, k)
+            return y
         groups = row_groups(m)
         sizes = None if groups is None else torch.tensor(groups, dtype=torch.int32)
         rc = self._lib.ladle_matmul_quantized(

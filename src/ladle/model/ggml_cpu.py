@@ -11,6 +11,7 @@ here, so a step's Python work is the matmul calls plus a handful of ctypes calls
 
 from __future__ import annotations
 
+import ctypes
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,9 +21,12 @@ import torch
 from torch import nn
 
 from ladle.kernels.cpu_ops import CACHE_DTYPES, CpuOps, cpu_ops
+from ladle.kernels.ggml_stack import StackLayer, StackStep, bind_stack, stack_weight
 from ladle.layers.attention import AttentionMetadata
 from ladle.layers.norm import RMSNorm
 from ladle.model.config import ArchConfig, RopeConfig
+from ladle.quant.native import choose_method
+from ladle.quant.weight import GGMLWeight
 
 
 def use_ggml_numerics(checkpoint_format: str, device: torch.device, dtype: torch.dtype) -> bool:
@@ -110,14 +114,36 @@ class _Layer:
     sliding_window: int
     qkv: Callable[[torch.Tensor], list[torch.Tensor]] | None = None
     gate_up: Callable[[torch.Tensor], list[torch.Tensor]] | None = None
+    # The layer for the one-call native stack (ggml_forward.c); None when a matmul is not a packed GGML
+    # kernel (dense weights, a bias, or one swapped in by a test), which keeps the per-op path.
+    native: StackLayer | None = None
 
     def __post_init__(self) -> None:
         self.regroup()
 
     def regroup(self) -> None:
-        """Rebuilds the shared-input groups from the matmul fields (call after replacing any of them)."""
+        """Rebuilds the shared-input groups and the native layer from the matmul fields (call after
+        replacing any of them)."""
         self.qkv = _grouped([self.q_proj, self.k_proj, self.v_proj])
         self.gate_up = _grouped([self.gate_proj, self.up_proj])
+        names = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+        weights = [_packed(getattr(self, n)) for n in names]
+        if None in weights:
+            self.native = None
+            return
+        self.native = StackLayer(
+            *(stack_weight(w) for w in weights),
+            self.input_norm, self.post_attn_norm, self.ffn_norm, self.post_ffn_norm, self.q_norm, self.k_norm,
+            self.rope, self.q_scale, self.kq_scale, self.sliding_window,
+        )  # fmt: skip
+
+
+def _packed(fn: MatMul) -> GGMLWeight | None:
+    """The GGMLWeight whose native kernel fn is, if it is one."""
+    weight = getattr(fn, "__self__", None)
+    if isinstance(weight, GGMLWeight) and weight.has_fast_matmul and fn == weight.linear:
+        return weight
+    return None
 
 
 def _weight(norm: RMSNorm) -> int:
@@ -195,6 +221,9 @@ class GGMLForward:
             )
         self.final_norm = _weight(stack.norm)
         self.max_positions = max_positions
+        bind_stack(self.lib)
+        self._stack_key: tuple | None = None
+        self._stack: ctypes.Array | None = None
 
     def __call__(
         self,
@@ -222,6 +251,13 @@ class GGMLForward:
         seq_lens, query_start = _as(meta.seq_lens, torch.int32), _as(meta.query_start, torch.int32)
         if tokens and int(positions.max()) >= self.max_positions:
             raise ValueError(f"position {int(positions.max())} is beyond the model's {self.max_positions}")
+        rows = meta.output_rows
+        selected = torch.tensor(rows, dtype=torch.int64) if rows is not None and len(rows) < tokens else None
+        stack = self._native_stack(kv_caches) if tokens else None
+        if stack is not None:
+            return self._stack_forward(
+                stack, x, positions, slots, tables, seq_lens, query_start, selected, kv_caches
+            )
         pos_p, slot_p, table_p = positions.data_ptr(), slots.data_ptr(), tables.data_ptr()
         lens_p, start_p, num_seqs = seq_lens.data_ptr(), query_start.data_ptr(), seq_lens.numel()
         block_size, max_blocks = kv_caches[0][0].shape[1], tables.shape[1]
@@ -236,8 +272,6 @@ class GGMLForward:
         act_p = act.data_ptr()
         lib.ladle_rms_norm(x_p, self.layers[0].input_norm, h_p, tokens, hidden, eps, nth)
         last = len(self.layers) - 1
-        rows = meta.output_rows
-        selected = torch.tensor(rows, dtype=torch.int64) if rows is not None and len(rows) < tokens else None
         for i, (layer, (k_cache, v_cache)) in enumerate(zip(self.layers, kv_caches)):
             q, k, v = layer.qkv(h)
             rc = lib.ladle_attention(
@@ -270,6 +304,59 @@ class GGMLForward:
             return out
         # rows nobody reads stay zero
         return torch.zeros(input_ids.shape[0], hidden, dtype=torch.float32).index_copy_(0, selected, out)
+
+    def _native_stack(self, kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> ctypes.Array | None:
+        """The layers as one C array for ladle_decoder_stack, with these caches' addresses; None when a
+        layer has no native form or the matmuls are asked to run another way (LADLE_QUANT_MATMUL=float)."""
+        natives = [layer.native for layer in self.layers]
+        if None in natives or choose_method(0, 0) != "ggml":
+            return None
+        key = (id(kv_caches), kv_caches[0][0].data_ptr(), *map(id, natives))
+        if key != self._stack_key:
+            stack = (StackLayer * len(natives))()
+            for i, (native, (k_cache, v_cache)) in enumerate(zip(natives, kv_caches)):
+                stack[i] = native
+                stack[i].k_cache, stack[i].v_cache = k_cache.data_ptr(), v_cache.data_ptr()
+            self._stack, self._stack_key = stack, key
+        return self._stack
+
+    def _stack_forward(
+        self,
+        stack: ctypes.Array,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        slots: torch.Tensor,
+        tables: torch.Tensor,
+        seq_lens: torch.Tensor,
+        query_start: torch.Tensor,
+        selected: torch.Tensor | None,
+        kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+    ) -> torch.Tensor:
+        """The per-op loop of __call__ in one native call (ggml_forward.c: the same ops in the same order)."""
+        cfg = self.cfg
+        tokens = x.shape[0]
+        # rows nobody reads stay zero
+        out = (torch.zeros if selected is not None else torch.empty)(
+            tokens, cfg.hidden_size, dtype=torch.float32
+        )
+        k_cache = kv_caches[0][0]
+        step = StackStep(
+            tokens, cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim,
+            cfg.intermediate_size, self.eps, self.glu is self.lib.ladle_geglu, CACHE_DTYPES[k_cache.dtype],
+            k_cache.shape[1], positions.data_ptr(), slots.data_ptr(), tables.data_ptr(), tables.shape[1],
+            seq_lens.data_ptr(), query_start.data_ptr(), seq_lens.numel(),
+            selected.data_ptr() if selected is not None else None,
+            selected.numel() if selected is not None else 0,
+            self.final_norm, x.data_ptr(), out.data_ptr(),
+        )  # fmt: skip
+        rc = self.lib.ladle_decoder_stack(
+            stack, len(self.layers), ctypes.byref(step), torch.get_num_threads()
+        )
+        if rc == -1:
+            raise MemoryError("decoder stack: out of memory for its buffers")
+        if rc != 0:
+            raise ValueError("decoder stack: a native matmul does not support one of the weights")
+        return out
 
     def softcap_(self, logits: torch.Tensor, cap: float) -> torch.Tensor:
         """Gemma's final logit softcap, ggml's way (scale by 1/cap, tanhf, scale by cap)."""

@@ -23,6 +23,7 @@
 #include <immintrin.h>
 #endif
 
+#include "cpu_ops.h"
 #include "thread_pool.h"
 
 /* No implicit a*b+c contraction: where ggml computes a product and a sum in separate ops, fusing them would

@@ -32,16 +32,23 @@ class Timers:
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
+        self.phase = ""  # prefixes the native calls' names: "lm_head " while compute_logits runs
 
-    def wrap(self, name: str | Callable[..., str], fn: Callable) -> Callable:
+    def wrap(self, name: str | Callable[..., str], fn: Callable, phase: str | None = None) -> Callable:
         def timed(*args: Any, **kwargs: Any) -> Any:
             key = name(*args) if callable(name) else name
+            if phase is None:
+                key = self.phase + key
+            else:
+                self.phase = phase
             t0 = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
             finally:
                 self.seconds[key] += time.perf_counter() - t0
                 self.calls[key] += 1
+                if phase is not None:
+                    self.phase = ""
 
         return timed
 
@@ -56,7 +63,7 @@ class TimedLib:
     def __getattr__(self, name: str) -> Any:
         if name not in self._cache:
             fn = getattr(self._lib, name)
-            self._cache[name] = self._timers.wrap(self._namer.get(name, lambda *a, n=name: n), fn)
+            self._cache[name] = self._timers.wrap(self._namer.get(name, lambda *a, n=name: n), fn, None)
         return self._cache[name]
 
 
@@ -67,6 +74,12 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32, help="concurrent sequences")
     p.add_argument("--tokens", type=int, default=64, help="output tokens per sequence")
     p.add_argument("--repeats", type=int, default=3, help="timed generate() calls (after one warm-up)")
+    p.add_argument(
+        "--per-op",
+        action="store_true",
+        help="run the forward's per-op path (the same ops, one ctypes call each) to time each op; by default "
+        "the forward is the one native stack call",
+    )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     llm = LLM(model=args.model, max_model_len=1024, enable_prefix_caching=False)
@@ -75,6 +88,9 @@ def main() -> None:
     ggml = model.ggml_forward
     if ggml is None:
         raise SystemExit("this model does not run the GGML forward (not a GGUF on the CPU?)")
+    if args.per_op:
+        for layer in ggml.layers:
+            layer.native = None
     cfg = model.config
     tok = llm.get_tokenizer()
     prompts = [
@@ -102,16 +118,18 @@ def main() -> None:
     real_kernel_lib, real_ggml_lib, real_glu = kernels._lib, ggml.lib, ggml.glu
     namer = {"ladle_matmul_quantized": matmul_name, "ladle_quantize_activations": lambda *a: "quantize acts"}
     kernels._lib = TimedLib(real_kernel_lib, timers, namer)
-    ggml.lib = TimedLib(real_ggml_lib, timers, {})
-    ggml.glu = timers.wrap("ladle_" + ("geglu" if cfg.hidden_act.startswith("gelu") else "swiglu"), real_glu)
+    ggml.lib = TimedLib(real_ggml_lib, timers, namer)  # the LM head's matmul is called through it
+    ggml.glu = timers.wrap(
+        "ladle_" + ("geglu" if cfg.hidden_act.startswith("gelu") else "swiglu"), real_glu, None
+    )
     sched, runner, sampler = eng.scheduler, eng.runner, eng.sampler
     real = (sched.schedule, runner.execute, model.forward, model.compute_logits, eng.sampler, eng.step)
-    sched.schedule = timers.wrap("schedule", real[0])
-    runner.execute = timers.wrap("execute", real[1])
-    model.forward = timers.wrap("forward", real[2])
-    model.compute_logits = timers.wrap("compute_logits", real[3])
-    eng.sampler = timers.wrap("sampler", sampler)
-    eng.step = timers.wrap("step", real[5])
+    sched.schedule = timers.wrap("schedule", real[0], phase="")
+    runner.execute = timers.wrap("execute", real[1], phase="")
+    model.forward = timers.wrap("forward", real[2], phase="")
+    model.compute_logits = timers.wrap("compute_logits", real[3], phase="lm_head ")
+    eng.sampler = timers.wrap("sampler", sampler, phase="")
+    eng.step = timers.wrap("step", real[5], phase="")
     try:
         t0 = time.perf_counter()
         for _ in range(args.repeats):
@@ -127,10 +145,8 @@ def main() -> None:
     s, r = timers.seconds, args.repeats
     steps = timers.calls["step"] / r
     out_tokens = args.batch * args.tokens
-    lm_head = s["matmul lm_head"]
-    native = {
-        k: v for k, v in s.items() if k.startswith(("matmul", "quantize", "ladle_")) and k != "matmul lm_head"
-    }
+    lm_head = sum(v for k, v in s.items() if k.startswith("lm_head "))
+    native = {k: v for k, v in s.items() if k.startswith(("matmul", "quantize", "ladle_"))}
     forward_native = sum(native.values())
     rows = [
         ("generate() wall", wall),
@@ -141,7 +157,7 @@ def main() -> None:
         ("      native calls", forward_native),
         ("      Python glue", s["forward"] - forward_native),
         ("    LM head (compute_logits)", s["compute_logits"]),
-        ("      lm_head matmul", lm_head),
+        ("      native calls (quantize + matmul)", lm_head),
         ("    sampler", s["sampler"]),
         (
             "    rest of step (append, detokenize, outputs)",

@@ -1,7 +1,7 @@
 """The one-call native decoder stack (quant/csrc/ggml_forward.c) against the per-op path of model/ggml_cpu.py
 that llama.cpp's numerics are checked on (test_gguf_generation.py): the same hidden states and K/V caches,
-bit for bit, on a mixed batch (two prefills, one of them after cached blocks, with only the sampled rows
-kept by the last layer) and on a decode batch."""
+bit for bit, on a mixed batch (two prefills with only the sampled rows kept by the last layer) and on decode
+batches. And the LM head's reused output buffer: the module's own result, never one a caller still holds."""
 
 from __future__ import annotations
 
@@ -84,3 +84,33 @@ def test_native_stack_matches_per_op_path(path_fn) -> None:
             a.view(torch.int16) if a.dtype == torch.float16 else a.view(torch.int32),
             b.view(torch.int16) if b.dtype == torch.float16 else b.view(torch.int32),
         )
+
+
+def test_lm_head_reuses_only_a_dropped_buffer() -> None:
+    torch.set_num_threads(2)
+    llm = LLM(model=str(gemma_path()), max_model_len=256, enable_prefix_caching=False)
+    model = llm.llm_engine.runner.model
+    if (
+        model.ggml_forward is None
+        or model.ggml_forward.logits(torch.zeros(1, model.config.hidden_size)) is None
+    ):
+        pytest.skip("no packed LM head on the ggml path")
+    gen = torch.Generator().manual_seed(1)
+    h1, h2 = (torch.randn(3, model.config.hidden_size, generator=gen) for _ in range(2))
+    with torch.inference_mode():
+        expected = [model.lm_head(h).float() for h in (h1, h2)]
+        first = model.compute_logits(h1)
+        kept = first.clone()
+        second = model.compute_logits(h2)  # `first` is still held: a new buffer
+        assert second.data_ptr() != first.data_ptr() and torch.equal(first, kept)
+        view = second[1:]  # only a view of `second` survives: still not free
+        address = second.data_ptr()
+        del first, second
+        third = model.compute_logits(h1)
+        assert third.data_ptr() != address and torch.equal(view, expected[1][1:])
+        address = third.data_ptr()
+        del third
+        fourth = model.compute_logits(h2)  # dropped: the same memory again
+        assert fourth.data_ptr() == address
+        assert torch.equal(fourth, expected[1])
+        assert torch.equal(model.compute_logits(h1), expected[0])

@@ -6,7 +6,9 @@ other op is one call into quant/csrc/cpu_ops.c: the first RMSNorm, then per laye
 rope, Gemma's q scale, f16 K/V write, paged attention), the residual add fused with the next norm (with
 Gemma's sandwich norm of the branch output), the gated activation, and the add + norm again. Everything a
 layer needs that does not change between steps (weight addresses, rope tables, scales) is gathered once
-here, so a step's Python work is the matmul calls plus a handful of ctypes calls.
+here. When every matmul is a packed GGML kernel (the usual GGUF case) the whole stack is one native call
+(quant/csrc/ggml_forward.c, the same ops in the same order); the per-op loop below is its reference and
+the path for dense weights, biases and matmuls that tests swap in.
 """
 
 from __future__ import annotations

@@ -25,8 +25,16 @@ def main() -> None:
     p.add_argument("--preset", default="llama-3.1-8b")
     p.add_argument("--num-prompts", type=int, default=128)
     p.add_argument("--enforce-eager", action="store_true")
+    p.add_argument("--kv-cache-dtype", default="auto")
+    p.add_argument("--kernel-batch", type=int, default=64, help="decode batch of the GPU kernel table")
+    p.add_argument("--skip-cprofile", action="store_true")
     args = p.parse_args()
-    llm = LLM(str(preset_path(args.preset)), load_format="dummy", enforce_eager=args.enforce_eager)
+    llm = LLM(
+        str(preset_path(args.preset)),
+        load_format="dummy",
+        enforce_eager=args.enforce_eager,
+        kv_cache_dtype=args.kv_cache_dtype,
+    )
     eng = llm.llm_engine
     rng = random.Random(0)
     vocab = eng.arch.vocab_size
@@ -72,6 +80,10 @@ def main() -> None:
     total = time.perf_counter() - start
     tokens = sum(len(o.outputs[0].token_ids) for o in outs)
     print(f"\n== breakdown: {total:.2f} s, {tokens} output tokens, {tokens / total:.0f} tok/s")
+    spent["engine host outside the runner, sampler and scheduler"] = total - sum(
+        v for k, v in spent.items() if not k.startswith("runner host (")
+    )
+    count["engine host outside the runner, sampler and scheduler"] = 1
     for name in sorted(spent):
         print(
             f"{name:40s} {count[name]:6d} calls {spent[name]:8.2f} s {spent[name] / count[name] * 1e3:8.2f} ms/call"
@@ -79,15 +91,17 @@ def main() -> None:
     eng.runner.execute, eng.scheduler.schedule, eng.sampler = execute, schedule, sampler
 
     # 2. Host hot spots (cProfile), on a smaller run.
-    prof = cProfile.Profile()
-    prof.enable()
-    llm.generate(prompts[:64], params[:64])
-    prof.disable()
-    print("\n== cProfile (64 requests), top 25 by own time")
-    pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+    if not args.skip_cprofile:
+        prof = cProfile.Profile()
+        prof.enable()
+        llm.generate(prompts[:64], params[:64])
+        prof.disable()
+        print("\n== cProfile (64 requests), top 25 by own time")
+        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
 
     # 3. GPU kernels of decode steps at batch 64 and of a mixed step.
-    for rid in range(64):
+    kb = min(args.kernel_batch, len(prompts))
+    for rid in range(kb):
         eng.add_request(f"p{rid}", prompts[rid], SamplingParams(max_tokens=300, ignore_eos=True))
     while any(len(c.output_token_ids) < 1 for p in eng.parents.values() for c in p.children):
         eng.step()
@@ -96,12 +110,14 @@ def main() -> None:
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as tp:
         for _ in range(10):
             eng.step()
-    print("\n== GPU kernels, 10 decode steps at batch 64")
+    print(f"\n== GPU kernels, 10 decode steps at batch {kb}")
     print(tp.key_averages().table(sort_by="cuda_time_total", row_limit=15))
-    eng.add_request("mixed", prompts[100], SamplingParams(max_tokens=4, ignore_eos=True))
+    # A fresh prompt (one of the running ones would hit the prefix cache and shrink the step).
+    fresh = {"prompt_token_ids": [rng.randrange(10, vocab) for _ in range(1024)]}
+    eng.add_request("mixed", fresh, SamplingParams(max_tokens=4, ignore_eos=True))
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as tp:
         eng.step()
-    print("\n== GPU kernels, one mixed step (a prompt + 64 decodes)")
+    print(f"\n== GPU kernels, one mixed step (a prompt + {kb} decodes)")
     print(tp.key_averages().table(sort_by="cuda_time_total", row_limit=12))
 
 

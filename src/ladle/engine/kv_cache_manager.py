@@ -41,6 +41,10 @@ class KVCacheManager:
         self.free_queue: OrderedDict[int, None] = OrderedDict((i, None) for i in range(num_blocks))
         self.cached: dict[bytes, int] = {}
         self.request_hashes: dict[str, list[bytes]] = {}
+        # Per request: how many of its leading blocks cache_full_blocks has settled, and the indices among
+        # them it could not register because another block held the same key (retried each call). Without
+        # this every step re-walked every full block of every request: O(context) a step.
+        self.settled: dict[str, tuple[int, list[int]]] = {}
         self.stats = PrefixCacheStats()
 
     # -- queries ---------------------------------------------------------------------------------------
@@ -88,17 +92,29 @@ class KVCacheManager:
         if not self.enable_prefix_caching:
             return
         num_full = min(request.num_computed_tokens // self.block_size, len(request.block_ids))
+        done, duplicates = self.settled.get(request.request_id, (0, []))
+        if num_full <= done and not duplicates:
+            return
         hashes = self._hashes_for(request, num_full)
-        for i in range(num_full):
+        still: list[int] = []
+        for i in duplicates + list(range(done, num_full)):
             block = request.block_ids[i]
-            if self.block_hash[block] is None and hashes[i] not in self.cached:
-                self.block_hash[block] = hashes[i]
-                self.cached[hashes[i]] = block
+            if self.block_hash[block] is None:
+                if hashes[i] in self.cached:
+                    still.append(i)
+                else:
+                    self.block_hash[block] = hashes[i]
+                    self.cached[hashes[i]] = block
+        self.settled[request.request_id] = (max(done, num_full), still)
 
     # -- allocation ------------------------------------------------------------------------------------
     def allocate(self, request: Request, num_new_tokens: int, cached_blocks: list[int] | None = None) -> bool:
         """Gives the request blocks for `num_new_tokens` more tokens (after any cached prefix blocks, which
         it starts holding). Returns False, changing nothing, when the pool can't supply them."""
+        if not cached_blocks:  # most decode steps: the new token fits in the last block held
+            held = len(request.block_ids)
+            if request.num_computed_tokens + num_new_tokens <= held * self.block_size:
+                return True
         cached_blocks = cached_blocks or []
         reclaimed = sum(1 for b in cached_blocks if self.ref_counts[b] == 0)
         held = len(request.block_ids) + len(cached_blocks)
@@ -130,6 +146,7 @@ class KVCacheManager:
                 self.free_queue[block] = None
         request.block_ids = []
         self.request_hashes.pop(request.request_id, None)
+        self.settled.pop(request.request_id, None)
 
     def reset_prefix_cache(self) -> None:
         for h, block in list(self.cached.items()):

@@ -280,7 +280,10 @@ class LLMEngine:
         return self._structured
 
     # -- the step ----------------------------------------------------------------------------------------
-    def step(self) -> list[RequestOutput]:
+    def step(self, finished_only: bool = False) -> list[RequestOutput]:
+        """One scheduler step. finished_only: return outputs only for requests that finished, for callers
+        that never stream (LLM.generate); building every running request's output each step is host time
+        the GPU waits for, and it grows with the output length."""
         batch = self.scheduler.schedule()
         if not batch.requests:
             return []
@@ -318,6 +321,12 @@ class LLMEngine:
                 touched[req.parent_id] = None
             if grammars:  # the next masks, ready before the next forward where the host is quick enough
                 self.structured.start_fills(r.grammar for r in sampled if not r.is_finished)
+        if finished_only:
+            return [
+                self._make_output(pid)
+                for pid in touched
+                if pid in self.parents and all(c.is_finished for c in self.parents[pid].children)
+            ]
         return [self._make_output(pid) for pid in touched if pid in self.parents]
 
     def _add_prompt_logprobs(self, req: Request, logits: torch.Tensor, start: int) -> None:

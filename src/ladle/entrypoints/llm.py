@@ -121,7 +121,7 @@ class LLM:
         pending = set(request_ids)
         finished: dict[str, RequestOutput] = {}
         while pending:
-            for out in engine.step():
+            for out in engine.step(finished_only=True):
                 if out.finished and out.request_id in pending:
                     finished[out.request_id] = out
                     pending.discard(out.request_id)

@@ -6,6 +6,7 @@ block ids.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +16,7 @@ from ladle.engine.scheduler import ScheduledBatch
 from ladle.layers.attention import AttentionMetadata
 from ladle.model.config import ArchConfig
 from ladle.model.llama import CausalLM
+from ladle.quant.row_groups import sequence_rows
 
 
 @dataclass
@@ -142,10 +144,15 @@ class ModelRunner:
             start = req.num_computed_tokens
             end = start + num_new
             row0 = len(input_ids)
-            input_ids.extend(req.all_token_ids[start:end])
-            positions.extend(range(start, end))
             blocks = req.block_ids
-            slots.extend(blocks[p // size] * size + p % size for p in range(start, end))
+            if num_new == 1:  # a decode: the common case at large batches, without per-token generators
+                input_ids.append(req.all_token_ids[start])
+                positions.append(start)
+                slots.append(blocks[start // size] * size + start % size)
+            else:
+                input_ids.extend(req.all_token_ids[start:end])
+                positions.extend(range(start, end))
+                slots.extend(blocks[p // size] * size + p % size for p in range(start, end))
             query_lens.append(num_new)
             seq_lens.append(end)
             if end == req.num_tokens:
@@ -198,15 +205,37 @@ class ModelRunner:
             # Only the ggml numerics path reads it (llama.cpp's last layer runs on the output rows alone).
             output_rows=_output_rows(last_rows, prompt_rows, num_tokens) if self._wants_output_rows else None,
         )
-        hidden = self.model(longs[:num_tokens], longs[num_tokens : 2 * num_tokens], self.kv_caches, meta)
-        if not last_rows:
-            logits = hidden.new_empty(0, 0).float()
-        elif len(last_rows) == num_tokens:
-            logits = self.model.compute_logits(hidden)
-        else:
-            logits = self.model.compute_logits(hidden[longs[3 * num_tokens :]])
+        step_rows, sampled_rows = self._sequence_layouts(query_lens, meta.output_rows, len(last_rows))
+        with step_rows:
+            hidden = self.model(longs[:num_tokens], longs[num_tokens : 2 * num_tokens], self.kv_caches, meta)
+        with sampled_rows:
+            if not last_rows:
+                logits = hidden.new_empty(0, 0).float()
+            elif len(last_rows) == num_tokens:
+                logits = self.model.compute_logits(hidden)
+            else:
+                logits = self.model.compute_logits(hidden[longs[3 * num_tokens :]])
         prompt_logits = {i: self.model.compute_logits(hidden[a:b]) for i, (a, b) in prompt_rows.items()}
         return StepLogits(sample_indices=sample_indices, logits=logits, prompt_logits=prompt_logits)
+
+    def _sequence_layouts(
+        self, query_lens: list[int], output_rows: list[int] | None, num_sampled: int
+    ) -> tuple[AbstractContextManager, AbstractContextManager]:
+        """For the ggml numerics path: the step's rows per sequence (all rows, and the output rows the last
+        layer keeps), then the sampled rows' (one per sequence), so that each sequence's quantized matmuls
+        add up as llama.cpp's would for that sequence alone (quant/row_groups.py)."""
+        if not self._wants_output_rows:
+            return nullcontext(), nullcontext()
+        outputs = list(query_lens)
+        if output_rows is not None:
+            outputs = [0] * len(query_lens)
+            seq, end = 0, query_lens[0]
+            for row in output_rows:
+                while row >= end:
+                    seq += 1
+                    end += query_lens[seq]
+                outputs[seq] += 1
+        return sequence_rows(query_lens, [n for n in outputs if n]), sequence_rows([1] * num_sampled)
 
     def _host(self, values, dtype: torch.dtype) -> torch.Tensor:
         host = (

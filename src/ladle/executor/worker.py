@@ -49,9 +49,11 @@ class TokenWindow:
     def __init__(self, start: int, tokens: list[int]) -> None:
         self.start, self.tokens = start, tokens
 
-    def __getitem__(self, key: slice) -> list[int]:
+    def __getitem__(self, key: slice | int) -> list[int] | int:
         if isinstance(key, slice) and key.start == self.start and key.stop == self.start + len(self.tokens):
             return self.tokens
+        if isinstance(key, int) and 0 <= key - self.start < len(self.tokens):  # the runner's decode path
+            return self.tokens[key - self.start]
         raise IndexError(
             f"a tensor-parallel worker only has tokens {self.start}:{self.start + len(self.tokens)}"
         )

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from ladle.quant.row_groups import row_groups
+
 log = logging.getLogger(__name__)
 
 _CSRC = Path(__file__).parent / "csrc"
@@ -124,7 +126,7 @@ class NativeKernels:
             "ladle_quantize_activations": (None, [i32, ptr, i64, i64, ptr, i32]),
             "ladle_activations_to_ggml": (None, [i32, ptr, i64, i64, ptr]),
             "ladle_matmul_float": (i32, [*matmul_head, ptr, i64, ptr, ptr, i32]),
-            "ladle_matmul_quantized": (i32, [*matmul_head, ptr, i64, ptr, i32]),
+            "ladle_matmul_quantized": (i32, [*matmul_head, ptr, i64, ptr, i64, ptr, i32]),
         }
         bind_signatures(lib, signatures)
         self._lib = lib
@@ -194,6 +196,8 @@ class NativeKernels:
             )
         (m, k), n = quantized.shape, weight.shape[0]
         y = torch.empty(m, n, dtype=torch.float32)
+        groups = row_groups(m)
+        sizes = None if groups is None else torch.tensor(groups, dtype=torch.int32)
         rc = self._lib.ladle_matmul_quantized(
             int(qtype),
             weight.data_ptr(),
@@ -202,6 +206,8 @@ class NativeKernels:
             k,
             quantized.data.data_ptr(),
             m,
+            None if sizes is None else sizes.data_ptr(),
+            0 if sizes is None else sizes.numel(),
             y.data_ptr(),
             torch.get_num_threads(),
         )
@@ -231,6 +237,8 @@ class NativeKernels:
 
     @staticmethod
     def _check(rc: int, qtype: int, k: int) -> None:
+        if rc == -2:
+            raise MemoryError("native matmul: out of memory for its row plan")
         if rc != 0:
             raise ValueError(f"native matmul does not support GGML type {int(qtype)} with k={k}")
 

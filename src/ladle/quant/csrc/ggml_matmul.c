@@ -1,5 +1,6 @@
-/* y = x @ W.T for W kept in GGML block formats, computed the way ggml's CPU backend computes it, so that
- * ladle gives llama.cpp's numbers up to the order of float additions (relative differences ~1e-6).
+/* y = x @ W.T for W kept in GGML block formats, computed the way ggml's CPU backend computes it on x86 with
+ * AVX2, bit for bit: the same quantized activations, the same integer sums and the same float operations in
+ * the same order.
  *
  * ggml first quantizes the activations to the weight type's vec_dot_type, then multiplies integers:
  * - Q4_0, Q5_0, Q8_0 weights: Q8_0 activations (32 values: d = f16(max|x|/127), q = round-half-even(x *
@@ -9,19 +10,29 @@
  *   q = min(127, nearest_int(iscale * x)), d = 1/iscale as a float, bsums = sums of 16 q). llama.cpp's
  *   repacked Q4_K route (Q4_Kx8 weights, Q8_Kx4 activations) quantizes the same way up to the sign
  *   convention when +max and -max tie, which flips q and d together and changes no product.
- * Per block the integer dot product is exact (as in ggml's x86 kernels); it is then scaled by the product
- * of the two float scales, and for K-quants the mins are applied through bsums, as ggml does.
+ * The float order is the route's that llama.cpp takes for the weight and the batch:
+ * - 32-value formats (vec_dot, and llamafile's tinyBLAS for batches; the same order): per block a vector of
+ *   8 exact lane sums (values 4l..4l+3), fma'd by the scale product into 8 accumulators, summed at the end
+ *   ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)); Q4_1/Q5_1 add the mins as a running float.
+ * - K-quants (k_order): below 8 rows vec_dot (lanes like the above; Q4_K and Q5_K keep the mins apart);
+ *   from 8 rows ggml's tiled matmul (per super-block the exact total * d_w - dmin * mins, then fma'd by
+ *   d_a); Q4_K weights of a multiple of 8 rows are repacked by llama.cpp instead (gemv: per super-block one
+ *   exact total fma'd by d_w * d_a, mins apart; gemm, on each whole 4 activation rows: the same per 64
+ *   values). Since that depends on the batch, the rows of separate sequences are told apart (groups in
+ *   ladle_matmul_quantized) and each gets the order of its own sequence computed alone.
+ * - Q4_0 weights of a multiple of 8 rows are repacked by llama.cpp (Q4_0x8): per block one exact total,
+ *   fma'd by the scale product (a32_route).
  *
  * The kernels are 256-bit (Zen 4 runs 512-bit vectors as two halves anyway), of two kinds:
  * - tiles (tile32, tile_k) of R weight rows x C activation rows, each weight block decoded once per tile
  *   and each activation block loaded once: 4 x 1 at batch 1, up to 4 x 4 / 1 x 8 for small batches. With
  *   AVX512-VNNI a 32-value block is one vpdpbusd of unsigned weight bytes (value + a per-format offset)
- *   and signed activations, the offset's share coming from the activation sum; with AVX2 alone
- *   vpmaddubsw + vpmaddwd, the activations (stored + 128) being the unsigned side. K-quant weights are
- *   unsigned already: vpmaddubsw, then vpdpwssd by the sub-block scales; mins and Q6_K's -32 via bsums.
+ *   and signed activations, the offset's share taken off per lane; with AVX2 alone vpmaddubsw +
+ *   vpmaddwd, the activations (stored + 128) being the unsigned side. K-quant weights are unsigned
+ *   already: vpmaddubsw, then vpdpwssd by the sub-block scales; mins and Q6_K's -32 via bsums.
  * - outer products (outer32, outer_k; VNNI, 8+ activation rows): activations regrouped 8 rows at a time,
  *   weights decoded to bytes once per tile, each 4 weight bytes broadcast against 4 values of 8 rows, so
- *   the float scaling is done for 8 rows per instruction.
+ *   each float operation serves 8 rows.
  * Without AVX2 a plain C version computes the same integers, one weight row and activation row at a time.
  *
  * Built on first use by ladle/quant/native.py (cc -O3 -march=native -pthread) and called through ctypes.
@@ -518,15 +529,42 @@ static inline int value_offset(int qtype) {
         default: return 0;
     }
 }
+
+/* What the weight offset adds to each lane of vpdpbusd(value + offset, a): offset times the sum of the lane's 4
+ * activations, negated. Taken off per lane (not as one total) so that every lane holds ggml's partial sum. */
+ALWAYS_INLINE __m256i offset_lanes(int qtype, __m256i a_signed) {
+    const int off = value_offset(qtype);
+    if (off == 0) return _mm256_setzero_si256();
+    const __m256i scaled = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8((char)off), a_signed);
+    return _mm256_sub_epi32(_mm256_setzero_si256(), scaled);
+}
 #endif
 
 /* out[c * R + r] = row r of w times activation row c. With VNNI the weights are taken unsigned (value +
  * offset) against the signed activations, the offset's share (offset * sum a) starting the sums; without,
  * the activations are the unsigned side (see decode32 / dot32). */
-ALWAYS_INLINE void tile32(int qtype, int R, int C, const uint8_t *const *w, const a32_block *const *a, int64_t nb,
+/* Lane i of the result = the sum of v[i]'s 8 int32 lanes (exact). */
+ALWAYS_INLINE __m256i lane_totals8(const __m256i *v) {
+    const __m256i h01 = _mm256_hadd_epi32(v[0], v[1]), h23 = _mm256_hadd_epi32(v[2], v[3]);
+    const __m256i h45 = _mm256_hadd_epi32(v[4], v[5]), h67 = _mm256_hadd_epi32(v[6], v[7]);
+    const __m256i lo = _mm256_hadd_epi32(h01, h23), hi = _mm256_hadd_epi32(h45, h67);
+    return _mm256_add_epi32(_mm256_permute2x128_si256(lo, hi, 0x20), _mm256_permute2x128_si256(lo, hi, 0x31));
+}
+
+/* llama.cpp repacks Q4_0 weights of a multiple of 8 rows (Q4_0x8) and sums each block to one exact total
+ * before its fma, instead of 8 lanes: `qtype` T_Q4_0X8 asks for that order (the values are Q4_0's). */
+#define T_Q4_0X8 100
+
+static inline int a32_route(int qtype, int64_t n_rows) { return qtype == T_Q4_0 && n_rows % 8 == 0 ? T_Q4_0X8 : qtype; }
+
+ALWAYS_INLINE void tile32(int route, int R, int C, const uint8_t *const *w, const a32_block *const *a, int64_t nb,
                           float *out) {
+    const int totals = route == T_Q4_0X8, qtype = totals ? T_Q4_0 : route;
     const int bs = block_bytes(qtype), has_min = qtype == T_Q4_1 || qtype == T_Q5_1;
-    __m256 acc[MAXR][MAXC];
+    __m256 acc[MAXR][MAXC], tot[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()}; /* totals: lane c * R + r */
+    __m256i flat[16];
+    float dd[16];
+    for (int i = 0; i < 16; i++) flat[i] = _mm256_setzero_si256(), dd[i] = 0.0f;
     float mins[MAXR][MAXC];
     for (int r = 0; r < R; r++)
         for (int c = 0; c < C; c++) {
@@ -548,11 +586,16 @@ ALWAYS_INLINE void tile32(int qtype, int R, int C, const uint8_t *const *w, cons
         for (int c = 0; c < C; c++) {
             const a32_block *ab = a[c] + b;
             const __m256i as = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)ab->qs), _mm256_set1_epi8((char)0x80));
-            const __m256i init = _mm256_zextsi128_si256(_mm_cvtsi32_si128(-value_offset(qtype) * ab->sum));
+            const __m256i init = offset_lanes(qtype, as);
             const __m256 ad = _mm256_set1_ps(ab->d);
             for (int r = 0; r < R; r++) {
-                const __m256 p = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(init, wu[r], as));
-                acc[r][c] = _mm256_fmadd_ps(_mm256_mul_ps(wd[r], ad), p, acc[r][c]);
+                const __m256i lanes = _mm256_dpbusd_epi32(init, wu[r], as);
+                if (totals) {
+                    flat[c * R + r] = lanes;
+                    dd[c * R + r] = _mm_cvtss_f32(_mm256_castps256_ps128(_mm256_mul_ps(wd[r], ad)));
+                    continue;
+                }
+                acc[r][c] = _mm256_fmadd_ps(_mm256_mul_ps(wd[r], ad), _mm256_cvtepi32_ps(lanes), acc[r][c]);
                 if (has_min) mins[r][c] += wm[r] * ab->s;
             }
         }
@@ -567,12 +610,27 @@ ALWAYS_INLINE void tile32(int qtype, int R, int C, const uint8_t *const *w, cons
             const __m256i a_u = _mm256_loadu_si256((const __m256i *)ab->qs);
             const __m256 ad = _mm256_set1_ps(ab->d);
             for (int r = 0; r < R; r++) {
-                const __m256 p = _mm256_cvtepi32_ps(dot32(qtype, &wb[r], a_u));
-                acc[r][c] = _mm256_fmadd_ps(_mm256_mul_ps(wb[r].d, ad), p, acc[r][c]);
+                const __m256i lanes = dot32(qtype, &wb[r], a_u);
+                if (totals) {
+                    flat[c * R + r] = lanes;
+                    dd[c * R + r] = _mm_cvtss_f32(_mm256_castps256_ps128(_mm256_mul_ps(wb[r].d, ad)));
+                    continue;
+                }
+                acc[r][c] = _mm256_fmadd_ps(_mm256_mul_ps(wb[r].d, ad), _mm256_cvtepi32_ps(lanes), acc[r][c]);
                 if (has_min) mins[r][c] += wb[r].m * ab->s;
             }
         }
 #endif
+        if (totals)
+            for (int h = 0; h * 8 < R * C; h++)
+                tot[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lane_totals8(flat + 8 * h)), _mm256_loadu_ps(dd + 8 * h), tot[h]);
+    }
+    if (totals) {
+        float res[16];
+        _mm256_storeu_ps(res, tot[0]);
+        _mm256_storeu_ps(res + 8, tot[1]);
+        for (int i = 0; i < R * C; i++) out[i] = res[i];
+        return;
     }
     for (int r = 0; r < R; r++)
         for (int c = 0; c < C; c++) out[c * R + r] = hsum_ps(acc[r][c]) + mins[r][c];
@@ -646,19 +704,68 @@ ALWAYS_INLINE __m256i k_bsum_factors(int qtype, const kscales_v *ks) {
     return pick_i16(ks->v, _mm256_setr_epi16(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15));
 }
 
-/* K-quant tile, R x C, super-block by super-block. */
-ALWAYS_INLINE void tile_k(int qtype, int R, int C, const uint8_t *const *w, const q8k_block *const *a, int64_t nsb,
-                          float *out) {
-    const int bs = block_bytes(qtype);
+/* The order in which ggml adds up a K-quant product's super-blocks; which one applies depends on the route
+ * llama.cpp takes for the weight and batch (see k_order), and each gives other float roundings. */
+enum {
+    K_LANES,      /* vec_dot_q6_K (batches of 1-7): 8 lanes of exact partial sums, fma'd by d, then summed */
+    K_Q4K_VECDOT, /* vec_dot_q4_K: the same, the mins in a 4-lane accumulator of their own */
+    K_Q5K_VECDOT, /* vec_dot_q5_K: the same, the mins as one running float */
+    K_REPACK,     /* the repacked Q4_Kx8 gemv: per super-block one exact total, fma'd; mins apart */
+    K_REPACK_GEMM, /* its gemm (each whole 4 activation rows): the same per 64 values (two sub-blocks) */
+    K_TILED,      /* ggml's tiled K-quant matmul (8+ rows): per super-block total * d_w (- dmin * mins), * d_a */
+};
+
+/* Lane i of out[s] = lanes 2s and 2s+1 of v[i] added (s < 4): the pair sums of 8 vectors, transposed. */
+ALWAYS_INLINE void pair_totals8(const __m256i *v, __m256i out[4]) {
+    /* hadd: [v0 s0, v0 s1, v1 s0, v1 s1 | v0 s2, v0 s3, v1 s2, v1 s3] */
+    const __m256 h01 = _mm256_castsi256_ps(_mm256_hadd_epi32(v[0], v[1]));
+    const __m256 h23 = _mm256_castsi256_ps(_mm256_hadd_epi32(v[2], v[3]));
+    const __m256 h45 = _mm256_castsi256_ps(_mm256_hadd_epi32(v[4], v[5]));
+    const __m256 h67 = _mm256_castsi256_ps(_mm256_hadd_epi32(v[6], v[7]));
+    const __m256 e0 = _mm256_shuffle_ps(h01, h23, 0x88), o0 = _mm256_shuffle_ps(h01, h23, 0xdd); /* v0-3 */
+    const __m256 e1 = _mm256_shuffle_ps(h45, h67, 0x88), o1 = _mm256_shuffle_ps(h45, h67, 0xdd); /* v4-7 */
+    out[0] = _mm256_castps_si256(_mm256_permute2f128_ps(e0, e1, 0x20));
+    out[1] = _mm256_castps_si256(_mm256_permute2f128_ps(o0, o1, 0x20));
+    out[2] = _mm256_castps_si256(_mm256_permute2f128_ps(e0, e1, 0x31));
+    out[3] = _mm256_castps_si256(_mm256_permute2f128_ps(o0, o1, 0x31));
+}
+
+/* K-quant tile, R x C (R * C <= 8), super-block by super-block, summed in `order`. */
+ALWAYS_INLINE void tile_k(int qtype, int order, int R, int C, const uint8_t *const *w, const q8k_block *const *a,
+                          int64_t nsb, float *out) {
+    const int bs = block_bytes(qtype), q6 = qtype == T_Q6_K, gemm = order == K_REPACK_GEMM;
+    const int totals = order == K_REPACK || gemm || order == K_TILED;
     __m256 acc[MAXR][MAXC];
+    __m128 acc_m[MAXR][MAXC];
+    float summs[MAXR][MAXC];
+    __m256 tot = _mm256_setzero_ps(), tot_m = _mm256_setzero_ps(); /* lane c * R + r */
     for (int r = 0; r < R; r++)
-        for (int c = 0; c < C; c++) acc[r][c] = _mm256_setzero_ps();
+        for (int c = 0; c < C; c++) {
+            acc[r][c] = _mm256_setzero_ps();
+            acc_m[r][c] = _mm_setzero_ps();
+            summs[r][c] = 0.0f;
+        }
     for (int64_t b = 0; b < nsb; b++) {
         kscales_v ks[MAXR];
         for (int r = 0; r < R; r++) {
             for (int line = 0; line < bs; line += 64)
                 _mm_prefetch((const char *)(w[r] + b * bs + PREFETCH_BYTES + line), _MM_HINT_T0);
             k_scales_v(qtype, w[r] + b * bs, &ks[r]);
+        }
+        float wd[8] = {0}, wm[8] = {0}, ad[8] = {0}; /* lane c * R + r */
+        const int packed = order == K_REPACK && R == 4 && C == 1; /* batch 1: one vector, set directly */
+        __m256 vwd = _mm256_setzero_ps(), vwm = vwd, vad = vwd;
+        if (packed) {
+            vwd = _mm256_setr_ps(ks[0].d, ks[1].d, ks[2].d, ks[3].d, ks[0].dmin, ks[1].dmin, ks[2].dmin, ks[3].dmin);
+            vad = _mm256_set1_ps(a[0][b].d);
+        } else {
+            for (int r = 0; r < R; r++)
+                for (int c = 0; c < C; c++) {
+                    wd[c * R + r] = ks[r].d;
+                    wm[c * R + r] = ks[r].dmin;
+                    ad[c * R + r] = a[c][b].d;
+                }
+            vwd = _mm256_loadu_ps(wd), vwm = _mm256_loadu_ps(wm), vad = _mm256_loadu_ps(ad);
         }
         __m256i isum[MAXR][MAXC];
         for (int r = 0; r < R; r++)
@@ -675,24 +782,89 @@ ALWAYS_INLINE void tile_k(int qtype, int R, int C, const uint8_t *const *w, cons
                 for (int r = 0; r < R; r++)
                     isum[r][c] = dot_i16(isum[r][c], _mm256_maddubs_epi16(q[r], av), sc[r]);
             }
+            if (gemm && (t & 1)) { /* two sub-blocks done: their exact totals, scaled and added */
+                __m256i flat[8];
+                for (int i = 0; i < 8; i++) flat[i] = _mm256_setzero_si256();
+                for (int r = 0; r < R; r++)
+                    for (int c = 0; c < C; c++) {
+                        flat[c * R + r] = isum[r][c];
+                        isum[r][c] = _mm256_setzero_si256();
+                    }
+                tot = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lane_totals8(flat)), _mm256_mul_ps(vwd, vad), tot);
+            }
         }
+        /* the lanes' exact sums with Q6_K's -32 taken off (sums) and the mins' terms (mins) */
+        __m256i sums[8], mins[8];
+        for (int i = 0; i < 8; i++) sums[i] = mins[i] = _mm256_setzero_si256();
         for (int r = 0; r < R; r++) {
             const __m256i factors = k_bsum_factors(qtype, &ks[r]);
             for (int c = 0; c < C; c++) {
+                const int i = c * R + r;
                 const __m256i bsum_terms = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)a[c][b].bsums), factors);
-                const float ad = a[c][b].d;
-                if (qtype == T_Q6_K) {
-                    const __m256i exact = _mm256_sub_epi32(isum[r][c], bsum_terms);
-                    acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(ks[r].d * ad), _mm256_cvtepi32_ps(exact), acc[r][c]);
-                } else {
-                    acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(ks[r].d * ad), _mm256_cvtepi32_ps(isum[r][c]), acc[r][c]);
-                    acc[r][c] = _mm256_fnmadd_ps(_mm256_set1_ps(ks[r].dmin * ad), _mm256_cvtepi32_ps(bsum_terms), acc[r][c]);
-                }
+                sums[i] = q6 ? _mm256_sub_epi32(isum[r][c], bsum_terms) : isum[r][c];
+                mins[i] = q6 ? _mm256_setzero_si256() : bsum_terms;
             }
         }
+        if (gemm) { /* the mins' terms, also per two sub-blocks */
+            __m256i per_pair[4];
+            pair_totals8(mins, per_pair);
+            for (int p = 0; p < 4; p++)
+                tot_m = _mm256_fmadd_ps(_mm256_cvtepi32_ps(per_pair[p]), _mm256_mul_ps(vwm, vad), tot_m);
+            continue;
+        }
+        if (totals) {
+            if (packed) { /* the 4 totals and the 4 mins' totals in one vector, scaled by one product */
+                for (int i = 0; i < 4; i++) sums[4 + i] = mins[i];
+                tot = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lane_totals8(sums)), _mm256_mul_ps(vwd, vad), tot);
+                continue;
+            }
+            const __m256 fs = _mm256_cvtepi32_ps(lane_totals8(sums)), fm = _mm256_cvtepi32_ps(lane_totals8(mins));
+            if (order == K_REPACK) {
+                tot = _mm256_fmadd_ps(fs, _mm256_mul_ps(vwd, vad), tot);
+                tot_m = _mm256_fmadd_ps(fm, _mm256_mul_ps(vwm, vad), tot_m);
+            } else {
+                __m256 part = _mm256_mul_ps(fs, vwd);
+                if (!q6) part = _mm256_fnmadd_ps(vwm, fm, part);
+                tot = _mm256_fmadd_ps(part, vad, tot);
+            }
+            continue;
+        }
+        for (int r = 0; r < R; r++)
+            for (int c = 0; c < C; c++) {
+                const int i = c * R + r;
+                const float dmin = -ad[i] * wm[i];
+                acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(ad[i] * wd[i]), _mm256_cvtepi32_ps(sums[i]), acc[r][c]);
+                if (order == K_Q4K_VECDOT) {
+                    /* ggml pairs the 8 mins' terms into 4 lanes */
+                    const __m128i m8 = _mm_hadd_epi32(_mm256_castsi256_si128(mins[i]), _mm256_extracti128_si256(mins[i], 1));
+                    acc_m[r][c] = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(m8), acc_m[r][c]);
+                } else if (order == K_Q5K_VECDOT) {
+                    const __m128i m4 = _mm_add_epi32(_mm256_castsi256_si128(mins[i]), _mm256_extracti128_si256(mins[i], 1));
+                    const __m128i m2 = _mm_add_epi32(m4, _mm_unpackhi_epi64(m4, m4));
+                    const int total = _mm_cvtsi128_si32(_mm_add_epi32(m2, _mm_shuffle_epi32(m2, 1)));
+                    summs[r][c] = fmaf(dmin, (float)total, summs[r][c]);
+                }
+            }
+    }
+    if (totals) {
+        float res[8];
+        if (order == K_REPACK && R == 4 && C == 1) /* lanes 4..7 hold the mins' sums */
+            tot_m = _mm256_permute2f128_ps(tot, tot, 0x01);
+        _mm256_storeu_ps(res, order == K_TILED ? tot : _mm256_sub_ps(tot, tot_m));
+        for (int i = 0; i < R * C; i++) out[i] = res[i];
+        return;
     }
     for (int r = 0; r < R; r++)
-        for (int c = 0; c < C; c++) out[c * R + r] = hsum_ps(acc[r][c]);
+        for (int c = 0; c < C; c++) {
+            float y = hsum_ps(acc[r][c]);
+            if (order == K_Q4K_VECDOT) {
+                __m128 m = _mm_add_ps(acc_m[r][c], _mm_movehl_ps(acc_m[r][c], acc_m[r][c]));
+                y += _mm_cvtss_f32(_mm_add_ss(m, _mm_movehdup_ps(m)));
+            } else if (order == K_Q5K_VECDOT) {
+                y += summs[r][c];
+            }
+            out[c * R + r] = y;
+        }
 }
 
 /* Each (type, shape) gets its own fully unrolled copy of a tile; `shape` is R * 16 + C. */
@@ -710,37 +882,55 @@ static void run_tile32(int qtype, int shape, const uint8_t *const *w, const void
     switch (qtype) {
         case T_Q8_0: TILE32_SHAPES(T_Q8_0)
         case T_Q4_0: TILE32_SHAPES(T_Q4_0)
+        case T_Q4_0X8: TILE32_SHAPES(T_Q4_0X8)
         case T_Q4_1: TILE32_SHAPES(T_Q4_1)
         case T_Q5_0: TILE32_SHAPES(T_Q5_0)
         default: TILE32_SHAPES(T_Q5_1)
     }
 }
 
-#define TILEK_SHAPES(QT)                                                                   \
-    switch (shape) {                                                                       \
-        case SHAPE(4, 1): tile_k(QT, 4, 1, w, (const q8k_block *const *)a, nsb, out); return; \
-        case SHAPE(1, 1): tile_k(QT, 1, 1, w, (const q8k_block *const *)a, nsb, out); return; \
-        case SHAPE(1, 2): tile_k(QT, 1, 2, w, (const q8k_block *const *)a, nsb, out); return; \
-        case SHAPE(1, 4): tile_k(QT, 1, 4, w, (const q8k_block *const *)a, nsb, out); return; \
-        default: tile_k(QT, 1, CK, w, (const q8k_block *const *)a, nsb, out); return;         \
+#define TILEK_CASE(QT, ORD, R, C) \
+    case SHAPE(R, C): tile_k(QT, ORD, R, C, w, (const q8k_block *const *)a, nsb, out); return;
+#define TILEK_SHAPES(QT, ORD)                                                                \
+    switch (shape) {                                                                         \
+        TILEK_CASE(QT, ORD, 4, 1) TILEK_CASE(QT, ORD, 1, 1) TILEK_CASE(QT, ORD, 1, 2)          \
+        TILEK_CASE(QT, ORD, 1, 4)                                                            \
+        default: tile_k(QT, ORD, 1, CK, w, (const q8k_block *const *)a, nsb, out); return;    \
     }
 
-static void run_tile_k(int qtype, int shape, const uint8_t *const *w, const void *const *a, int64_t nsb, float *out) {
-    switch (qtype) {
-        case T_Q4_K: TILEK_SHAPES(T_Q4_K)
-        case T_Q5_K: TILEK_SHAPES(T_Q5_K)
-        default: TILEK_SHAPES(T_Q6_K)
+static void run_tile_k(int qtype, int order, int shape, const uint8_t *const *w, const void *const *a, int64_t nsb,
+                       float *out) {
+    switch (qtype * 8 + order) {
+        case T_Q4_K * 8 + K_REPACK: TILEK_SHAPES(T_Q4_K, K_REPACK)
+        case T_Q4_K * 8 + K_REPACK_GEMM: TILEK_SHAPES(T_Q4_K, K_REPACK_GEMM)
+        case T_Q4_K * 8 + K_Q4K_VECDOT: TILEK_SHAPES(T_Q4_K, K_Q4K_VECDOT)
+        case T_Q4_K * 8 + K_TILED: TILEK_SHAPES(T_Q4_K, K_TILED)
+        case T_Q5_K * 8 + K_Q5K_VECDOT: TILEK_SHAPES(T_Q5_K, K_Q5K_VECDOT)
+        case T_Q5_K * 8 + K_TILED: TILEK_SHAPES(T_Q5_K, K_TILED)
+        case T_Q6_K * 8 + K_TILED: TILEK_SHAPES(T_Q6_K, K_TILED)
+        default: TILEK_SHAPES(T_Q6_K, K_LANES)
     }
+}
+
+/* The summation order llama.cpp's CPU backend uses for activation row c of a K-quant weight of n_rows rows at
+ * batch m (x86, AVX2 or better): Q4_K weights of a multiple of 8 rows are repacked (CPU_REPACK buffer), whole
+ * groups of 4 activation rows taking its gemm and the rest its gemv; otherwise 8+ rows take ggml's tiled
+ * matmul and fewer the format's vec_dot. */
+static int k_order(int qtype, int64_t n_rows, int64_t m, int64_t c) {
+    if (qtype == T_Q4_K && n_rows % 8 == 0) return c < m - m % 4 ? K_REPACK_GEMM : K_REPACK;
+    if (m >= 8) return K_TILED;
+    return qtype == T_Q4_K ? K_Q4K_VECDOT : (qtype == T_Q5_K ? K_Q5K_VECDOT : K_LANES);
 }
 
 #ifdef LADLE_VNNI
 /* Batched path for the 32-value formats (8+ activation rows, VNNI only): an outer product. Activations are
  * regrouped 8 rows at a time so that one register holds 4 values of each of the 8 rows; each 4 weight
- * values are broadcast against it (vpdpbusd: weights unsigned, activations signed), giving the 8 rows'
- * exact block sums in the 8 lanes. The float work (convert, scale, accumulate) is then per weight block
- * for 8 rows at once, instead of per block for every row. */
+ * values are broadcast against it (vpdpbusd: weights signed, activations + 128 unsigned), giving those 4
+ * values' sum for the 8 rows in the 8 lanes. That is lane v of ggml's per-block vector (values 4v..4v+3),
+ * so each of the 8 groups v keeps its own accumulator, scaled and summed in ggml's order (fma per block, then
+ * its horizontal sum), and the results are ggml's bit for bit. */
 #define GROUP 8
-#define OUTER_R 8 /* weight rows per tile: 8 accumulators + 8 activation registers + temporaries */
+#define OUTER_R 2 /* weight rows per tile: 2 x 8 accumulators */
 
 typedef struct {
     uint8_t q[32 * GROUP]; /* [4-value group v][row][4], q + 128 */
@@ -786,13 +976,15 @@ static void regroup_a32(const a32_block *act, int64_t nb, int64_t rows, a32x8_bl
     }
 }
 
-/* A tile's weight blocks decoded once for all activation groups: signed values, the -128 * sum(values)
- * that the +128 activations add, and the scales. Index [r * nb + b]. */
+/* A tile's weight blocks decoded once for all activation groups: signed values, per 4-value group the
+ * -128 * sum(values) that the +128 activations add, and the scales. Index [r * nb + b]. */
 typedef struct {
     int8_t (*q)[32];
-    int32_t *offset;
+    int32_t (*offset)[8];
     float *d, *m;
 } decoded32;
+
+#define DECODED32_BYTES (32 + 8 * sizeof(int32_t) + 2 * sizeof(float))
 
 static void decode_tile32(int qtype, const uint8_t *const *w, int64_t nb, decoded32 *o) {
     const int bs = block_bytes(qtype);
@@ -803,11 +995,7 @@ static void decode_tile32(int qtype, const uint8_t *const *w, int64_t nb, decode
             decode32(qtype, w[r] + b * bs, &blk);
             const int64_t i = r * nb + b;
             _mm256_storeu_si256((__m256i *)o->q[i], blk.q);
-            /* blk.corr: -128 * sum(values), spread over lanes (VNNI build) */
-            __m128i t = _mm_add_epi32(_mm256_castsi256_si128(blk.corr), _mm256_extracti128_si256(blk.corr, 1));
-            t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0x4e));
-            t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0xb1));
-            o->offset[i] = _mm_cvtsi128_si32(t);
+            _mm256_storeu_si256((__m256i *)o->offset[i], blk.corr); /* -128 * sum per lane (VNNI build) */
             o->d[i] = _mm_cvtss_f32(_mm256_castps256_ps128(blk.d));
             o->m[i] = blk.m;
         }
@@ -819,38 +1007,76 @@ ALWAYS_INLINE __m256i broadcast4(const void *p) {
     return _mm256_set1_epi32(v);
 }
 
-/* out[r * GROUP + c] = weight row r times activation row c of the group: each 4 decoded weight values are
- * broadcast from memory (signed) against 4 values of the 8 activation rows (+128, unsigned). */
-ALWAYS_INLINE void outer32(int qtype, const decoded32 *wd, const a32x8_block *a, int64_t nb, float *out) {
-    const int has_min = qtype == T_Q4_1 || qtype == T_Q5_1;
+/* Q4_0x8's order (a32_route): one exact total per block, so the 8 groups' sums go into one accumulator.
+ * out[r * GROUP + c] = weight row r times activation row c of the group. */
+ALWAYS_INLINE void outer32_totals(const decoded32 *wd, const a32x8_block *a, int64_t nb, float *out) {
     __m256 acc[OUTER_R];
     for (int r = 0; r < OUTER_R; r++) acc[r] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         const a32x8_block *ab = a + b;
-        __m256i av[8];
-        for (int v = 0; v < 8; v++) av[v] = _mm256_loadu_si256((const __m256i *)(ab->q + 32 * v));
         const __m256 ad = _mm256_loadu_ps(ab->d);
         for (int r = 0; r < OUTER_R; r++) {
             const int64_t i = r * nb + b;
-            __m256i p = _mm256_set1_epi32(wd->offset[i]);
-            for (int v = 0; v < 8; v++) p = _mm256_dpbusd_epi32(p, av[v], broadcast4(wd->q[i] + 4 * v));
-            acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(wd->d[i]), ad), _mm256_cvtepi32_ps(p), acc[r]);
-            if (has_min) acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(wd->m[i]), _mm256_loadu_ps(ab->s), acc[r]);
+            const int32_t *off = wd->offset[i];
+            __m256i p = _mm256_set1_epi32(off[0] + off[1] + off[2] + off[3] + off[4] + off[5] + off[6] + off[7]);
+            for (int v = 0; v < 8; v++)
+                p = _mm256_dpbusd_epi32(p, _mm256_loadu_si256((const __m256i *)(ab->q + 32 * v)), broadcast4(wd->q[i] + 4 * v));
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_mul_ps(_mm256_set1_ps(wd->d[i]), ad), acc[r]);
         }
     }
     for (int r = 0; r < OUTER_R; r++) _mm256_storeu_ps(out + r * GROUP, acc[r]);
 }
 
-static void run_outer32(int qtype, const decoded32 *wd, const a32x8_block *a, int64_t nb, float *out) {
-    if (qtype == T_Q4_1 || qtype == T_Q5_1) outer32(T_Q4_1, wd, a, nb, out);
+/* out[r * GROUP + c] = weight row r times activation row c of the group. */
+ALWAYS_INLINE void outer32(int qtype, const decoded32 *wd, const a32x8_block *a, int64_t nb, float *out) {
+    const int has_min = qtype == T_Q4_1 || qtype == T_Q5_1;
+    __m256 acc[OUTER_R][8], mins[OUTER_R];
+    for (int r = 0; r < OUTER_R; r++) {
+        mins[r] = _mm256_setzero_ps();
+        for (int v = 0; v < 8; v++) acc[r][v] = _mm256_setzero_ps();
+    }
+    for (int64_t b = 0; b < nb; b++) {
+        const a32x8_block *ab = a + b;
+        const __m256 ad = _mm256_loadu_ps(ab->d);
+        __m256 dd[OUTER_R];
+        for (int r = 0; r < OUTER_R; r++) dd[r] = _mm256_mul_ps(_mm256_set1_ps(wd->d[r * nb + b]), ad);
+#pragma GCC unroll 8
+        for (int v = 0; v < 8; v++) {
+            const __m256i av = _mm256_loadu_si256((const __m256i *)(ab->q + 32 * v));
+            for (int r = 0; r < OUTER_R; r++) {
+                const int64_t i = r * nb + b;
+                const __m256i p = _mm256_dpbusd_epi32(_mm256_set1_epi32(wd->offset[i][v]), av, broadcast4(wd->q[i] + 4 * v));
+                acc[r][v] = _mm256_fmadd_ps(dd[r], _mm256_cvtepi32_ps(p), acc[r][v]);
+            }
+        }
+        if (has_min)
+            for (int r = 0; r < OUTER_R; r++)
+                mins[r] = _mm256_fmadd_ps(_mm256_set1_ps(wd->m[r * nb + b]), _mm256_loadu_ps(ab->s), mins[r]);
+    }
+    /* ggml's hsum of lanes 0..7: ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)), for 8 rows at once */
+    for (int r = 0; r < OUTER_R; r++) {
+        const __m256 *l = acc[r];
+        const __m256 even = _mm256_add_ps(_mm256_add_ps(l[0], l[4]), _mm256_add_ps(l[2], l[6]));
+        const __m256 odd = _mm256_add_ps(_mm256_add_ps(l[1], l[5]), _mm256_add_ps(l[3], l[7]));
+        __m256 total = _mm256_add_ps(even, odd);
+        if (has_min) total = _mm256_add_ps(total, mins[r]);
+        _mm256_storeu_ps(out + r * GROUP, total);
+    }
+}
+
+static void run_outer32(int route, const decoded32 *wd, const a32x8_block *a, int64_t nb, float *out) {
+    if (route == T_Q4_0X8) outer32_totals(wd, a, nb, out);
+    else if (route == T_Q4_1 || route == T_Q5_1) outer32(T_Q4_1, wd, a, nb, out);
     else outer32(T_Q8_0, wd, a, nb, out); /* the formats differ only in decoding, done already */
 }
 
-/* The outer product for K-quants. Weight super-blocks are first decoded to plain bytes (kdecoded, once
- * per tile of weight rows, reused by every group of 8 activation rows); each 4 weight bytes are then
- * broadcast against 4 values of 8 activation rows, and each 32 (Q6_K: 16) values' sums are scaled in
- * int32, so the 8 rows' integer totals equal ggml's. Activation groups carry their bsums paired per 32
- * values, so one vpdpwssd applies a sub-block's min (or Q6_K's -32 offset) to all 8 rows. */
+/* The outer product for K-quants (8+ rows in the tiled or repacked-gemm order, whose float work is per
+ * super-block or per 64 values of each (weight row, activation row): exact integer totals first, as here).
+ * Weight super-blocks are first decoded to plain bytes (kdecoded, once per tile of weight rows, reused by
+ * every group of 8 activation rows); each 4 weight bytes are then broadcast against 4 values of 8
+ * activation rows, and each 32 (Q6_K: 16) values' sums are scaled in int32, giving the 8 rows' exact
+ * totals. Activation groups carry their bsums paired per 32 values, so one vpdpwssd applies a sub-block's
+ * min (or Q6_K's -32 offset) to all 8 rows. */
 #define OUTER_RK 8
 
 typedef struct {
@@ -897,7 +1123,51 @@ static void decode_k_superblock(int qtype, const uint8_t *sb, kdecoded *o) {
     o->dmin = ks.dmin;
 }
 
-/* out[r * GROUP + c]; wd[r * nsb + b] is super-block b of weight row r, decoded. */
+/* The repacked gemm's order, for weight rows [r0, r0 + 4) of the tile: per two sub-blocks their exact
+ * total and their mins' terms, each fma'd by its scale product; the result is their difference. (Four rows
+ * at a time: the two accumulators per row and the running sums fit the registers.) */
+ALWAYS_INLINE void outer_k_gemm4(const kdecoded *wd, int r0, int64_t nsb, const q8kx8_block *a, float *out) {
+    __m256 acc[4], acc_m[4];
+    for (int r = 0; r < 4; r++) acc[r] = acc_m[r] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nsb; b++) {
+        const q8kx8_block *ab = a + b;
+        const __m256 ad = _mm256_loadu_ps(ab->d);
+        __m256 dd[4], dm[4];
+        for (int r = 0; r < 4; r++) {
+            dd[r] = _mm256_mul_ps(_mm256_set1_ps(wd[(r0 + r) * nsb + b].d), ad);
+            dm[r] = _mm256_mul_ps(_mm256_set1_ps(wd[(r0 + r) * nsb + b].dmin), ad);
+        }
+#pragma GCC unroll 4
+        for (int t = 0; t < 8; t += 2) {
+            __m256i isum[4];
+            for (int r = 0; r < 4; r++) isum[r] = _mm256_setzero_si256();
+            for (int u = t; u < t + 2; u++) {
+                __m256i p[4];
+                for (int r = 0; r < 4; r++) p[r] = _mm256_setzero_si256();
+                for (int v = 0; v < 8; v++) {
+                    const __m256i codes = _mm256_loadu_si256((const __m256i *)(ab->q + 256 * u + 32 * v));
+                    for (int r = 0; r < 4; r++)
+                        p[r] = _mm256_dpbusd_epi32(p[r], broadcast4(wd[(r0 + r) * nsb + b].q + 32 * u + 4 * v), codes);
+                }
+                for (int r = 0; r < 4; r++)
+                    isum[r] = _mm256_add_epi32(isum[r], _mm256_mullo_epi32(p[r], _mm256_set1_epi32(wd[(r0 + r) * nsb + b].sc[u])));
+            }
+            const __m256i bs0 = _mm256_loadu_si256((const __m256i *)ab->bs[t]);
+            const __m256i bs1 = _mm256_loadu_si256((const __m256i *)ab->bs[t + 1]);
+            for (int r = 0; r < 4; r++) {
+                const kdecoded *k = &wd[(r0 + r) * nsb + b];
+                const __m256i mins = _mm256_dpwssd_epi32(_mm256_madd_epi16(bs0, _mm256_set1_epi32(k->factors[t])), bs1,
+                                                         _mm256_set1_epi32(k->factors[t + 1]));
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r]), dd[r], acc[r]);
+                acc_m[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mins), dm[r], acc_m[r]);
+            }
+        }
+    }
+    for (int r = 0; r < 4; r++) _mm256_storeu_ps(out + (r0 + r) * GROUP, _mm256_sub_ps(acc[r], acc_m[r]));
+}
+
+/* ggml's tiled order: per super-block the exact total * d_w (- dmin * the mins' total), then * d_a, added.
+ * out[r * GROUP + c]; wd[r * nsb + b] is super-block b of weight row r, decoded. */
 ALWAYS_INLINE void outer_k(int qtype, const kdecoded *wd, int64_t nsb, const q8kx8_block *a, float *out) {
     const int q6 = qtype == T_Q6_K, parts = q6 ? 2 : 1, nv = 8 / parts;
     __m256 acc[OUTER_RK];
@@ -928,21 +1198,27 @@ ALWAYS_INLINE void outer_k(int qtype, const kdecoded *wd, int64_t nsb, const q8k
             __m256i bterms = _mm256_setzero_si256();
             for (int t = 0; t < 8; t++)
                 bterms = _mm256_dpwssd_epi32(bterms, _mm256_loadu_si256((const __m256i *)ab->bs[t]), _mm256_set1_epi32(k->factors[t]));
-            const __m256 dd = _mm256_mul_ps(_mm256_set1_ps(k->d), ad);
+            __m256 part;
             if (q6) {
-                acc[r] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(_mm256_sub_epi32(isum[r], bterms)), acc[r]);
+                part = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(isum[r], bterms)), _mm256_set1_ps(k->d));
             } else {
-                acc[r] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(isum[r]), acc[r]);
-                acc[r] = _mm256_fnmadd_ps(_mm256_mul_ps(_mm256_set1_ps(k->dmin), ad), _mm256_cvtepi32_ps(bterms), acc[r]);
+                part = _mm256_mul_ps(_mm256_cvtepi32_ps(isum[r]), _mm256_set1_ps(k->d));
+                part = _mm256_fnmadd_ps(_mm256_set1_ps(k->dmin), _mm256_cvtepi32_ps(bterms), part);
             }
+            acc[r] = _mm256_fmadd_ps(part, ad, acc[r]);
         }
     }
     for (int r = 0; r < OUTER_RK; r++) _mm256_storeu_ps(out + r * GROUP, acc[r]);
 }
 
-static void run_outer_k(int qtype, const kdecoded *wd, int64_t nsb, const q8kx8_block *a, float *out) {
-    if (qtype == T_Q6_K) outer_k(T_Q6_K, wd, nsb, a, out);
-    else outer_k(T_Q4_K, wd, nsb, a, out); /* Q4_K and Q5_K differ only in decoding, done already */
+static void run_outer_k(int qtype, int order, const kdecoded *wd, int64_t nsb, const q8kx8_block *a, float *out) {
+    if (order == K_REPACK_GEMM) {
+        for (int r0 = 0; r0 < OUTER_RK; r0 += 4) outer_k_gemm4(wd, r0, nsb, a, out);
+    } else if (qtype == T_Q6_K) {
+        outer_k(T_Q6_K, wd, nsb, a, out);
+    } else {
+        outer_k(T_Q4_K, wd, nsb, a, out); /* Q4_K and Q5_K differ only in decoding, done already */
+    }
 }
 #endif /* LADLE_VNNI */
 #endif /* LADLE_AVX2 */
@@ -957,6 +1233,8 @@ typedef struct {
     const uint8_t *act;
     float *y;
     const void *grouped; /* the activations regrouped for the outer-product path, or NULL */
+    const int8_t *order; /* K-quants: per activation row, its summation order (k_order) */
+    const int32_t *run_end; /* ... and the end of the run of rows sharing it */
 } mm_job;
 
 /* Activation rows per pass over a chunk of weight rows: the chunk and the pass's activations stay in L2. */
@@ -977,14 +1255,16 @@ static void mm_weight_tile(const mm_job *j, int R, int64_t n0, int64_t n_end, in
     for (int r = 0; r < R; r++) w[r] = j->w + (n0 + r < n_end ? n0 + r : n_end - 1) * j->row_bytes;
     const int kq = is_k_quant(j->qtype);
     for (int64_t c = c0; c < c1;) {
-        const int C = j->m == 1 ? 1 : tile_width(c1 - c, kq ? CK : C32, kq);
+        const int order = kq ? j->order[c] : 0;
+        const int64_t limit = kq && j->run_end[c] < c1 ? j->run_end[c] : c1; /* one order per tile */
+        const int C = j->m == 1 ? 1 : tile_width(limit - c, kq ? CK : C32, kq);
         const void *a[MAXC];
         for (int i = 0; i < C; i++) a[i] = j->act + (c + i) * j->act_row_bytes;
         float out[MAXR * MAXC];
         if (kq)
-            run_tile_k(j->qtype, SHAPE(R, C), w, a, j->k / 256, out);
+            run_tile_k(j->qtype, order, SHAPE(R, C), w, a, j->k / 256, out);
         else
-            run_tile32(j->qtype, SHAPE(R, C), w, a, j->k / 32, out);
+            run_tile32(a32_route(j->qtype, j->n_rows), SHAPE(R, C), w, a, j->k / 32, out);
         for (int i = 0; i < C; i++)
             for (int r = 0; r < R && n0 + r < n_end; r++) j->y[(c + i) * j->n_rows + n0 + r] = out[i * R + r];
         c += C;
@@ -998,22 +1278,32 @@ static void store_outer(const mm_job *j, const float *out, int R, int64_t n0, in
         for (int c = 0; c < GROUP && g * GROUP + c < j->m; c++) j->y[(g * GROUP + c) * j->n_rows + n0 + r] = out[r * GROUP + c];
 }
 
-/* The outer-product path over weight rows [begin, end), a pass per ACT_BLOCK activation rows. */
+/* The order the outer-product kernels compute activation-row group g in, or -1 where the group is left to
+ * the tiles: the 32-value formats have one order at every batch size; a K-quant group needs all its rows in
+ * one order the outer kernel knows (K_TILED, K_REPACK_GEMM). */
+static int outer_order(const mm_job *j, int64_t g) {
+    if (!is_k_quant(j->qtype)) return 0;
+    const int64_t c0 = g * GROUP, c1 = c0 + GROUP < j->m ? c0 + GROUP : j->m;
+    const int order = j->order[c0];
+    if (order != K_TILED && order != K_REPACK_GEMM) return -1;
+    return j->run_end[c0] >= c1 ? order : -1;
+}
+
+/* The outer-product path over weight rows [begin, end), a pass per ACT_BLOCK activation rows; the groups
+ * it leaves are done by the tiles. */
 static void mm_rows_outer(const mm_job *j, int64_t begin, int64_t end) {
     const int kq = is_k_quant(j->qtype), R = kq ? OUTER_RK : OUTER_R;
     const int64_t nb = kq ? j->k / 256 : j->k / 32, groups = (j->m + GROUP - 1) / GROUP;
     const size_t group_bytes = (size_t)nb * (kq ? sizeof(q8kx8_block) : sizeof(a32x8_block));
-    /* one allocation for the tile's decoded weights */
-    const size_t per_block = kq ? sizeof(kdecoded) : 32 + 3 * sizeof(float);
-    uint8_t *buf = malloc(per_block * (size_t)(R * nb));
+    uint8_t *buf = malloc((kq ? sizeof(kdecoded) : DECODED32_BYTES) * (size_t)(R * nb)); /* decoded weights */
     if (buf == NULL) return; /* out of memory: y stays unset rather than crash */
     kdecoded *wd = (kdecoded *)buf;
-    decoded32 d32 = {(int8_t(*)[32])buf, (int32_t *)(buf + 32 * R * nb), (float *)(buf + 36 * R * nb),
-                     (float *)(buf + 40 * R * nb)};
+    decoded32 d32 = {(int8_t(*)[32])buf, (int32_t(*)[8])(buf + 32 * OUTER_R * nb), (float *)(buf + 64 * OUTER_R * nb),
+                     (float *)(buf + 68 * OUTER_R * nb)};
     for (int64_t g0 = 0; g0 < groups; g0 += ACT_BLOCK / GROUP) {
         const int64_t g1 = g0 + ACT_BLOCK / GROUP < groups ? g0 + ACT_BLOCK / GROUP : groups;
         for (int64_t n0 = begin; n0 < end; n0 += R) {
-            const uint8_t *w[OUTER_R];
+            const uint8_t *w[OUTER_RK];
             for (int r = 0; r < R; r++) w[r] = j->w + (n0 + r < end ? n0 + r : end - 1) * j->row_bytes;
             if (kq) {
                 for (int r = 0; r < R; r++)
@@ -1022,33 +1312,45 @@ static void mm_rows_outer(const mm_job *j, int64_t begin, int64_t end) {
                 decode_tile32(j->qtype, w, nb, &d32);
             }
             for (int64_t g = g0; g < g1; g++) {
-                float out[OUTER_R * GROUP];
+                const int order = outer_order(j, g);
+                if (order < 0) continue;
+                float out[OUTER_RK * GROUP];
                 const void *act = (const uint8_t *)j->grouped + g * group_bytes;
                 if (kq)
-                    run_outer_k(j->qtype, wd, nb, (const q8kx8_block *)act, out);
+                    run_outer_k(j->qtype, order, wd, nb, (const q8kx8_block *)act, out);
                 else
-                    run_outer32(j->qtype, &d32, (const a32x8_block *)act, nb, out);
+                    run_outer32(a32_route(j->qtype, j->n_rows), &d32, (const a32x8_block *)act, nb, out);
                 store_outer(j, out, R, n0, end, g);
             }
         }
     }
     free(buf);
+    const int tile_r = kq ? 1 : R32;
+    for (int64_t g = 0; g < groups; g++) {
+        if (outer_order(j, g) >= 0) continue;
+        const int64_t c0 = g * GROUP, c1 = c0 + GROUP < j->m ? c0 + GROUP : j->m;
+        for (int64_t n0 = begin; n0 < end; n0 += tile_r) mm_weight_tile(j, tile_r, n0, end, c0, c1);
+    }
 }
 
-/* The activations regrouped for the outer-product kernels (malloc'ed), or NULL where they do not apply. */
-static void *regroup_activations(int qtype, const void *act, int64_t m, int64_t k) {
-    if (m < GROUP) return NULL;
-    const int kq = is_k_quant(qtype);
-    const int64_t nb = kq ? k / 256 : k / 32, groups = (m + GROUP - 1) / GROUP;
+/* The activations regrouped for the outer-product kernels (malloc'ed), or NULL where they do not apply
+ * (fewer than 8 rows, or no group of 8 that they would take). */
+static void *regroup_activations(const mm_job *j) {
+    if (j->m < GROUP) return NULL;
+    const int kq = is_k_quant(j->qtype);
+    const int64_t nb = kq ? j->k / 256 : j->k / 32, groups = (j->m + GROUP - 1) / GROUP;
+    int any = 0;
+    for (int64_t g = 0; g < groups && !any; g++) any = outer_order(j, g) >= 0;
+    if (!any) return NULL;
     const size_t block = kq ? sizeof(q8kx8_block) : sizeof(a32x8_block);
     uint8_t *out = malloc(block * (size_t)(groups * nb));
     if (out == NULL) return NULL;
     for (int64_t g = 0; g < groups; g++) {
-        const int64_t rows = m - g * GROUP < GROUP ? m - g * GROUP : GROUP;
+        const int64_t rows = j->m - g * GROUP < GROUP ? j->m - g * GROUP : GROUP;
         if (kq)
-            regroup_q8k((const q8k_block *)act + g * GROUP * nb, nb, rows, (q8kx8_block *)(out + g * nb * block));
+            regroup_q8k((const q8k_block *)j->act + g * GROUP * nb, nb, rows, (q8kx8_block *)(out + g * nb * block));
         else
-            regroup_a32((const a32_block *)act + g * GROUP * nb, nb, rows, (a32x8_block *)(out + g * nb * block));
+            regroup_a32((const a32_block *)j->act + g * GROUP * nb, nb, rows, (a32x8_block *)(out + g * nb * block));
     }
     return out;
 }
@@ -1119,18 +1421,53 @@ int ladle_has_vnni(void) {
 
 static int shape_ok(int qtype, int64_t k) { return ladle_supports(qtype) && k % (is_k_quant(qtype) ? 256 : 32) == 0; }
 
+#ifdef LADLE_AVX2
+/* Each activation row's K-quant order, as llama.cpp would compute its sequence alone: the rows come in
+ * groups (sequences: groups[i] rows each, or all m rows as one when groups is NULL), and the order of a row
+ * depends on its group's size and its place in it. run_end[c]: where the run of rows of c's order ends. */
+static void plan_k_orders(int qtype, int64_t n_rows, int64_t m, const int32_t *groups, int64_t n_groups,
+                          int8_t *order, int32_t *run_end) {
+    int64_t row = 0;
+    for (int64_t g = 0; row < m; g++) {
+        int64_t len = groups != NULL && g < n_groups ? groups[g] : m - row;
+        if (len <= 0 || len > m - row) len = m - row; /* malformed groups: the rest as one */
+        for (int64_t c = 0; c < len; c++) order[row + c] = (int8_t)k_order(qtype, n_rows, len, c);
+        row += len;
+    }
+    for (int64_t c = m - 1; c >= 0; c--) run_end[c] = c + 1 < m && order[c + 1] == order[c] ? run_end[c + 1] : (int32_t)(c + 1);
+}
+#endif
+
 /* y[r, n] = sum_i W[n, i] * x[r, i] for r < m, n < n_rows, from activations already quantized by
- * ladle_quantize_activations for a weight of the same format. Returns 0, or -1 for an unsupported type/k. */
+ * ladle_quantize_activations for a weight of the same format. `groups` (n_groups row counts, or NULL for
+ * one group of m) says which rows are separate sequences: each row gets the float summation order that
+ * llama.cpp gives its sequence computed alone, so a sequence's results do not depend on its batch.
+ * Returns 0, -1 for an unsupported type/k, -2 when out of memory. */
 int ladle_matmul_quantized(int qtype, const uint8_t *w, int64_t row_bytes, int64_t n_rows, int64_t k,
-                           const void *act, int64_t m, float *y, int nthreads) {
+                           const void *act, int64_t m, const int32_t *groups, int64_t n_groups, float *y,
+                           int nthreads) {
     if (!shape_ok(qtype, k)) return -1;
-    mm_job job = {qtype, w, row_bytes, n_rows, k, m, ladle_act_row_bytes(qtype, k), (const uint8_t *)act, y, NULL};
-    void *grouped = NULL;
+    mm_job job = {qtype, w, row_bytes, n_rows, k, m, ladle_act_row_bytes(qtype, k), (const uint8_t *)act, y, NULL,
+                  NULL, NULL};
+    void *grouped = NULL, *plan = NULL;
+#ifdef LADLE_AVX2
+    if (is_k_quant(qtype) && m > 0) {
+        plan = malloc((size_t)m * (sizeof(int8_t) + sizeof(int32_t)));
+        if (plan == NULL) return -2;
+        job.run_end = (const int32_t *)plan;
+        job.order = (const int8_t *)((int32_t *)plan + m);
+        plan_k_orders(qtype, n_rows, m, groups, n_groups, (int8_t *)job.order, (int32_t *)job.run_end);
+    }
+#else
+    (void)groups;
+    (void)n_groups;
+#endif
 #ifdef LADLE_VNNI
-    job.grouped = grouped = regroup_activations(qtype, act, m, k);
+    job.grouped = grouped = regroup_activations(&job);
 #endif
     parallel_for(mm_rows, &job, n_rows, rows_per_chunk(n_rows, nthreads),
                  threads_for(n_rows * row_bytes, m, nthreads));
     free(grouped);
+    free(plan);
     return 0;
 }

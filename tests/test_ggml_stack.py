@@ -11,6 +11,7 @@ import torch
 from gguf_support import gemma_path, stories_path
 from ladle import LLM
 from ladle.layers.attention import AttentionMetadata
+from ladle.quant.row_groups import sequence_rows
 
 BLOCK = 16
 
@@ -63,7 +64,9 @@ def _run(model, native: bool) -> list[torch.Tensor]:
             ):
                 ids = torch.randint(0, cfg.vocab_size, (sum(new),), generator=gen)
                 positions, meta = _meta(before, new, tables, rows)
-                results.append(model(ids, positions, caches, meta))
+                # the rows per sequence the runner states (each sequence's matmul order is its own)
+                with sequence_rows(new, [1] * len(new) if rows is not None else new):
+                    results.append(model(ids, positions, caches, meta))
         results += [c for pair in caches for c in pair]
     finally:
         for layer, native in zip(ggml.layers, saved):

@@ -30,6 +30,7 @@ from ladle.layers.linear import TiedLMHead
 from ladle.layers.norm import RMSNorm
 from ladle.model.config import ArchConfig, RopeConfig
 from ladle.quant.native import choose_method
+from ladle.quant.row_groups import row_groups
 from ladle.quant.weight import GGMLWeight
 
 
@@ -345,6 +346,9 @@ class GGMLForward:
             tokens, cfg.hidden_size, dtype=torch.float32
         )
         k_cache = kv_caches[0][0]
+        # the rows per sequence each matmul is told, as GGMLWeight.linear asks row_groups for its row count
+        groups = _group_sizes(row_groups(tokens))
+        output_groups = _group_sizes(row_groups(selected.numel())) if selected is not None else None
         step = StackStep(
             tokens, cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim,
             cfg.intermediate_size, self.eps, self.glu is self.lib.ladle_geglu, CACHE_DTYPES[k_cache.dtype],
@@ -352,6 +356,7 @@ class GGMLForward:
             seq_lens.data_ptr(), query_start.data_ptr(), seq_lens.numel(),
             selected.data_ptr() if selected is not None else None,
             selected.numel() if selected is not None else 0,
+            _ptr(groups), _ptr(output_groups), _numel(groups), _numel(output_groups),
             self.final_norm, x.data_ptr(), out.data_ptr(),
         )  # fmt: skip
         rc = self.lib.ladle_decoder_stack(
@@ -375,10 +380,13 @@ class GGMLForward:
         (m, k), n = quantized.shape, weight.shape[0]
         out = self._logits.get(m, n)
         raw = weight.raw
+        groups = _group_sizes(row_groups(m))
         rc = self.lib.ladle_matmul_quantized(
-            int(weight.qtype), raw.data_ptr(), raw.stride(0), n, k, quantized.data.data_ptr(), m, out.data_ptr(),
-            torch.get_num_threads(),
+            int(weight.qtype), raw.data_ptr(), raw.stride(0), n, k, quantized.data.data_ptr(), m,
+            _ptr(groups), _numel(groups), out.data_ptr(), torch.get_num_threads(),
         )  # fmt: skip
+        if rc == -2:
+            raise MemoryError("native matmul: out of memory for its row plan")
         if rc != 0:
             raise ValueError(f"native matmul does not support GGML type {int(weight.qtype)} with k={k}")
         return out
@@ -420,6 +428,18 @@ def _unshared(t: torch.Tensor) -> bool:
     if use_count is None:
         return False
     return sys.getrefcount(t) == 4 and use_count(t.untyped_storage()._cdata) == 2
+
+
+def _group_sizes(groups: tuple[int, ...] | None) -> torch.Tensor | None:
+    return None if groups is None else torch.tensor(groups, dtype=torch.int32)
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _numel(t: torch.Tensor | None) -> int:
+    return 0 if t is None else t.numel()
 
 
 def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

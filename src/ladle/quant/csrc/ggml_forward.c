@@ -15,7 +15,8 @@ int64_t ladle_act_row_bytes(int qtype, int64_t k);
 int ladle_act_format(int qtype);
 void ladle_quantize_activations(int qtype, const float *x, int64_t m, int64_t k, void *out, int nthreads);
 int ladle_matmul_quantized(int qtype, const uint8_t *w, int64_t row_bytes, int64_t n_rows, int64_t k,
-                           const void *act, int64_t m, float *y, int nthreads);
+                           const void *act, int64_t m, const int32_t *groups, int64_t n_groups, float *y,
+                           int nthreads);
 
 /* One packed GGML weight: n rows of k inputs, row_bytes apart. */
 typedef struct {
@@ -51,6 +52,10 @@ typedef struct {
      * llama.cpp's ggml_get_rows on inp_out_ids; the other rows of `out` are left untouched */
     const int64_t *output_rows;
     int64_t num_output_rows;
+    /* rows per sequence of the matmuls' inputs (quant/row_groups.py), for all rows and for the output rows
+     * (NULL: one sequence), so that each sequence's sums follow llama.cpp's order for it alone */
+    const int32_t *groups, *output_groups;
+    int64_t num_groups, num_output_groups;
     const float *final_norm;
     float *x;   /* [num_tokens][hidden]: the embeddings in, the residual stream (overwritten) */
     float *out; /* [num_tokens][hidden]: the final norm of the output rows */
@@ -62,13 +67,21 @@ typedef struct {
     const float *of[2]; /* which input each buffer holds (NULL: none yet) */
 } quant_cache;
 
-static int matmul(const ladle_weight *w, const float *x, int64_t m, quant_cache *qc, float *y, int nthreads) {
+typedef struct {
+    const int32_t *sizes;
+    int64_t count;
+} row_groups;
+
+static int matmul(const ladle_weight *w, const float *x, int64_t m, row_groups g, quant_cache *qc, float *y,
+                  int nthreads) {
     const int fmt = ladle_act_format(w->qtype);
     if (qc->of[fmt] != x) {
         ladle_quantize_activations(w->qtype, x, m, w->k, qc->buf[fmt], nthreads);
         qc->of[fmt] = x;
     }
-    return ladle_matmul_quantized(w->qtype, w->data, w->row_bytes, w->n, w->k, qc->buf[fmt], m, y, nthreads);
+    const int rc = ladle_matmul_quantized(w->qtype, w->data, w->row_bytes, w->n, w->k, qc->buf[fmt], m, g.sizes,
+                                          g.count, y, nthreads);
+    return rc == -2 ? -1 : (rc != 0 ? -2 : 0); /* its -2 is out of memory, its -1 an unsupported weight */
 }
 
 static int64_t max_act_row_bytes(const ladle_layer *layers, int num_layers) {
@@ -89,6 +102,8 @@ static void compact_rows(float *a, int64_t n, const int64_t *rows, int64_t count
     for (int64_t i = 0; i < count; i++)
         if (rows[i] != i) memcpy(a + i * n, a + rows[i] * n, (size_t)n * sizeof(float));
 }
+
+static int failure(int a, int b) { return a != 0 ? a : b; }
 
 /* Returns 0; -1 when memory ran out; -2 when a matmul refused its weight (type or shape). */
 int ladle_decoder_stack(const ladle_layer *layers, int num_layers, const ladle_step *s, int nthreads) {
@@ -114,15 +129,16 @@ int ladle_decoder_stack(const ladle_layer *layers, int num_layers, const ladle_s
     float *up = (float *)(mem + offsets[7]), *act = (float *)(mem + offsets[8]);
     quant_cache qc = {{mem + offsets[9], mem + offsets[10]}, {NULL, NULL}};
     float *x = s->x;
+    row_groups g = {s->groups, s->num_groups};
     int rc = 0;
     ladle_rms_norm(x, layers[0].input_norm, h, T, hidden, s->eps, nthreads);
     for (int i = 0; i < num_layers && rc == 0; i++) {
         const ladle_layer *L = &layers[i];
         const int last = i == num_layers - 1;
         qc.of[0] = qc.of[1] = NULL;
-        rc |= matmul(&L->q, h, T, &qc, q, nthreads);
-        rc |= matmul(&L->k, h, T, &qc, k, nthreads);
-        rc |= matmul(&L->v, h, T, &qc, v, nthreads);
+        rc = failure(rc, matmul(&L->q, h, T, g, &qc, q, nthreads));
+        rc = failure(rc, matmul(&L->k, h, T, g, &qc, k, nthreads));
+        rc = failure(rc, matmul(&L->v, h, T, g, &qc, v, nthreads));
         if (rc != 0) break;
         if (ladle_attention(q, k, v, T, s->num_heads, s->num_kv_heads, s->head_dim, L->q_norm, L->k_norm, s->eps,
                             L->rope, s->positions, s->slot_mapping, L->k_cache, L->v_cache, s->cache_dtype,
@@ -131,19 +147,21 @@ int ladle_decoder_stack(const ladle_layer *layers, int num_layers, const ladle_s
             free(mem);
             return -1;
         }
-        if ((rc = matmul(&L->o, attn, T, &qc, proj, nthreads)) != 0) break;
+        if ((rc = matmul(&L->o, attn, T, g, &qc, proj, nthreads)) != 0) break;
         if (last && s->output_rows != NULL) {
             compact_rows(x, hidden, s->output_rows, s->num_output_rows);
             compact_rows(proj, hidden, s->output_rows, s->num_output_rows);
             T = s->num_output_rows;
+            g.sizes = s->output_groups;
+            g.count = s->num_output_groups;
         }
         ladle_residual_rms_norm(x, proj, L->post_attn_norm, L->ffn_norm, h, T, hidden, s->eps, nthreads);
         qc.of[0] = qc.of[1] = NULL;
-        rc |= matmul(&L->gate, h, T, &qc, gate, nthreads);
-        rc |= matmul(&L->up, h, T, &qc, up, nthreads);
+        rc = failure(rc, matmul(&L->gate, h, T, g, &qc, gate, nthreads));
+        rc = failure(rc, matmul(&L->up, h, T, g, &qc, up, nthreads));
         if (rc != 0) break;
         (s->gelu ? ladle_geglu : ladle_swiglu)(gate, up, act, T, inter, nthreads);
-        if ((rc = matmul(&L->down, act, T, &qc, proj, nthreads)) != 0) break;
+        if ((rc = matmul(&L->down, act, T, g, &qc, proj, nthreads)) != 0) break;
         /* the last layer's result is the final norm: straight into `out`, or compact in h, scattered below */
         const float *next_norm = last ? s->final_norm : layers[i + 1].input_norm;
         float *dst = last && s->output_rows == NULL ? s->out : h;
@@ -153,5 +171,5 @@ int ladle_decoder_stack(const ladle_layer *layers, int num_layers, const ladle_s
         for (int64_t r = 0; r < s->num_output_rows; r++)
             memcpy(s->out + s->output_rows[r] * hidden, h + r * hidden, (size_t)hidden * sizeof(float));
     free(mem);
-    return rc != 0 ? -2 : 0;
+    return rc;
 }

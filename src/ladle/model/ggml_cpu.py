@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -407,9 +406,10 @@ class GGMLForward:
 
 
 class _ReusedBuffer:
-    """One float32 [m, n] output tensor handed out again once nobody holds it (no Python reference to it and
-    no view of its storage): callers that keep a result keep theirs; the engine, which drops each step's
-    logits, gets the same memory back every step."""
+    """A float32 [m, n] output whose memory is handed out again once nobody holds the last result: callers
+    that keep a result keep theirs; the engine, which drops each step's logits, gets the same memory back
+    every step. Each result is a new view of the kept tensor, so any tensor still holding the memory (the
+    result, or a view of it) shows in its storage's use count, whatever Python's reference counting does."""
 
     def __init__(self) -> None:
         self._tensor: torch.Tensor | None = None
@@ -418,16 +418,13 @@ class _ReusedBuffer:
         t = self._tensor
         if t is None or t.shape != (m, n) or not _unshared(t):
             t = self._tensor = torch.empty(m, n, dtype=torch.float32)
-        return t
+        return t.view(m, n)
 
 
 def _unshared(t: torch.Tensor) -> bool:
-    # References to the tensor object: this buffer's attribute, the caller's local, this argument and
-    # getrefcount's own; to its storage: the tensor and the temporary storage object asked here.
+    # holders of the storage: the kept tensor and the storage object made here to ask
     use_count = getattr(torch._C, "_storage_Use_Count", None)
-    if use_count is None:
-        return False
-    return sys.getrefcount(t) == 4 and use_count(t.untyped_storage()._cdata) == 2
+    return use_count is not None and use_count(t.untyped_storage()._cdata) == 2
 
 
 def _group_sizes(groups: tuple[int, ...] | None) -> torch.Tensor | None:

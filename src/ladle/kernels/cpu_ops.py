@@ -1,6 +1,6 @@
 """ctypes bindings of the CPU layer ops in quant/csrc/cpu_ops.c (llama.cpp's numerics for everything but the
 matmuls): RMSNorm (alone or fused with the residual add), GeGLU/SwiGLU, the rope table, paged attention with
-the K/V write, and the final logit softcap.
+the K/V write, the final logit softcap; and greedy sampling's row argmax (csrc/argmax.c).
 
 The library is the one quant/native.py builds (every csrc/*.c in one file), so the ops share the matmuls'
 thread pool. Two layers of API: tensor functions that check their inputs (tests, one-off use), and `lib`, the
@@ -33,6 +33,7 @@ _SIGNATURES: dict[str, tuple[object, list]] = {
     "ladle_gelu_table_entry": (ctypes.c_uint16, [ctypes.c_uint16]),
     "ladle_exp_poly": (None, [_P, _P, _I64]),
     "ladle_softcap": (None, [_P, _I64, _F]),
+    "ladle_argmax_rows": (None, [_P, _I64, _I64, _P, _I]),
     "ladle_rope_table": (None, [_F, _F, _P, _I, _I64, _P]),
     "ladle_attention": (
         _I,
@@ -124,6 +125,15 @@ class CpuOps:
         self.lib.ladle_softcap(x.data_ptr(), x.numel(), cap)
         return x
 
+    def argmax_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """x [rows, n] float32 -> int64 [rows]: torch.argmax(x, dim=-1)'s answer (first index of the largest
+        value, or of the first NaN), reading the rows on the kernels' threads."""
+        _check(x, "x")
+        rows, n = x.shape
+        out = torch.empty(rows, dtype=torch.int64)
+        self.lib.ladle_argmax_rows(x.data_ptr(), rows, n, out.data_ptr(), _threads())
+        return out
+
     def rope_table(
         self,
         base: float,
@@ -203,6 +213,14 @@ class CpuOps:
 
 def _threads() -> int:
     return torch.get_num_threads()
+
+
+def loaded_cpu_ops() -> CpuOps | None:
+    """The ops if this process has already loaded the native library (a GGUF model on the CPU did), else
+    None: for callers that must not start a compile (the sampler of a model that never needed one)."""
+    if native_kernels.cache_info().currsize == 0:
+        return None
+    return cpu_ops()
 
 
 @lru_cache(maxsize=1)

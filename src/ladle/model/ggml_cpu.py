@@ -6,11 +6,14 @@ other op is one call into quant/csrc/cpu_ops.c: the first RMSNorm, then per laye
 rope, Gemma's q scale, f16 K/V write, paged attention), the residual add fused with the next norm (with
 Gemma's sandwich norm of the branch output), the gated activation, and the add + norm again. Everything a
 layer needs that does not change between steps (weight addresses, rope tables, scales) is gathered once
-here, so a step's Python work is the matmul calls plus a handful of ctypes calls.
+here. When every matmul is a packed GGML kernel (the usual GGUF case) the whole stack is one native call
+(quant/csrc/ggml_forward.c, the same ops in the same order); the per-op loop below is its reference and
+the path for dense weights, biases and matmuls that tests swap in.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,9 +23,14 @@ import torch
 from torch import nn
 
 from ladle.kernels.cpu_ops import CACHE_DTYPES, CpuOps, cpu_ops
+from ladle.kernels.ggml_stack import StackLayer, StackStep, bind_stack, stack_weight
 from ladle.layers.attention import AttentionMetadata
+from ladle.layers.linear import TiedLMHead
 from ladle.layers.norm import RMSNorm
 from ladle.model.config import ArchConfig, RopeConfig
+from ladle.quant.native import choose_method
+from ladle.quant.row_groups import row_groups
+from ladle.quant.weight import GGMLWeight
 
 
 def use_ggml_numerics(checkpoint_format: str, device: torch.device, dtype: torch.dtype) -> bool:
@@ -110,14 +118,36 @@ class _Layer:
     sliding_window: int
     qkv: Callable[[torch.Tensor], list[torch.Tensor]] | None = None
     gate_up: Callable[[torch.Tensor], list[torch.Tensor]] | None = None
+    # The layer for the one-call native stack (ggml_forward.c); None when a matmul is not a packed GGML
+    # kernel (dense weights, a bias, or one swapped in by a test), which keeps the per-op path.
+    native: StackLayer | None = None
 
     def __post_init__(self) -> None:
         self.regroup()
 
     def regroup(self) -> None:
-        """Rebuilds the shared-input groups from the matmul fields (call after replacing any of them)."""
+        """Rebuilds the shared-input groups and the native layer from the matmul fields (call after
+        replacing any of them)."""
         self.qkv = _grouped([self.q_proj, self.k_proj, self.v_proj])
         self.gate_up = _grouped([self.gate_proj, self.up_proj])
+        names = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+        weights = [_packed(getattr(self, n)) for n in names]
+        if None in weights:
+            self.native = None
+            return
+        self.native = StackLayer(
+            *(stack_weight(w) for w in weights),
+            self.input_norm, self.post_attn_norm, self.ffn_norm, self.post_ffn_norm, self.q_norm, self.k_norm,
+            self.rope, self.q_scale, self.kq_scale, self.sliding_window,
+        )  # fmt: skip
+
+
+def _packed(fn: MatMul) -> GGMLWeight | None:
+    """The GGMLWeight whose native kernel fn is, if it is one."""
+    weight = getattr(fn, "__self__", None)
+    if isinstance(weight, GGMLWeight) and weight.has_fast_matmul and fn == weight.linear:
+        return weight
+    return None
 
 
 def _weight(norm: RMSNorm) -> int:
@@ -195,6 +225,10 @@ class GGMLForward:
             )
         self.final_norm = _weight(stack.norm)
         self.max_positions = max_positions
+        bind_stack(self.lib)
+        self._stack_key: tuple | None = None
+        self._stack: ctypes.Array | None = None
+        self._logits = _ReusedBuffer()
 
     def __call__(
         self,
@@ -222,6 +256,13 @@ class GGMLForward:
         seq_lens, query_start = _as(meta.seq_lens, torch.int32), _as(meta.query_start, torch.int32)
         if tokens and int(positions.max()) >= self.max_positions:
             raise ValueError(f"position {int(positions.max())} is beyond the model's {self.max_positions}")
+        rows = meta.output_rows
+        selected = torch.tensor(rows, dtype=torch.int64) if rows is not None and len(rows) < tokens else None
+        stack = self._native_stack(kv_caches) if tokens else None
+        if stack is not None:
+            return self._stack_forward(
+                stack, x, positions, slots, tables, seq_lens, query_start, selected, kv_caches
+            )
         pos_p, slot_p, table_p = positions.data_ptr(), slots.data_ptr(), tables.data_ptr()
         lens_p, start_p, num_seqs = seq_lens.data_ptr(), query_start.data_ptr(), seq_lens.numel()
         block_size, max_blocks = kv_caches[0][0].shape[1], tables.shape[1]
@@ -236,8 +277,6 @@ class GGMLForward:
         act_p = act.data_ptr()
         lib.ladle_rms_norm(x_p, self.layers[0].input_norm, h_p, tokens, hidden, eps, nth)
         last = len(self.layers) - 1
-        rows = meta.output_rows
-        selected = torch.tensor(rows, dtype=torch.int64) if rows is not None and len(rows) < tokens else None
         for i, (layer, (k_cache, v_cache)) in enumerate(zip(self.layers, kv_caches)):
             q, k, v = layer.qkv(h)
             rc = lib.ladle_attention(
@@ -271,9 +310,133 @@ class GGMLForward:
         # rows nobody reads stay zero
         return torch.zeros(input_ids.shape[0], hidden, dtype=torch.float32).index_copy_(0, selected, out)
 
+    def _native_stack(self, kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> ctypes.Array | None:
+        """The layers as one C array for ladle_decoder_stack, with these caches' addresses; None when a
+        layer has no native form or the matmuls are asked to run another way (LADLE_QUANT_MATMUL=float)."""
+        natives = [layer.native for layer in self.layers]
+        if None in natives or choose_method(0, 0) != "ggml":
+            return None
+        key = (id(kv_caches), kv_caches[0][0].data_ptr(), *map(id, natives))
+        if key != self._stack_key:
+            stack = (StackLayer * len(natives))()
+            for i, (native, (k_cache, v_cache)) in enumerate(zip(natives, kv_caches)):
+                stack[i] = native
+                stack[i].k_cache, stack[i].v_cache = k_cache.data_ptr(), v_cache.data_ptr()
+            self._stack, self._stack_key = stack, key
+        return self._stack
+
+    def _stack_forward(
+        self,
+        stack: ctypes.Array,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        slots: torch.Tensor,
+        tables: torch.Tensor,
+        seq_lens: torch.Tensor,
+        query_start: torch.Tensor,
+        selected: torch.Tensor | None,
+        kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+    ) -> torch.Tensor:
+        """The per-op loop of __call__ in one native call (ggml_forward.c: the same ops in the same order)."""
+        cfg = self.cfg
+        tokens = x.shape[0]
+        # rows nobody reads stay zero
+        out = (torch.zeros if selected is not None else torch.empty)(
+            tokens, cfg.hidden_size, dtype=torch.float32
+        )
+        k_cache = kv_caches[0][0]
+        # the rows per sequence each matmul is told, as GGMLWeight.linear asks row_groups for its row count
+        groups = _group_sizes(row_groups(tokens))
+        output_groups = _group_sizes(row_groups(selected.numel())) if selected is not None else None
+        step = StackStep(
+            tokens, cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim,
+            cfg.intermediate_size, self.eps, self.glu is self.lib.ladle_geglu, CACHE_DTYPES[k_cache.dtype],
+            k_cache.shape[1], positions.data_ptr(), slots.data_ptr(), tables.data_ptr(), tables.shape[1],
+            seq_lens.data_ptr(), query_start.data_ptr(), seq_lens.numel(),
+            selected.data_ptr() if selected is not None else None,
+            selected.numel() if selected is not None else 0,
+            _ptr(groups), _ptr(output_groups), _numel(groups), _numel(output_groups),
+            self.final_norm, x.data_ptr(), out.data_ptr(),
+        )  # fmt: skip
+        rc = self.lib.ladle_decoder_stack(
+            stack, len(self.layers), ctypes.byref(step), torch.get_num_threads()
+        )
+        if rc == -1:
+            raise MemoryError("decoder stack: out of memory for its buffers")
+        if rc != 0:
+            raise ValueError("decoder stack: a native matmul does not support one of the weights")
+        return out
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        """The LM head's hidden @ W.T when W is a packed GGML weight (None otherwise: the caller runs the
+        module), the same kernel call as GGMLWeight.linear, into a reused output buffer: a fresh
+        [32, 262144] float32 result is a 32 MiB mmap whose page faults cost ~15 ms a step on this VM, a
+        quarter of the matmul."""
+        weight = self._lm_head_weight()
+        if weight is None or choose_method(0, 0) != "ggml" or hidden.dim() != 2:
+            return None
+        quantized = weight.quantize_input(_contig(hidden))
+        (m, k), n = quantized.shape, weight.shape[0]
+        out = self._logits.get(m, n)
+        raw = weight.raw
+        groups = _group_sizes(row_groups(m))
+        rc = self.lib.ladle_matmul_quantized(
+            int(weight.qtype), raw.data_ptr(), raw.stride(0), n, k, quantized.data.data_ptr(), m,
+            _ptr(groups), _numel(groups), out.data_ptr(), torch.get_num_threads(),
+        )  # fmt: skip
+        if rc == -2:
+            raise MemoryError("native matmul: out of memory for its row plan")
+        if rc != 0:
+            raise ValueError(f"native matmul does not support GGML type {int(weight.qtype)} with k={k}")
+        return out
+
+    def _lm_head_weight(self) -> GGMLWeight | None:
+        head = self.model.lm_head
+        if isinstance(head, TiedLMHead):
+            weight = self.model.model.embed_tokens.quantized
+        elif getattr(head, "bias", None) is None:
+            weight = getattr(head, "quantized", None)
+        else:
+            return None
+        return weight if isinstance(weight, GGMLWeight) and weight.has_fast_matmul else None
+
     def softcap_(self, logits: torch.Tensor, cap: float) -> torch.Tensor:
         """Gemma's final logit softcap, ggml's way (scale by 1/cap, tanhf, scale by cap)."""
         return self.ops.softcap_(_contig(logits.float()), _f32(cap))
+
+
+class _ReusedBuffer:
+    """A float32 [m, n] output whose memory is handed out again once nobody holds the last result: callers
+    that keep a result keep theirs; the engine, which drops each step's logits, gets the same memory back
+    every step. Each result is a new view of the kept tensor, so any tensor still holding the memory (the
+    result, or a view of it) shows in its storage's use count, whatever Python's reference counting does."""
+
+    def __init__(self) -> None:
+        self._tensor: torch.Tensor | None = None
+
+    def get(self, m: int, n: int) -> torch.Tensor:
+        t = self._tensor
+        if t is None or t.shape != (m, n) or not _unshared(t):
+            t = self._tensor = torch.empty(m, n, dtype=torch.float32)
+        return t.view(m, n)
+
+
+def _unshared(t: torch.Tensor) -> bool:
+    # holders of the storage: the kept tensor and the storage object made here to ask
+    use_count = getattr(torch._C, "_storage_Use_Count", None)
+    return use_count is not None and use_count(t.untyped_storage()._cdata) == 2
+
+
+def _group_sizes(groups: tuple[int, ...] | None) -> torch.Tensor | None:
+    return None if groups is None else torch.tensor(groups, dtype=torch.int32)
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _numel(t: torch.Tensor | None) -> int:
+    return 0 if t is None else t.numel()
 
 
 def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -198,7 +198,9 @@ class CausalLM(nn.Module):
                 module.fuse_weights()
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = self.lm_head(hidden).float()
+        logits = self.ggml_forward.logits(hidden) if self.ggml_forward is not None else None
+        if logits is None:
+            logits = self.lm_head(hidden).float()
         cap = self.config.final_logit_softcapping
         if cap and self.ggml_forward is not None:
             return self.ggml_forward.softcap_(logits, cap)

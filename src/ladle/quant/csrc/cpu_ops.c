@@ -23,6 +23,7 @@
 #include <immintrin.h>
 #endif
 
+#include "cpu_ops.h"
 #include "thread_pool.h"
 
 /* No implicit a*b+c contraction: where ggml computes a product and a sum in separate ops, fusing them would
@@ -97,15 +98,32 @@ static inline float round_to(int dtype, float f) {
 }
 
 static inline void store_row(int dtype, void *dst, const float *src, int n) {
+    int i = 0;
     if (dtype == CACHE_F16) {
         uint16_t *d = (uint16_t *)dst;
-        for (int i = 0; i < n; i++) d[i] = float_to_half(src[i]);
+#if defined(HAVE_AVX512)
+        /* the same instruction as float_to_half's, 16 at a time */
+        for (; i + 16 <= n; i += 16)
+            _mm256_storeu_si256((__m256i *)(d + i), _mm512_cvtps_ph(_mm512_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+#endif
+        for (; i < n; i++) d[i] = float_to_half(src[i]);
     } else if (dtype == CACHE_BF16) {
         uint16_t *d = (uint16_t *)dst;
-        for (int i = 0; i < n; i++) d[i] = float_to_bf16(src[i]);
+        for (; i < n; i++) d[i] = float_to_bf16(src[i]);
     } else {
         memcpy(dst, src, (size_t)n * sizeof(float));
     }
+}
+
+/* x[i] = round_to(dtype, x[i]) over a row. */
+static inline void round_row(int dtype, float *x, int n) {
+    int i = 0;
+#if defined(HAVE_AVX512)
+    if (dtype == CACHE_F16)
+        for (; i + 16 <= n; i += 16)
+            _mm512_storeu_ps(x + i, _mm512_cvtph_ps(_mm512_cvtps_ph(_mm512_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT)));
+#endif
+    for (; i < n; i++) x[i] = round_to(dtype, x[i]);
 }
 
 static inline void load_row(int dtype, const void *src, float *dst, int n) {
@@ -179,6 +197,16 @@ static inline float sum16_tree(const float *v) {
     return (u[0] + u[2]) + (u[1] + u[3]);
 }
 
+#if defined(HAVE_AVX512)
+/* sum16_tree of a vector's lanes, in registers: the same additions in the same order. */
+static inline float sum16_vec(__m512 v) {
+    const __m256 t = _mm256_add_ps(_mm512_extractf32x8_ps(v, 1), _mm512_castps512_ps256(v)); /* v[i+8] + v[i] */
+    const __m128 u = _mm_add_ps(_mm256_extractf128_ps(t, 1), _mm256_castps256_ps128(t));    /* t[i+4] + t[i] */
+    const __m128 w = _mm_add_ps(u, _mm_movehl_ps(u, u)); /* u0 + u2, u1 + u3 */
+    return _mm_cvtss_f32(_mm_add_ss(w, _mm_shuffle_ps(w, w, 1)));
+}
+#endif
+
 /* ---- RMSNorm ------------------------------------------------------------------------------------------- */
 
 static inline float rms_scale(const float *x, int64_t n, float eps) {
@@ -188,9 +216,48 @@ static inline float rms_scale(const float *x, int64_t n, float eps) {
     return 1.0f / sqrtf(mean + eps);
 }
 
-static inline void rms_norm_row(const float *x, const float *w, float *y, int64_t n, float eps) {
-    const float scale = rms_scale(x, n, eps);
+static inline float rms_finish(double sum, int64_t n, float eps) {
+    const float mean = (float)(sum / (double)n);
+    return 1.0f / sqrtf(mean + eps);
+}
+
+/* rms_scale of several rows: each row's double sum in its own order, four chains interleaved so that their
+ * add latencies overlap (one row's sum is n dependent double adds). */
+static void rms_scales(float *const *x, int count, int64_t n, float eps, float *scale) {
+    int r = 0;
+    for (; r + 4 <= count; r += 4) {
+        const float *a = x[r], *b = x[r + 1], *c = x[r + 2], *d = x[r + 3];
+        double sa = 0.0, sb = 0.0, sc = 0.0, sd = 0.0;
+        for (int64_t i = 0; i < n; i++) {
+            sa += (double)(a[i] * a[i]);
+            sb += (double)(b[i] * b[i]);
+            sc += (double)(c[i] * c[i]);
+            sd += (double)(d[i] * d[i]);
+        }
+        scale[r] = rms_finish(sa, n, eps);
+        scale[r + 1] = rms_finish(sb, n, eps);
+        scale[r + 2] = rms_finish(sc, n, eps);
+        scale[r + 3] = rms_finish(sd, n, eps);
+    }
+    for (; r + 2 <= count; r += 2) {
+        const float *a = x[r], *b = x[r + 1];
+        double sa = 0.0, sb = 0.0;
+        for (int64_t i = 0; i < n; i++) {
+            sa += (double)(a[i] * a[i]);
+            sb += (double)(b[i] * b[i]);
+        }
+        scale[r] = rms_finish(sa, n, eps);
+        scale[r + 1] = rms_finish(sb, n, eps);
+    }
+    for (; r < count; r++) scale[r] = rms_scale(x[r], n, eps);
+}
+
+static inline void scale_row(const float *x, float scale, const float *w, float *y, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] = (x[i] * scale) * w[i];
+}
+
+static inline void rms_norm_row(const float *x, const float *w, float *y, int64_t n, float eps) {
+    scale_row(x, rms_scale(x, n, eps), w, y, n);
 }
 
 typedef struct {
@@ -204,19 +271,26 @@ typedef struct {
 static void norm_rows(void *ctx, int64_t begin, int64_t end) {
     const norm_job *job = (const norm_job *)ctx;
     const int64_t n = job->n;
-    for (int64_t r = begin; r < end; r++) {
-        float *x = job->x + r * n;
-        if (job->delta != NULL) {
-            const float *d = job->delta + r * n;
-            if (job->delta_w != NULL) {
-                /* x + rms_norm(d) * w_d: the sandwich norm (Gemma) before the residual add */
-                const float scale = rms_scale(d, n, job->eps);
-                for (int64_t i = 0; i < n; i++) x[i] = x[i] + (d[i] * scale) * job->delta_w[i];
-            } else {
-                for (int64_t i = 0; i < n; i++) x[i] = x[i] + d[i];
-            }
+    for (int64_t r0 = begin; r0 < end; r0 += 4) {
+        const int count = end - r0 < 4 ? (int)(end - r0) : 4;
+        float *x[4], *d[4], scale[4];
+        for (int j = 0; j < count; j++) {
+            x[j] = job->x + (r0 + j) * n;
+            d[j] = job->delta != NULL ? (float *)job->delta + (r0 + j) * n : NULL;
         }
-        if (job->w != NULL) rms_norm_row(x, job->w, job->y + r * n, n, job->eps);
+        if (job->delta != NULL && job->delta_w != NULL) {
+            /* x + rms_norm(d) * w_d: the sandwich norm (Gemma) before the residual add */
+            rms_scales(d, count, n, job->eps, scale);
+            for (int j = 0; j < count; j++)
+                for (int64_t i = 0; i < n; i++) x[j][i] = x[j][i] + (d[j][i] * scale[j]) * job->delta_w[i];
+        } else if (job->delta != NULL) {
+            for (int j = 0; j < count; j++)
+                for (int64_t i = 0; i < n; i++) x[j][i] = x[j][i] + d[j][i];
+        }
+        if (job->w != NULL) {
+            rms_scales(x, count, n, job->eps, scale);
+            for (int j = 0; j < count; j++) scale_row(x[j], scale[j], job->w, job->y + (r0 + j) * n, n);
+        }
     }
 }
 
@@ -238,7 +312,8 @@ void ladle_residual_rms_norm(float *x, const float *delta, const float *delta_w,
 
 /* ---- gated activations --------------------------------------------------------------------------------- */
 
-static uint16_t gelu_table[1 << 16];
+/* two entries more than the 65536 gelu values: the vector lookup reads 32 bits at each entry */
+static uint16_t gelu_table[(1 << 16) + 2];
 static pthread_once_t gelu_once = PTHREAD_ONCE_INIT;
 
 static void build_gelu_table(void) {
@@ -266,7 +341,21 @@ static void glu_rows(void *ctx, int64_t begin, int64_t end) {
         const float *x = job->gate + r * n, *g = job->up + r * n;
         float *y = job->out + r * n;
         if (job->kind == 0) {
-            for (int64_t i = 0; i < n; i++) {
+            int64_t i = 0;
+#if defined(HAVE_AVX512)
+            /* the scalar loop below, 16 at a time: the same f16 rounding, table entries and products */
+            const __m512 ten = _mm512_set1_ps(10.0f), minus_ten = _mm512_set1_ps(-10.0f);
+            for (; i + 16 <= n; i += 16) {
+                const __m512 xv = _mm512_loadu_ps(x + i), gv = _mm512_loadu_ps(g + i);
+                const __m512i index = _mm512_cvtepu16_epi32(_mm512_cvtps_ph(xv, _MM_FROUND_TO_NEAREST_INT));
+                const __m512i entry = _mm512_i32gather_epi32(index, (const void *)gelu_table, 2);
+                __m512 yv = _mm512_mul_ps(_mm512_cvtph_ps(_mm512_cvtepi32_epi16(entry)), gv);
+                yv = _mm512_mask_mul_ps(yv, _mm512_cmp_ps_mask(xv, ten, _CMP_GE_OQ), xv, gv);
+                yv = _mm512_mask_mov_ps(yv, _mm512_cmp_ps_mask(xv, minus_ten, _CMP_LE_OQ), _mm512_setzero_ps());
+                _mm512_storeu_ps(y + i, yv);
+            }
+#endif
+            for (; i < n; i++) {
                 if (x[i] <= -10.0f) {
                     y[i] = 0.0f;
                 } else if (x[i] >= 10.0f) {
@@ -371,9 +460,8 @@ typedef struct {
     int group_parts; /* each item attends for groups / group_parts heads */
 } attn_job;
 
-/* Norm (optional), rope and scale one head's vector in place. */
-static void prepare_head(float *x, const float *norm_w, float eps, const float *cos_sin, int d, float scale) {
-    if (norm_w != NULL) rms_norm_row(x, norm_w, x, d, eps);
+/* Rope and scale one head's vector in place (after its norm, if any). */
+static void rope_head(float *x, const float *cos_sin, int d, float scale) {
     const int half = d / 2;
     for (int i = 0; i < half; i++) {
         const float c = cos_sin[2 * i], s = cos_sin[2 * i + 1];
@@ -386,30 +474,60 @@ static void prepare_head(float *x, const float *norm_w, float eps, const float *
         for (int i = 0; i < d; i++) x[i] = x[i] * scale;
 }
 
+/* The RMSNorm in place of `count` head vectors, head h with weight w[h], their sums interleaved. */
+static void norm_heads(float *const *heads, const float *const *w, int count, float eps, int d) {
+    float scales[64];
+    for (int h0 = 0; h0 < count; h0 += 64) {
+        const int c = count - h0 < 64 ? count - h0 : 64;
+        rms_scales(heads + h0, c, d, eps, scales);
+        for (int h = 0; h < c; h++) scale_row(heads[h0 + h], scales[h], w[h0 + h], heads[h0 + h], d);
+    }
+}
+
 static void prepare_tokens(void *ctx, int64_t begin, int64_t end) {
-    const attn_job *job = (const attn_job *)ctx;
+    attn_job *job = (attn_job *)ctx;
     const int d = job->head_dim, H = job->num_heads, KVH = job->num_kv_heads;
     const int64_t eb = cache_elem_bytes(job->cache_dtype);
     float buf[1024];
-    float *tmp = d <= 1024 ? buf : (float *)malloc((size_t)d * sizeof(float));
+    float *tmp = (int64_t)KVH * d <= 1024 ? buf : (float *)malloc((size_t)KVH * d * sizeof(float));
+    /* the heads to norm (q's when there is a q norm, then k's likewise) and their weights */
+    float **heads = (float **)malloc((size_t)(H + KVH) * (sizeof(float *) + sizeof(const float *)));
+    if (tmp == NULL || heads == NULL) {
+        job->failed = 1;
+        if (tmp != buf) free(tmp);
+        free(heads);
+        return;
+    }
+    const float **weights = (const float **)(heads + H + KVH);
     for (int64_t t = begin; t < end; t++) {
         const float *cos_sin = job->rope + job->positions[t] * d;
+        float *q = job->q_rounded + t * H * d;
+        memcpy(q, job->q + t * H * d, (size_t)H * d * sizeof(float));
+        memcpy(tmp, job->k + t * KVH * d, (size_t)KVH * d * sizeof(float));
+        int normed = 0;
+        for (int h = 0; h < H && job->q_norm_w != NULL; h++, normed++) {
+            heads[normed] = q + h * d;
+            weights[normed] = job->q_norm_w;
+        }
+        for (int h = 0; h < KVH && job->k_norm_w != NULL; h++, normed++) {
+            heads[normed] = tmp + h * d;
+            weights[normed] = job->k_norm_w;
+        }
+        norm_heads(heads, weights, normed, job->eps, d);
         for (int h = 0; h < H; h++) {
-            float *dst = job->q_rounded + (t * H + h) * d;
-            memcpy(dst, job->q + (t * H + h) * d, (size_t)d * sizeof(float));
-            prepare_head(dst, job->q_norm_w, job->eps, cos_sin, d, job->q_scale);
-            for (int i = 0; i < d; i++) dst[i] = round_to(job->cache_dtype, dst[i]);
+            rope_head(q + h * d, cos_sin, d, job->q_scale);
+            round_row(job->cache_dtype, q + h * d, d);
         }
         const int64_t slot = job->slot_mapping[t];
         for (int h = 0; h < KVH; h++) {
-            memcpy(tmp, job->k + (t * KVH + h) * d, (size_t)d * sizeof(float));
-            prepare_head(tmp, job->k_norm_w, job->eps, cos_sin, d, 1.0f);
+            rope_head(tmp + h * d, cos_sin, d, 1.0f);
             const int64_t at = (slot * KVH + h) * d * eb;
-            store_row(job->cache_dtype, (char *)job->k_cache + at, tmp, d);
+            store_row(job->cache_dtype, (char *)job->k_cache + at, tmp + h * d, d);
             store_row(job->cache_dtype, (char *)job->v_cache + at, job->v + (t * KVH + h) * d, d);
         }
     }
     if (tmp != buf) free(tmp);
+    free(heads);
 }
 
 /* The two summation orders of ggml's f16 matmuls. A batch of one token (decode) runs ggml_vec_dot_f16: four
@@ -418,16 +536,19 @@ static void prepare_tokens(void *ctx, int64_t begin, int64_t end) {
  * inner size is a multiple of 16): one 16-lane accumulator, then the tree. */
 static inline float dot_vec_order(const float *a, const float *b, int n) {
     const int np = n & ~63;
-    float fold[16] = {0};
+    double sum;
 #if defined(HAVE_AVX512)
     if (np > 0) {
         __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
         for (int i = 0; i < np; i += 64)
             for (int r = 0; r < 4; r++)
                 acc[r] = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16 * r), _mm512_loadu_ps(b + i + 16 * r), acc[r]);
-        _mm512_storeu_ps(fold, _mm512_add_ps(_mm512_add_ps(acc[0], acc[2]), _mm512_add_ps(acc[1], acc[3])));
+        sum = (double)sum16_vec(_mm512_add_ps(_mm512_add_ps(acc[0], acc[2]), _mm512_add_ps(acc[1], acc[3])));
+    } else {
+        sum = 0.0; /* the tree of sixteen zeros */
     }
 #else
+    float fold[16] = {0};
     if (np > 0) {
         float acc[4][16] = {{0}};
         for (int i = 0; i < np; i += 64)
@@ -435,8 +556,8 @@ static inline float dot_vec_order(const float *a, const float *b, int n) {
                 for (int l = 0; l < 16; l++) acc[r][l] = fmaf(a[i + 16 * r + l], b[i + 16 * r + l], acc[r][l]);
         for (int l = 0; l < 16; l++) fold[l] = (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]);
     }
+    sum = (double)sum16_tree(fold);
 #endif
-    double sum = (double)sum16_tree(fold);
     for (int i = np; i < n; i++) sum += (double)(a[i] * b[i]);
     return (float)sum;
 }
@@ -445,14 +566,13 @@ static inline float dot_tiny_order(const float *a, const float *b, int n) {
 #if defined(HAVE_AVX512)
     __m512 acc = _mm512_setzero_ps();
     for (int i = 0; i < n; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc);
-    float lanes[16];
-    _mm512_storeu_ps(lanes, acc);
+    return sum16_vec(acc);
 #else
     float lanes[16] = {0};
     for (int i = 0; i < n; i += 16)
         for (int l = 0; l < 16; l++) lanes[l] = fmaf(a[i + l], b[i + l], lanes[l]);
-#endif
     return sum16_tree(lanes);
+#endif
 }
 
 /* acc[0:n] = fma(p, v, acc) (or p * v for the slot's first value, the same as accumulating onto zero). */
@@ -551,10 +671,15 @@ static void attend_row(const attn_job *job, int64_t t, int kvh, int g0, int g1, 
         for (int64_t c = 0; c < width; c += 16) {
             for (int l = 0; l < 16; l++) shifted[l] = sc[c + l] - max;
             exp16(shifted, sc + c);
+#if defined(HAVE_AVX512)
+            sum += (double)sum16_vec(_mm512_loadu_ps(sc + c));
+#else
             sum += (double)sum16_tree(sc + c);
+#endif
         }
         const float inv = (float)(1.0 / sum);
-        for (int64_t j = 0; j < width; j++) sc[j] = round_to(job->cache_dtype, sc[j] * inv);
+        for (int64_t j = 0; j < width; j++) sc[j] = sc[j] * inv;
+        round_row(job->cache_dtype, sc, (int)width);
     }
     const int64_t count = pos - lo + 1;
     for (int64_t j = lo; j <= pos; j++) {

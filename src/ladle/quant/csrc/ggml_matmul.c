@@ -1145,10 +1145,12 @@ static void decode_k_superblock(int qtype, const uint8_t *sb, kdecoded *o) {
     o->dmin = ks.dmin;
 }
 
-/* The repacked gemm's order, for weight rows [r0, r0 + 4) of the tile: per two sub-blocks their exact
- * total and their mins' terms, each fma'd by its scale product; the result is their difference. (Four rows
- * at a time: the two accumulators per row and the running sums fit the registers.) */
-ALWAYS_INLINE void outer_k_gemm4(const kdecoded *wd, int r0, int64_t nsb, const q8kx8_block *a, float *out) {
+/* The repacked Q4_K orders, for weight rows [r0, r0 + 4) of the tile: exact totals and their mins' terms,
+ * each fma'd by its scale product, the result their difference; per two sub-blocks (gemm: whole groups of 4
+ * activation rows of one sequence) or per super-block (gemv: the others, e.g. each decoding sequence). Four
+ * rows at a time: the two accumulators per row and the running sums fit the registers. */
+ALWAYS_INLINE void outer_k_repack4(int gemm, const kdecoded *wd, int r0, int64_t nsb, const q8kx8_block *a,
+                                   float *out) {
     __m256 acc[4], acc_m[4];
     for (int r = 0; r < 4; r++) acc[r] = acc_m[r] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nsb; b++) {
@@ -1159,10 +1161,10 @@ ALWAYS_INLINE void outer_k_gemm4(const kdecoded *wd, int r0, int64_t nsb, const 
             dd[r] = _mm256_mul_ps(_mm256_set1_ps(wd[(r0 + r) * nsb + b].d), ad);
             dm[r] = _mm256_mul_ps(_mm256_set1_ps(wd[(r0 + r) * nsb + b].dmin), ad);
         }
+        __m256i isum[4], mins[4];
+        for (int r = 0; r < 4; r++) isum[r] = mins[r] = _mm256_setzero_si256();
 #pragma GCC unroll 4
         for (int t = 0; t < 8; t += 2) {
-            __m256i isum[4];
-            for (int r = 0; r < 4; r++) isum[r] = _mm256_setzero_si256();
             for (int u = t; u < t + 2; u++) {
                 __m256i p[4];
                 for (int r = 0; r < 4; r++) p[r] = _mm256_setzero_si256();
@@ -1178,22 +1180,30 @@ ALWAYS_INLINE void outer_k_gemm4(const kdecoded *wd, int r0, int64_t nsb, const 
             const __m256i bs1 = _mm256_loadu_si256((const __m256i *)ab->bs[t + 1]);
             for (int r = 0; r < 4; r++) {
                 const kdecoded *k = &wd[(r0 + r) * nsb + b];
-                const __m256i mins = _mm256_dpwssd_epi32(_mm256_madd_epi16(bs0, _mm256_set1_epi32(k->factors[t])), bs1,
-                                                         _mm256_set1_epi32(k->factors[t + 1]));
-                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r]), dd[r], acc[r]);
-                acc_m[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mins), dm[r], acc_m[r]);
+                mins[r] = _mm256_dpwssd_epi32(_mm256_dpwssd_epi32(mins[r], bs0, _mm256_set1_epi32(k->factors[t])), bs1,
+                                              _mm256_set1_epi32(k->factors[t + 1]));
+                if (gemm) {
+                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r]), dd[r], acc[r]);
+                    acc_m[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mins[r]), dm[r], acc_m[r]);
+                    isum[r] = mins[r] = _mm256_setzero_si256();
+                }
             }
         }
+        if (!gemm)
+            for (int r = 0; r < 4; r++) {
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r]), dd[r], acc[r]);
+                acc_m[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mins[r]), dm[r], acc_m[r]);
+            }
     }
     for (int r = 0; r < 4; r++) _mm256_storeu_ps(out + (r0 + r) * GROUP, _mm256_sub_ps(acc[r], acc_m[r]));
 }
 
 /* ggml's tiled order: per super-block the exact total * d_w (- dmin * the mins' total), then * d_a, added.
  * out[r * GROUP + c]; wd[r * nsb + b] is super-block b of weight row r, decoded. */
-ALWAYS_INLINE void outer_k(int qtype, const kdecoded *wd, int64_t nsb, const q8kx8_block *a, float *out) {
-    const int q6 = qtype == T_Q6_K, parts = q6 ? 2 : 1, nv = 8 / parts;
-    __m256 acc[OUTER_RK];
-    for (int r = 0; r < OUTER_RK; r++) acc[r] = _mm256_setzero_ps();
+ALWAYS_INLINE void outer_k(int qtype, int order, const kdecoded *wd, int64_t nsb, const q8kx8_block *a, float *out) {
+    const int q6 = qtype == T_Q6_K, parts = q6 ? 2 : 1, nv = 8 / parts, gemv = order == K_REPACK;
+    __m256 acc[OUTER_RK], acc_m[OUTER_RK]; /* acc_m: the repacked gemv's mins (read once a super-block) */
+    for (int r = 0; r < OUTER_RK; r++) acc[r] = acc_m[r] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nsb; b++) {
         const q8kx8_block *ab = a + b;
         __m256i isum[OUTER_RK];
@@ -1220,6 +1230,11 @@ ALWAYS_INLINE void outer_k(int qtype, const kdecoded *wd, int64_t nsb, const q8k
             __m256i bterms = _mm256_setzero_si256();
             for (int t = 0; t < 8; t++)
                 bterms = _mm256_dpwssd_epi32(bterms, _mm256_loadu_si256((const __m256i *)ab->bs[t]), _mm256_set1_epi32(k->factors[t]));
+            if (gemv) { /* the repacked gemv: total and mins' total each fma'd by its scale product */
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r]), _mm256_mul_ps(_mm256_set1_ps(k->d), ad), acc[r]);
+                acc_m[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(bterms), _mm256_mul_ps(_mm256_set1_ps(k->dmin), ad), acc_m[r]);
+                continue;
+            }
             __m256 part;
             if (q6) {
                 part = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(isum[r], bterms)), _mm256_set1_ps(k->d));
@@ -1230,16 +1245,18 @@ ALWAYS_INLINE void outer_k(int qtype, const kdecoded *wd, int64_t nsb, const q8k
             acc[r] = _mm256_fmadd_ps(part, ad, acc[r]);
         }
     }
-    for (int r = 0; r < OUTER_RK; r++) _mm256_storeu_ps(out + r * GROUP, acc[r]);
+    for (int r = 0; r < OUTER_RK; r++) _mm256_storeu_ps(out + r * GROUP, gemv ? _mm256_sub_ps(acc[r], acc_m[r]) : acc[r]);
 }
 
 static void run_outer_k(int qtype, int order, const kdecoded *wd, int64_t nsb, const q8kx8_block *a, float *out) {
     if (order == K_REPACK_GEMM) {
-        for (int r0 = 0; r0 < OUTER_RK; r0 += 4) outer_k_gemm4(wd, r0, nsb, a, out);
+        for (int r0 = 0; r0 < OUTER_RK; r0 += 4) outer_k_repack4(1, wd, r0, nsb, a, out);
+    } else if (order == K_REPACK) {
+        outer_k(T_Q4_K, K_REPACK, wd, nsb, a, out);
     } else if (qtype == T_Q6_K) {
-        outer_k(T_Q6_K, wd, nsb, a, out);
+        outer_k(T_Q6_K, K_TILED, wd, nsb, a, out);
     } else {
-        outer_k(T_Q4_K, wd, nsb, a, out); /* Q4_K and Q5_K differ only in decoding, done already */
+        outer_k(T_Q4_K, K_TILED, wd, nsb, a, out); /* Q4_K and Q5_K differ only in decoding, done already */
     }
 }
 #endif /* LADLE_VNNI */
@@ -1303,12 +1320,12 @@ static void store_outer(const mm_job *j, const float *out, int R, int64_t n0, in
 
 /* The order the outer-product kernels compute activation-row group g in, or -1 where the group is left to
  * the tiles: the 32-value formats have one order at every batch size; a K-quant group needs all its rows in
- * one order the outer kernel knows (K_TILED, K_REPACK_GEMM). */
+ * one order the outer kernel knows (K_TILED, K_REPACK_GEMM, K_REPACK; vec_dot's lanes take the tiles). */
 static int outer_order(const mm_job *j, int64_t g) {
     if (!is_k_quant(j->qtype)) return 0;
     const int64_t c0 = g * GROUP, c1 = c0 + GROUP < j->m ? c0 + GROUP : j->m;
     const int order = j->order[c0];
-    if (order != K_TILED && order != K_REPACK_GEMM) return -1;
+    if (order != K_TILED && order != K_REPACK_GEMM && order != K_REPACK) return -1;
     return j->run_end[c0] >= c1 ? order : -1;
 }
 

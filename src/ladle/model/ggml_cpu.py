@@ -29,7 +29,7 @@ from ladle.layers.linear import TiedLMHead
 from ladle.layers.norm import RMSNorm
 from ladle.model.config import ArchConfig, RopeConfig
 from ladle.quant.native import choose_method
-from ladle.quant.row_groups import row_groups
+from ladle.quant.row_groups import row_group_sizes
 from ladle.quant.weight import GGMLWeight
 
 
@@ -346,8 +346,8 @@ class GGMLForward:
         )
         k_cache = kv_caches[0][0]
         # the rows per sequence each matmul is told, as GGMLWeight.linear asks row_groups for its row count
-        groups = _group_sizes(row_groups(tokens))
-        output_groups = _group_sizes(row_groups(selected.numel())) if selected is not None else None
+        groups = row_group_sizes(tokens)
+        output_groups = row_group_sizes(selected.numel()) if selected is not None else None
         step = StackStep(
             tokens, cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim,
             cfg.intermediate_size, self.eps, self.glu is self.lib.ladle_geglu, CACHE_DTYPES[k_cache.dtype],
@@ -377,19 +377,8 @@ class GGMLForward:
         weight = self._lm_head_weight()
         if weight is None or choose_method(0, 0) != "ggml" or hidden.dim() != 2:
             return None
-        quantized = weight.quantize_input(_contig(hidden))
-        (m, k), n = quantized.shape, weight.shape[0]
-        out = self._logits.get(m, n)
-        raw = weight.raw
-        rc = self.lib.ladle_matmul_quantized_any_order(
-            int(weight.qtype), raw.data_ptr(), raw.stride(0), n, k, quantized.data.data_ptr(), m,
-            out.data_ptr(), torch.get_num_threads(),
-        )  # fmt: skip
-        if rc == -2:
-            raise MemoryError("native matmul: out of memory for its row plan")
-        if rc != 0:
-            raise ValueError(f"native matmul does not support GGML type {int(weight.qtype)} with k={k}")
-        return out
+        out = self._logits.get(hidden.shape[0], weight.shape[0])
+        return weight.linear(_contig(hidden), exact=False, out=out)
 
     def _lm_head_weight(self) -> GGMLWeight | None:
         head = self.model.lm_head
@@ -426,10 +415,6 @@ def _unshared(t: torch.Tensor) -> bool:
     # holders of the storage: the kept tensor and the storage object made here to ask
     use_count = getattr(torch._C, "_storage_Use_Count", None)
     return use_count is not None and use_count(t.untyped_storage()._cdata) == 2
-
-
-def _group_sizes(groups: tuple[int, ...] | None) -> torch.Tensor | None:
-    return None if groups is None else torch.tensor(groups, dtype=torch.int32)
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from ladle.quant.row_groups import row_groups
+from ladle.quant.row_groups import row_group_sizes
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +176,7 @@ class NativeKernels:
         method: str = "auto",
         quantized: QuantizedInput | None = None,
         exact: bool = True,
+        out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x [m, k] float32 @ W.T, with W the raw rows of `weight` (uint8 [n, row_bytes]) -> [m, n].
 
@@ -183,6 +184,7 @@ class NativeKernels:
         in float32. `quantized` (from quantize_input, same act_format) replaces x for the ggml method.
         exact=False (ggml method): the same products, added in the fastest order rather than llama.cpp's, for
         results that feed nothing later (an LM head's logits): they differ from ggml's in the last bits.
+        `out`: a contiguous float32 [m, n] tensor to write the result into (ggml method), returned.
         """
         if method == "auto":
             method = choose_method(qtype, 0)
@@ -199,7 +201,9 @@ class NativeKernels:
                 f"activations quantized for format {quantized.act_format}, not GGML type {qtype}"
             )
         (m, k), n = quantized.shape, weight.shape[0]
-        y = torch.empty(m, n, dtype=torch.float32)
+        y = torch.empty(m, n, dtype=torch.float32) if out is None else out
+        if y.shape != (m, n) or y.dtype != torch.float32 or not y.is_contiguous():
+            raise ValueError(f"matmul output: expected a contiguous float32 {(m, n)} tensor")
         if not exact:
             rc = self._lib.ladle_matmul_quantized_any_order(
                 int(qtype), weight.data_ptr(), weight.stride(0), n, k, quantized.data.data_ptr(), m,
@@ -207,8 +211,7 @@ class NativeKernels:
             )  # fmt: skip
             self._check(rc, qtype, k)
             return y
-        groups = row_groups(m)
-        sizes = None if groups is None else torch.tensor(groups, dtype=torch.int32)
+        sizes = row_group_sizes(m)
         rc = self._lib.ladle_matmul_quantized(
             int(qtype),
             weight.data_ptr(),

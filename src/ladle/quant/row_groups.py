@@ -16,6 +16,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 
+import torch
+
 _LAYOUTS: ContextVar[tuple[tuple[int, ...], ...]] = ContextVar("ladle_row_groups", default=())
 
 
@@ -36,3 +38,9 @@ def row_groups(m: int) -> tuple[int, ...] | None:
         if sum(layout) == m:
             return layout
     return None
+
+
+def row_group_sizes(m: int) -> torch.Tensor | None:
+    """row_groups(m) as the int32 array the native matmuls take, or None (one sequence)."""
+    groups = row_groups(m)
+    return None if groups is None else torch.tensor(groups, dtype=torch.int32)

@@ -62,15 +62,20 @@ class GGMLWeight:
         return self._kernels.quantize_input(self.qtype, x.reshape(-1, self.shape[1]))
 
     def linear(
-        self, x: torch.Tensor, quantized: QuantizedInput | None = None, exact: bool = True
+        self,
+        x: torch.Tensor,
+        quantized: QuantizedInput | None = None,
+        exact: bool = True,
+        out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x [..., in_features] -> x @ W.T [..., out_features] (float32), computed as llama.cpp does.
         `quantized`: x already quantized by quantize_input of a weight with the same act_format.
-        exact=False: added up in the fastest order, not llama.cpp's (for an LM head; NativeKernels.matmul)."""
+        exact=False: added up in the fastest order, not llama.cpp's (for an LM head); `out`: a float32
+        [rows, out_features] tensor to write into (with the native kernels; see NativeKernels.matmul)."""
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.shape[1]).float().contiguous()
         if self._kernels is not None:
-            y = self._kernels.matmul(self.qtype, self.raw, x2, quantized=quantized, exact=exact)
+            y = self._kernels.matmul(self.qtype, self.raw, x2, quantized=quantized, exact=exact, out=out)
         else:
             y = torch.cat(
                 [

@@ -53,7 +53,6 @@
 typedef struct {
     float d;        /* f16(max|x| / 127), as a float */
     float s;        /* f16(unrounded d * sum q): Q8_1's s */
-    int32_t sum;    /* sum q */
     uint8_t qs[32]; /* q + 128 */
 } a32_block;
 
@@ -63,6 +62,9 @@ typedef struct {
     int8_t qs[256];
     int16_t bsums[16];
 } q8k_block;
+
+/* Q4_1 and Q5_1 carry a min per block, which ggml adds through the activations' s. */
+static inline int has_min32(int qtype) { return qtype == T_Q4_1 || qtype == T_Q5_1; }
 
 static inline int block_bytes(int qtype) {
     switch (qtype) {
@@ -106,8 +108,7 @@ static void quantize_a32_row(const float *x, a32_block *out, int64_t k) {
         t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0x4e));
         t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0xb1));
         o->d = round_to_half(d);
-        o->sum = _mm_cvtsi128_si32(t);
-        o->s = round_to_half(d * (float)o->sum);
+        o->s = round_to_half(d * (float)_mm_cvtsi128_si32(t));
         /* The packs work per 128-bit lane, leaving 4-byte groups in the order 0,2,4,6,1,3,5,7: undo that. */
         __m256i packed = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
         packed = _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
@@ -124,7 +125,6 @@ static void quantize_a32_row(const float *x, a32_block *out, int64_t k) {
             sum += q;
         }
         o->d = round_to_half(d);
-        o->sum = sum;
         o->s = round_to_half(d * (float)sum);
 #endif
     }
@@ -269,7 +269,7 @@ void ladle_activations_to_ggml(int qtype, const void *act, int64_t m, int64_t k,
         memcpy(out, act, (size_t)(m * ladle_act_row_bytes(qtype, k)));
         return;
     }
-    const int with_s = qtype == T_Q4_1 || qtype == T_Q5_1;
+    const int with_s = has_min32(qtype);
     const int64_t size = with_s ? 36 : 34, nb = m * (k / 32);
     const a32_block *a = (const a32_block *)act;
     for (int64_t b = 0; b < nb; b++) {
@@ -340,12 +340,12 @@ static inline void k_values_c(int qtype, const uint8_t *sb, int t, uint8_t *q) {
 /* A 32-value block as signed values (what ggml's kernels multiply), its scale d and min m (Q4_1/Q5_1). */
 static inline void a32_values_c(int qtype, const uint8_t *blk, int8_t *q, float *d, float *m) {
     *d = half_to_float(blk);
-    *m = (qtype == T_Q4_1 || qtype == T_Q5_1) ? half_to_float(blk + 2) : 0.0f;
+    *m = has_min32(qtype) ? half_to_float(blk + 2) : 0.0f;
     if (qtype == T_Q8_0) {
         memcpy(q, blk + 2, 32);
         return;
     }
-    const int has_min = qtype == T_Q4_1 || qtype == T_Q5_1, five = qtype == T_Q5_0 || qtype == T_Q5_1;
+    const int has_min = has_min32(qtype), five = qtype == T_Q5_0 || qtype == T_Q5_1;
     const uint8_t *qs = blk + 2 + 2 * has_min + 4 * five;
     uint32_t qh = 0;
     if (five) memcpy(&qh, blk + 2 + 2 * has_min, 4);
@@ -540,9 +540,6 @@ ALWAYS_INLINE __m256i offset_lanes(int qtype, __m256i a_signed) {
 }
 #endif
 
-/* out[c * R + r] = row r of w times activation row c. With VNNI the weights are taken unsigned (value +
- * offset) against the signed activations, the offset's share (offset * sum a) starting the sums; without,
- * the activations are the unsigned side (see decode32 / dot32). */
 /* Lane i of the result = the sum of v[i]'s 8 int32 lanes (exact). */
 ALWAYS_INLINE __m256i lane_totals8(const __m256i *v) {
     const __m256i h01 = _mm256_hadd_epi32(v[0], v[1]), h23 = _mm256_hadd_epi32(v[2], v[3]);
@@ -557,14 +554,18 @@ ALWAYS_INLINE __m256i lane_totals8(const __m256i *v) {
 
 static inline int a32_route(int qtype, int64_t n_rows) { return qtype == T_Q4_0 && n_rows % 8 == 0 ? T_Q4_0X8 : qtype; }
 
+/* out[c * R + r] = row r of w times activation row c. With VNNI the weights are taken unsigned (value +
+ * offset) against the signed activations, the offset's share (offset * sum a) starting the sums; without,
+ * the activations are the unsigned side (see decode32 / dot32). */
 ALWAYS_INLINE void tile32(int route, int R, int C, const uint8_t *const *w, const a32_block *const *a, int64_t nb,
                           float *out) {
     const int totals = route == T_Q4_0X8, qtype = totals ? T_Q4_0 : route;
-    const int bs = block_bytes(qtype), has_min = qtype == T_Q4_1 || qtype == T_Q5_1;
+    const int bs = block_bytes(qtype), has_min = has_min32(qtype);
     __m256 acc[MAXR][MAXC], tot[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()}; /* totals: lane c * R + r */
     __m256i flat[16];
     float dd[16];
-    for (int i = 0; i < 16; i++) flat[i] = _mm256_setzero_si256(), dd[i] = 0.0f;
+    if (totals)
+        for (int i = 0; i < 16; i++) flat[i] = _mm256_setzero_si256(), dd[i] = 0.0f;
     float mins[MAXR][MAXC];
     for (int r = 0; r < R; r++)
         for (int c = 0; c < C; c++) {
@@ -592,7 +593,7 @@ ALWAYS_INLINE void tile32(int route, int R, int C, const uint8_t *const *w, cons
                 const __m256i lanes = _mm256_dpbusd_epi32(init, wu[r], as);
                 if (totals) {
                     flat[c * R + r] = lanes;
-                    dd[c * R + r] = _mm_cvtss_f32(_mm256_castps256_ps128(_mm256_mul_ps(wd[r], ad)));
+                    dd[c * R + r] = _mm256_cvtss_f32(_mm256_mul_ps(wd[r], ad));
                     continue;
                 }
                 acc[r][c] = _mm256_fmadd_ps(_mm256_mul_ps(wd[r], ad), _mm256_cvtepi32_ps(lanes), acc[r][c]);
@@ -613,7 +614,7 @@ ALWAYS_INLINE void tile32(int route, int R, int C, const uint8_t *const *w, cons
                 const __m256i lanes = dot32(qtype, &wb[r], a_u);
                 if (totals) {
                     flat[c * R + r] = lanes;
-                    dd[c * R + r] = _mm_cvtss_f32(_mm256_castps256_ps128(_mm256_mul_ps(wb[r].d, ad)));
+                    dd[c * R + r] = _mm256_cvtss_f32(_mm256_mul_ps(wb[r].d, ad));
                     continue;
                 }
                 acc[r][c] = _mm256_fmadd_ps(_mm256_mul_ps(wb[r].d, ad), _mm256_cvtepi32_ps(lanes), acc[r][c]);
@@ -988,8 +989,8 @@ typedef struct {
 #define DECODED32_BYTES (32 + 9 * sizeof(int32_t) + 2 * sizeof(float))
 #define OUTER_R_TOTALS 8 /* weight rows per tile when a block is one sum: 8 accumulators */
 
-/* The weight rows per tile for a route: whole-block sums need one accumulator per row, lanes eight. */
-static inline int outer32_rows(int route) { return route == T_Q4_0X8 ? OUTER_R_TOTALS : OUTER_R; }
+/* The weight rows per tile: whole-block sums need one accumulator per row, lanes eight. */
+static inline int outer32_rows(int block_totals) { return block_totals ? OUTER_R_TOTALS : OUTER_R; }
 
 /* The decoded-weight arrays of a tile of R rows, in one buffer of DECODED32_BYTES * R * nb bytes. */
 static decoded32 decoded32_in(uint8_t *buf, int R, int64_t nb) {
@@ -1046,7 +1047,7 @@ ALWAYS_INLINE void outer32_totals(const decoded32 *wd, const a32x8_block *a, int
 
 /* out[r * GROUP + c] = weight row r times activation row c of the group. */
 ALWAYS_INLINE void outer32(int qtype, const decoded32 *wd, const a32x8_block *a, int64_t nb, float *out) {
-    const int has_min = qtype == T_Q4_1 || qtype == T_Q5_1;
+    const int has_min = has_min32(qtype);
     __m256 acc[OUTER_R][8], mins[OUTER_R];
     for (int r = 0; r < OUTER_R; r++) {
         mins[r] = _mm256_setzero_ps();
@@ -1086,9 +1087,10 @@ ALWAYS_INLINE void outer32(int qtype, const decoded32 *wd, const a32x8_block *a,
     }
 }
 
-static void run_outer32(int route, const decoded32 *wd, const a32x8_block *a, int64_t nb, float *out) {
-    if (route == T_Q4_0X8) outer32_totals(wd, a, nb, out);
-    else if (route == T_Q4_1 || route == T_Q5_1) outer32(T_Q4_1, wd, a, nb, out);
+static void run_outer32(int qtype, int block_totals, const decoded32 *wd, const a32x8_block *a, int64_t nb,
+                        float *out) {
+    if (block_totals) outer32_totals(wd, a, nb, out);
+    else if (has_min32(qtype)) outer32(T_Q4_1, wd, a, nb, out);
     else outer32(T_Q8_0, wd, a, nb, out); /* the formats differ only in decoding, done already */
 }
 
@@ -1145,12 +1147,11 @@ static void decode_k_superblock(int qtype, const uint8_t *sb, kdecoded *o) {
     o->dmin = ks.dmin;
 }
 
-/* The repacked Q4_K orders, for weight rows [r0, r0 + 4) of the tile: exact totals and their mins' terms,
- * each fma'd by its scale product, the result their difference; per two sub-blocks (gemm: whole groups of 4
- * activation rows of one sequence) or per super-block (gemv: the others, e.g. each decoding sequence). Four
- * rows at a time: the two accumulators per row and the running sums fit the registers. */
-ALWAYS_INLINE void outer_k_repack4(int gemm, const kdecoded *wd, int r0, int64_t nsb, const q8kx8_block *a,
-                                   float *out) {
+/* The repacked Q4_K gemm's order (whole groups of 4 activation rows of one sequence), for weight rows
+ * [r0, r0 + 4) of the tile: per two sub-blocks their exact total and their mins' terms, each fma'd by its scale
+ * product, the result their difference. Four rows at a time: the two accumulators per row and the running
+ * sums fit the registers. */
+ALWAYS_INLINE void outer_k_gemm4(const kdecoded *wd, int r0, int64_t nsb, const q8kx8_block *a, float *out) {
     __m256 acc[4], acc_m[4];
     for (int r = 0; r < 4; r++) acc[r] = acc_m[r] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nsb; b++) {
@@ -1161,10 +1162,10 @@ ALWAYS_INLINE void outer_k_repack4(int gemm, const kdecoded *wd, int r0, int64_t
             dd[r] = _mm256_mul_ps(_mm256_set1_ps(wd[(r0 + r) * nsb + b].d), ad);
             dm[r] = _mm256_mul_ps(_mm256_set1_ps(wd[(r0 + r) * nsb + b].dmin), ad);
         }
-        __m256i isum[4], mins[4];
-        for (int r = 0; r < 4; r++) isum[r] = mins[r] = _mm256_setzero_si256();
 #pragma GCC unroll 4
         for (int t = 0; t < 8; t += 2) {
+            __m256i isum[4];
+            for (int r = 0; r < 4; r++) isum[r] = _mm256_setzero_si256();
             for (int u = t; u < t + 2; u++) {
                 __m256i p[4];
                 for (int r = 0; r < 4; r++) p[r] = _mm256_setzero_si256();
@@ -1180,25 +1181,18 @@ ALWAYS_INLINE void outer_k_repack4(int gemm, const kdecoded *wd, int r0, int64_t
             const __m256i bs1 = _mm256_loadu_si256((const __m256i *)ab->bs[t + 1]);
             for (int r = 0; r < 4; r++) {
                 const kdecoded *k = &wd[(r0 + r) * nsb + b];
-                mins[r] = _mm256_dpwssd_epi32(_mm256_dpwssd_epi32(mins[r], bs0, _mm256_set1_epi32(k->factors[t])), bs1,
-                                              _mm256_set1_epi32(k->factors[t + 1]));
-                if (gemm) {
-                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r]), dd[r], acc[r]);
-                    acc_m[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mins[r]), dm[r], acc_m[r]);
-                    isum[r] = mins[r] = _mm256_setzero_si256();
-                }
+                const __m256i mins = _mm256_dpwssd_epi32(_mm256_madd_epi16(bs0, _mm256_set1_epi32(k->factors[t])), bs1,
+                                                         _mm256_set1_epi32(k->factors[t + 1]));
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r]), dd[r], acc[r]);
+                acc_m[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mins), dm[r], acc_m[r]);
             }
         }
-        if (!gemm)
-            for (int r = 0; r < 4; r++) {
-                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r]), dd[r], acc[r]);
-                acc_m[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mins[r]), dm[r], acc_m[r]);
-            }
     }
     for (int r = 0; r < 4; r++) _mm256_storeu_ps(out + (r0 + r) * GROUP, _mm256_sub_ps(acc[r], acc_m[r]));
 }
 
-/* ggml's tiled order: per super-block the exact total * d_w (- dmin * the mins' total), then * d_a, added.
+/* Per super-block orders, `order`: ggml's tiled one (the exact total * d_w (- dmin * the mins' total), then
+ * * d_a, added) or the repacked Q4_K gemv's (total and mins' total each fma'd by its scale product).
  * out[r * GROUP + c]; wd[r * nsb + b] is super-block b of weight row r, decoded. */
 ALWAYS_INLINE void outer_k(int qtype, int order, const kdecoded *wd, int64_t nsb, const q8kx8_block *a, float *out) {
     const int q6 = qtype == T_Q6_K, parts = q6 ? 2 : 1, nv = 8 / parts, gemv = order == K_REPACK;
@@ -1250,7 +1244,7 @@ ALWAYS_INLINE void outer_k(int qtype, int order, const kdecoded *wd, int64_t nsb
 
 static void run_outer_k(int qtype, int order, const kdecoded *wd, int64_t nsb, const q8kx8_block *a, float *out) {
     if (order == K_REPACK_GEMM) {
-        for (int r0 = 0; r0 < OUTER_RK; r0 += 4) outer_k_repack4(1, wd, r0, nsb, a, out);
+        for (int r0 = 0; r0 < OUTER_RK; r0 += 4) outer_k_gemm4(wd, r0, nsb, a, out);
     } else if (order == K_REPACK) {
         outer_k(T_Q4_K, K_REPACK, wd, nsb, a, out);
     } else if (qtype == T_Q6_K) {
@@ -1333,8 +1327,10 @@ static int outer_order(const mm_job *j, int64_t g) {
  * it leaves are done by the tiles. */
 static void mm_rows_outer(const mm_job *j, int64_t begin, int64_t end) {
     const int kq = is_k_quant(j->qtype);
-    const int route = j->any_order && value_offset(j->qtype) ? T_Q4_0X8 : a32_route(j->qtype, j->n_rows);
-    const int R = kq ? OUTER_RK : outer32_rows(route);
+    /* whole-block sums: the repacked Q4_0's order, and the fastest where any order will do (no mins) */
+    const int block_totals =
+        a32_route(j->qtype, j->n_rows) == T_Q4_0X8 || (j->any_order && !has_min32(j->qtype));
+    const int R = kq ? OUTER_RK : outer32_rows(block_totals);
     const int64_t nb = kq ? j->k / 256 : j->k / 32, groups = (j->m + GROUP - 1) / GROUP;
     const size_t group_bytes = (size_t)nb * (kq ? sizeof(q8kx8_block) : sizeof(a32x8_block));
     uint8_t *buf = malloc((kq ? sizeof(kdecoded) : DECODED32_BYTES) * (size_t)(R * nb)); /* decoded weights */
@@ -1360,7 +1356,7 @@ static void mm_rows_outer(const mm_job *j, int64_t begin, int64_t end) {
                 if (kq)
                     run_outer_k(j->qtype, order, wd, nb, (const q8kx8_block *)act, out);
                 else
-                    run_outer32(route, &d32, (const a32x8_block *)act, nb, out);
+                    run_outer32(j->qtype, block_totals, &d32, (const a32x8_block *)act, nb, out);
                 store_outer(j, out, R, n0, end, g);
             }
         }

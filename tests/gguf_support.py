@@ -43,6 +43,19 @@ def gemma_path() -> Path:
     return GEMMA
 
 
+def llama_cpp_reference():
+    """The llama_cpp module, as the numerical reference: skips without it, fails when it was built with AMX
+    (its AMX matmul crashes on Gemma 3 and sums in another order than the AVX-512/AVX2 code ladle follows;
+    scripts/install-dev.sh builds it without)."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    if b"AMX_INT8 = 1" in llama_cpp.llama_print_system_info():
+        pytest.fail(
+            "llama-cpp-python was built with AMX: rebuild it with `pip cache remove llama_cpp_python && "
+            "bash scripts/install-dev.sh`"
+        )
+    return llama_cpp
+
+
 def llama_cpp_vocab_dir() -> Path:
     """Folder with ggml-vocab-*.gguf(.inp/.out) from llama.cpp's sources, fetched on first use."""
     target = _CACHE / f"llama-cpp-python-{LLAMA_CPP_VERSION}-vocab"

@@ -163,10 +163,10 @@ def test_attention_is_llama_cpps(heads, kv_heads, d, prefix, q_len, window):
 
 @pytest.fixture(scope="module")
 def gemma_with_ggml_matmuls():
-    from gguf_support import gemma_path
+    from gguf_support import gemma_path, llama_cpp_reference
     from ladle import LLM
 
-    llama_cpp = pytest.importorskip("llama_cpp")
+    llama_cpp = llama_cpp_reference()
     path = str(gemma_path())
     torch.set_num_threads(2)
     llm = LLM(model=path, max_model_len=512)

@@ -65,12 +65,13 @@ def test_serve_demo_greedy_equals_llama_cpp(demo_home):
     """Greedy through `ladle serve demo` and the official ollama client equals llama.cpp's continuation of the
     same file, token for token over 48 tokens of MODELS.md's prompt, which include MODELS.md's published
     continuation in full."""
-    import llama_cpp
     import ollama
 
+    from gguf_support import llama_cpp_reference
     from ladle.store import Store
     from test_gguf_generation import llama_cpp_greedy
 
+    llama_cpp = llama_cpp_reference()
     gguf = str(Store(demo_home).resolve("demo").model_path)
     ref = llama_cpp.Llama(model_path=gguf, n_ctx=256, n_threads=2, n_threads_batch=2, verbose=False)
     prompt_ids = ref.tokenize(PROMPT.encode(), add_bos=True, special=True)

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from gguf_support import gemma_path, stories_path
+from gguf_support import gemma_path, llama_cpp_reference, stories_path
 from ladle import LLM, SamplingParams
 
-llama_cpp = pytest.importorskip("llama_cpp")
+llama_cpp = llama_cpp_reference()
 
 STORY_PROMPTS = ["Once upon a time", "Lily and Tom", "", "The little dog was sad because", "One day, a big"]
 GEMMA_PROMPTS = [

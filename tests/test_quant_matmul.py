@@ -71,6 +71,7 @@ def kernels() -> NativeKernels:
     # A -march=native build that failed would silently fall back to the plain C code: catch that here.
     assert k.has_avx2 or "avx2" not in cpu_flags()
     assert k.has_vnni or not {"avx512_vnni", "avx512vl"} <= cpu_flags()
+    assert k.has_amx or "amx_int8" not in cpu_flags()
     return k
 
 
@@ -346,3 +347,20 @@ def test_any_order_matmul_is_close_and_exact_where_it_keeps_the_order(
         y = kernels.matmul(qtype, torch.from_numpy(raw), x, exact=False).numpy()
         y_ref = ref.mul_mat(int(qtype), raw, x.numpy())
         assert_matches_ggml(y, y_ref, bitwise=m < 8 or qtype in (Q.Q4_0, Q.Q4_1, Q.Q5_1, *K_QUANTS))
+
+
+@pytest.mark.parametrize("m", [8, 15, 16, 17, 40])
+def test_amx_any_order_q8_0_is_ggml_to_rounding(kernels: NativeKernels, ref: GGMLReference, m: int) -> None:
+    """On CPUs with AMX the any-order Q8_0 product (Gemma's LM head) runs on tiles of 16 weight rows x 16
+    activation rows: ggml's integer totals, its float work in another order. 100 rows: a partial last tile;
+    15, 17 and 40 rows: partial activation tiles."""
+    if not kernels.has_amx:
+        pytest.skip("this CPU (or kernel) has no AMX tiles: the VNNI kernels run instead")
+    raw = random_weight(Q.Q8_0, 100, 640, seed=m)
+    x = activations(m, 640, seed=m + 1)
+    y = kernels.matmul(Q.Q8_0, torch.from_numpy(raw), x, exact=False).numpy()
+    y_ref = ref.mul_mat(int(Q.Q8_0), raw, x.numpy())
+    assert_matches_ggml(y, y_ref)
+    assert not np.array_equal(y, kernels.matmul(Q.Q8_0, torch.from_numpy(raw), x).numpy()), (
+        "the exact kernel's bits: the AMX route did not run"
+    )

@@ -121,6 +121,7 @@ class NativeKernels:
             "ladle_supports": (i32, [i32]),
             "ladle_has_avx2": (i32, []),
             "ladle_has_vnni": (i32, []),
+            "ladle_has_amx": (i32, []),
             "ladle_act_format": (i32, [i32]),
             "ladle_act_row_bytes": (i64, [i32, i64]),
             "ladle_quantize_activations": (None, [i32, ptr, i64, i64, ptr, i32]),
@@ -134,6 +135,7 @@ class NativeKernels:
         self.lib = lib  # the raw handle, shared by the other bindings of this library (kernels/cpu_ops.py)
         self.has_avx2 = bool(lib.ladle_has_avx2())
         self.has_vnni = bool(lib.ladle_has_vnni())
+        self.has_amx = bool(lib.ladle_has_amx())  # AMX tiles, for the LM head's any-order product
 
     def supports(self, qtype: int) -> bool:
         return bool(self._lib.ladle_supports(int(qtype)))

@@ -1480,10 +1480,21 @@ static void plan_k_orders(int qtype, int64_t n_rows, int64_t m, const int32_t *g
  * one group of m) says which rows are separate sequences: each row gets the float summation order that
  * llama.cpp gives its sequence computed alone, so a sequence's results do not depend on its batch.
  * Returns 0, -1 for an unsupported type/k, -2 when out of memory. */
+/* amx_matmul.c: Q8_0 on AMX tiles, where the order is free; -1 where this CPU or kernel has no AMX. */
+int ladle_amx_matmul_q8_0(const uint8_t *w, int64_t row_bytes, int64_t n_rows, int64_t k, const uint8_t *act,
+                          int64_t act_row_bytes, int64_t m, float *y, int nthreads);
+
+/* From this many activation rows an AMX tile (16 rows) beats VNNI even half empty. */
+#define AMX_MIN_ROWS 8
+
 static int matmul_quantized(int qtype, const uint8_t *w, int64_t row_bytes, int64_t n_rows, int64_t k,
                             const void *act, int64_t m, const int32_t *groups, int64_t n_groups, float *y,
                             int nthreads, int any_order) {
     if (!shape_ok(qtype, k)) return -1;
+    if (any_order && qtype == T_Q8_0 && m >= AMX_MIN_ROWS &&
+        ladle_amx_matmul_q8_0(w, row_bytes, n_rows, k, (const uint8_t *)act, ladle_act_row_bytes(qtype, k), m, y,
+                              nthreads) == 0)
+        return 0;
     mm_job job = {qtype, w, row_bytes, n_rows, k, m, ladle_act_row_bytes(qtype, k), (const uint8_t *)act, y, NULL,
                   any_order, NULL, NULL};
     void *grouped = NULL, *plan = NULL;

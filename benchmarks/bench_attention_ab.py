@@ -3,10 +3,11 @@ throughput run's shapes (Llama-3.1-8B: 32 heads, 8 KV heads, head_dim 128, block
 
 python benchmarks/bench_attention_ab.py [--old-src OTHER/src] [--sweep] [--json OUT.json]
 
-Decode: batch x context as the CUDA graphs run it (splits from decode_num_splits with no known length).
+Decode: batch x context as the CUDA graphs run it (splits from decode_num_splits with no known length), timed
+as CUDA-graph replays.
 Mixed: 8 sequences x 256 new tokens over 768 cached ones (a chunked-prefill step). Each kernel's output is
-checked against a float32 torch reference over the same (rounded) K/V; the time is do_bench's median.
---sweep also times this tree's decode kernel at other (BLOCK_N, warps, stages).
+checked against a float32 torch reference over the same (rounded) K/V.
+--sweep also times this tree's kernels at other (BLOCK_N, warps, stages).
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ import sys
 
 import torch
 from bench_decode_kv import _case  # run as a script: benchmarks/ is on sys.path
-from triton.testing import do_bench
+from triton.testing import do_bench_cudagraph
 
 from ladle.kernels import triton_attention as new_ops
 
 H, KVH, D, BS = 32, 8, 128, 16
 G = H // KVH
-TILES = [(32, 1, 3), (32, 2, 3), (32, 4, 3), (64, 2, 3), (64, 4, 2), (64, 4, 4), (64, 8, 3), (128, 4, 3)]
+TILES = [(16, 1, 3), (32, 1, 3), (32, 2, 3), (64, 1, 3), (64, 2, 3), (64, 4, 3), (64, 4, 4)]
+PREFILL_TILES = [(64, 4, 3), (32, 4, 2), (64, 8, 3), (16, 4, 3)]
 
 
 def _load_old(src: str):
@@ -71,9 +73,11 @@ def _rel(out, ref) -> float:
 
 
 def _time(fn) -> float:
+    """Median us of fn replayed in a CUDA graph (as the engine runs decode): without one, small launches
+    time the host's launch overhead."""
     fn()
     torch.cuda.synchronize()
-    return do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e3  # us
+    return do_bench_cudagraph(fn, rep=100, return_mode="median") * 1e3
 
 
 def main() -> None:
@@ -107,7 +111,7 @@ def main() -> None:
             ref = _ref_decode(q, k, v, tables, ctx, scale)
             nbytes = 2 * batch * ctx * KVH * D * k.element_size()
             configs = [(name, mod, None) for name, mod in trees]
-            if args.sweep and batch in (256, 64, 1):
+            if args.sweep:
                 configs += [("new", new_ops, t) for t in TILES]
             for name, mod, tiles in configs:
                 if tiles is None:
@@ -137,7 +141,14 @@ def main() -> None:
         ref = _ref_mixed(q, k, v, tables, q_len, seq_len, scale)
         qstart = torch.arange(0, num * q_len + 1, q_len, dtype=torch.int32, device="cuda")
         nbytes = 2 * num * seq_len * KVH * D * k.element_size()
-        for name, mod in trees:
+        configs = [(name, mod, None) for name, mod in trees]
+        if args.sweep:
+            configs += [("new", new_ops, t) for t in PREFILL_TILES]
+        for name, mod, tiles in configs:
+            if tiles is None:
+                os.environ.pop("LADLE_PREFILL_TILES", None)
+            else:
+                os.environ["LADLE_PREFILL_TILES"] = ",".join(map(str, tiles))
             block_q = mod.prefill_block_q(H, KVH)
             ws, wb = mod.build_work_list([q_len] * num, block_q)
             ws = torch.tensor(ws, dtype=torch.int32, device="cuda")
@@ -149,8 +160,14 @@ def main() -> None:
             ):
                 mod.prefill_attention(q, k, v, out, tables, lens, qs, ws, wb, scale, None, bq)
 
-            us = _time(fn)
-            record("mixed", f"{num}x{q_len}/{seq_len}", dname, name, "default", us, nbytes, _rel(out, ref))
+            try:
+                us = _time(fn)
+            except Exception as exc:
+                print(f"mixed {dname} {name} {tiles}: failed ({type(exc).__name__}: {exc})")
+                continue
+            label = "default" if tiles is None else ",".join(map(str, tiles))
+            record("mixed", f"{num}x{q_len}/{seq_len}", dname, name, label, us, nbytes, _rel(out, ref))
+        os.environ.pop("LADLE_PREFILL_TILES", None)
 
     print("\nsummary (us; err vs float32 reference)")
     for r in rows:

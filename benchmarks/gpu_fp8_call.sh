@@ -9,6 +9,8 @@ out="${OUT:-benchmarks/results}"
 new_src="$(pwd)/src"
 old_src="${OLD_SRC:?the baseline src folder}"
 mkdir -p "$out"
+# ladle imports gguf, which the device image lacks: carry its wheel in whl/ (pure Python; its needs are there).
+ls whl/*.whl >/dev/null 2>&1 && python3 -m pip install -q --no-index --no-deps whl/*.whl
 { date -u; nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv; python3 -c 'import torch, triton; print(torch.__version__, triton.__version__)'; } | tee "$out/device.txt"
 sweep=()
 [ "${SWEEP:-0}" = 1 ] && sweep=(--sweep)

@@ -482,6 +482,17 @@ def decode_num_splits(num_seqs: int, num_kv_heads: int, max_seq_len: int | None,
     return splits
 
 
+def _decode_tiles(programs: int, block_d: int) -> tuple[int, int, int]:
+    """(BLOCK_N, warps, stages) for a decode launch of this many programs. With many programs (batch 256 x
+    8 KV heads), 1-warp programs of 32 keys were fastest on the H200 (fp8 K/V 138 vs 172 us for 4 warps x
+    64 keys at batch 256 x 800): more of them fit an SM and their max/sum reductions stay in one warp.
+    With fewer programs each needs more warps in flight (64 x 900: 2 warps x 64 keys best).
+    benchmarks/bench_attention_ab.py --sweep measures the choices (benchmarks/README.md)."""
+    if block_d > 128:
+        return 32, 4, 2
+    return (32, 1, 3) if programs >= 1024 else (64, 2, 3)
+
+
 def decode_attention(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -501,8 +512,9 @@ def decode_attention(
     num_kv_heads = k_cache.shape[2]
     group = num_heads // num_kv_heads
     block_d = triton.next_power_of_2(head_dim)
-    # (64, 4, 3) read K/V at 2885 GB/s at batch 256 x 1024 context on an H100 (benchmarks/sweep_attention.py).
-    block_n, warps, stages = _tile_config("LADLE_DECODE_TILES", (64, 4, 3) if block_d <= 128 else (32, 4, 2))
+    block_n, warps, stages = _tile_config(
+        "LADLE_DECODE_TILES", _decode_tiles(num_seqs * num_kv_heads * num_splits, block_d)
+    )
     split = num_splits > 1
     if split:
         part = torch.empty(

@@ -284,8 +284,10 @@ def prefill_attention(
     block_size = k_cache.shape[1]
     group = num_heads // num_kv_heads
     block_d = triton.next_power_of_2(head_dim)
-    # (32, 4, 3): fastest 2048-token mixed step at Llama-8B shapes on an H100 (benchmarks/sweep_attention.py).
-    block_n, warps, stages = _tile_config("LADLE_PREFILL_TILES", (32, 4, 3) if block_d <= 128 else (32, 8, 2))
+    # (64, 4, 3): fastest of five on the H200 for 8 x 256 new tokens over 1024 (benchmarks/bench_attention_ab.py
+    # --sweep): bf16 113 vs 122 us for (32, 4, 3), the H100's best before the table was read per block; fp8
+    # 129 vs 165 us.
+    block_n, warps, stages = _tile_config("LADLE_PREFILL_TILES", (64, 4, 3) if block_d <= 128 else (32, 8, 2))
     grid = (work_seq.shape[0], num_kv_heads)
     if grid[0] == 0:
         return

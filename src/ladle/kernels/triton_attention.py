@@ -486,7 +486,7 @@ def decode_num_splits(num_seqs: int, num_kv_heads: int, max_seq_len: int | None,
 
 def _decode_tiles(programs: int, block_d: int) -> tuple[int, int, int]:
     """(BLOCK_N, warps, stages) for a decode launch of this many programs. With many programs (batch 256 x
-    8 KV heads), 1-warp programs of 32 keys were fastest on the H200 (fp8 K/V 138 vs 172 us for 4 warps x
+    8 KV heads), 1-warp programs of 32 keys were fastest on the H200 (fp8 K/V 130 vs 166 us for 4 warps x
     64 keys at batch 256 x 800): more of them fit an SM and their max/sum reductions stay in one warp.
     With fewer programs each needs more warps in flight (64 x 900: 2 warps x 64 keys best).
     benchmarks/bench_attention_ab.py --sweep measures the choices (benchmarks/README.md)."""

@@ -85,20 +85,33 @@ def test_cuda_bf16_graphs_agree_with_eager(references):
     assert same >= 38, f"only {same}/40 sequences agree"  # bf16 near-ties may flip a rare token
 
 
+def _assert_same_up_to_near_ties(a, b, tol=0.05):
+    """Two greedy runs whose numerics differ by rounding alone: the same tokens, or the same up to a step where
+    each run's token had almost the same log-probability (a near-tie; the continuations may part after it).
+    Graph replay and eager decode differ so: a graph's decode attention splits the context into more pieces
+    (its batch's length is unknown at capture), so the partial softmaxes are summed in another order."""
+    for x, y in zip(a, b):
+        for step, (u, w) in enumerate(zip(x.token_ids, y.token_ids)):
+            if u != w:
+                lu, lw = x.logprobs[step][u].logprob, y.logprobs[step][w].logprob
+                assert abs(lu - lw) < tol, f"step {step}: token {u} ({lu:.4f}) vs {w} ({lw:.4f}), no near-tie"
+                break
+
+
 def test_cuda_fp8_kv_cache_with_graphs_matches_eager_and_stays_near_transformers(references):
-    """kv_cache_dtype="fp8": the pool is e4m3 (half of bf16's bytes), graph replay gives eager's tokens, and the
-    first prompt keeps most of transformers' greedy tokens (fp8 rounding may flip a near-tie)."""
+    """kv_cache_dtype="fp8": the pool is e4m3 (half of bf16's bytes), graph replay gives eager's tokens (up to
+    a near-tie), and the first prompt keeps most of transformers' greedy tokens (fp8 rounding may flip one)."""
     _, folder, refs = references
     got = {}
     for eager in (False, True):
         llm = LLM(str(folder), device="cuda", dtype="bfloat16", kv_cache_dtype="fp8", enforce_eager=eager)
         engine = llm.llm_engine
         assert engine.runner.kv_caches[0][0].dtype == torch.float8_e4m3fn
-        outputs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], GREEDY)
-        got[eager] = [o.outputs[0].token_ids for o in outputs]
+        got[eager] = [o.outputs[0] for o in llm.generate([{"prompt_token_ids": p} for p in PROMPTS], GREEDY)]
         _assert_no_leak(llm)
         del llm
-    assert got[False] == got[True]
+    _assert_same_up_to_near_ties(got[False], got[True])
+    got = {eager: [o.token_ids for o in outs] for eager, outs in got.items()}
     ref_tokens = refs[0][0]
     agree = sum(a == b for a, b in zip(got[False][0], ref_tokens))
     assert agree >= NUM_TOKENS // 2, f"fp8 run kept only {agree}/{NUM_TOKENS} of transformers' tokens"

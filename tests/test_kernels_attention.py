@@ -177,7 +177,8 @@ def test_padded_decode_rows_write_nothing():
 
 @pytest.mark.skipif(not ON_GPU, reason="float8 K/V: CUDA only")
 @pytest.mark.parametrize("decode_only", [True, False])
-def test_fp8_cache_matches_reference_on_the_rounded_values(decode_only):
+@pytest.mark.parametrize("window", [None, 200])
+def test_fp8_cache_matches_reference_on_the_rounded_values(decode_only, window):
     """kv_cache_dtype="fp8": the kernels write e4m3 bytes equal to torch's rounding and attend over them as
     the torch reference attends over the same values widened to bf16."""
     from ladle.layers.attention_triton import TritonAttentionBackend
@@ -199,16 +200,16 @@ def test_fp8_cache_matches_reference_on_the_rounded_values(decode_only):
     scale = head_dim**-0.5
     k_ref, v_ref = k8.to(DTYPE), v8.to(DTYPE)
     ref = TorchAttentionBackend().forward(
-        q, k.to(fp8).to(DTYPE), v.to(fp8).to(DTYPE), k_ref, v_ref, meta, scale, None
+        q, k.to(fp8).to(DTYPE), v.to(fp8).to(DTYPE), k_ref, v_ref, meta, scale, window
     )
-    out = TritonAttentionBackend().forward(q, k, v, k8, v8, meta, scale, None)
+    out = TritonAttentionBackend().forward(q, k, v, k8, v8, meta, scale, window)
     assert torch.equal(k8.view(torch.uint8), k_ref.to(fp8).view(torch.uint8)), "fp8 K write differs"
     assert torch.equal(v8.view(torch.uint8), v_ref.to(fp8).view(torch.uint8)), "fp8 V write differs"
     err = (out.float() - ref.float()).norm() / ref.float().norm()
     assert err < TOL, f"relative error {err:.2e}"
     # The torch backend reads and writes fp8 caches too (through byte views).
     k8b, v8b = k_cache.to(fp8), v_cache.to(fp8)
-    torch_out = TorchAttentionBackend().forward(q, k, v, k8b, v8b, meta, scale, None)
+    torch_out = TorchAttentionBackend().forward(q, k, v, k8b, v8b, meta, scale, window)
     assert torch.equal(k8b.view(torch.uint8), k8.view(torch.uint8))
     err = (torch_out.float() - ref.float()).norm() / ref.float().norm()
     assert err < TOL, f"torch backend relative error {err:.2e}"

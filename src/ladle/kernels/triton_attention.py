@@ -9,7 +9,8 @@ Query head h reads KV head h // G (G = H / KVH). A program handles one KV head a
 shares it, so each K/V tile is loaded once per group rather than once per query head.
 
 The caches may hold a narrower type than q (float8_e4m3fn, kv_cache_dtype="fp8", no scaling, as vLLM's
-uncalibrated fp8 cache): tiles are widened to q's dtype as they load, so fp8 halves the K/V bytes read.
+uncalibrated fp8 cache), which halves the K/V bytes read. fp8 tiles are widened to float16, not to q's
+bfloat16, and the dots run in fp16 (fp32 accumulation): see _e4m3_to_f16 for why.
 
 Importing this module needs Triton; ladle.layers.attention_triton imports it only on CUDA.
 The torch reference these are tested against is ladle.layers.attention.TorchAttentionBackend.
@@ -68,6 +69,55 @@ def _dot_precision(q: torch.Tensor) -> str:
     return "ieee" if q.dtype == torch.float32 else "tf32"
 
 
+# --------------------------------------------------------------------------------------------------------
+# Helpers shared by the attention kernels
+# --------------------------------------------------------------------------------------------------------
+@triton.jit
+def _kv_slots(table, start, hi, BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr):
+    """Cache slots of keys start .. start + BLOCK_N - 1 (start a multiple of BLOCK_N; both block sizes are
+    powers of two, so a tile holds whole cache blocks or lies inside one). The block table is read once per
+    cache block, not once per key: the per-key gather, its int64 products and the address arithmetic were
+    a large part of the loop's instructions (benchmarks/README.md, "fp8 decode attention")."""
+    if BLOCK_N >= BLOCK_SIZE:
+        NB: tl.constexpr = BLOCK_N // BLOCK_SIZE
+        bi = start // BLOCK_SIZE + tl.arange(0, NB)
+        blocks = tl.load(table + bi, mask=bi * BLOCK_SIZE < hi, other=0).to(tl.int64)
+        slot = tl.reshape(blocks[:, None] * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)[None, :], [BLOCK_N])
+    else:
+        block = tl.load(table + start // BLOCK_SIZE).to(tl.int64)  # start < hi: the entry exists
+        slot = block * BLOCK_SIZE + (start % BLOCK_SIZE) + tl.arange(0, BLOCK_N)
+    return slot
+
+
+@triton.jit
+def _e4m3_to_f16(x, pin):
+    """uint8 e4m3 bytes -> float16, four a time through two PTX cvt.rn.f16x2.e4m3x2 (sm_89+): exact, since
+    every e4m3 value is a float16. Used for the V tile of the fp8 caches.
+
+    Why not `tl.load(fp8).to(bfloat16)`: on sm_90 e4m3 -> bf16 is e4m3 -> f16 (one instruction per two
+    values) and then f16 -> bf16 (one per value), and Triton moved the conversion after the tile's load
+    into the PV dot's operand layout, which for an 8-bit tile read along its rows (V is [keys, D], the dot
+    reduces over keys) is one shared-memory load per byte (LDS.U8) plus byte permutes. The loop was about
+    twice bf16's instructions, so fp8 ran no faster than bf16 despite half the bytes.
+
+    `pin` is a loop-invariant uint8 tensor of x's shape that the asm ignores: with a second tensor operand
+    Triton no longer hoists the operand-layout conversion above this op, so the tile is widened to fp16 in
+    the load's row layout (16-byte shared loads) and reaches the dot through ldmatrix.trans like bf16's."""
+    return tl.inline_asm_elementwise(
+        "{ .reg .b16 lo, hi; mov.b32 {lo, hi}, $2; cvt.rn.f16x2.e4m3x2 $0, lo; cvt.rn.f16x2.e4m3x2 $1, hi; }",
+        "=r,=r,r,r",
+        [x, pin],
+        dtype=tl.float16,
+        is_pure=True,
+        pack=4,
+    )
+
+
+def _f16_dots(q: torch.Tensor, cache: torch.Tensor) -> bool:
+    """fp8 (e4m3) caches with 16-bit queries: widen K/V to fp16 and run the dots in fp16 (_e4m3_to_f16)."""
+    return cache.dtype == torch.float8_e4m3fn and q.dtype in (torch.bfloat16, torch.float16)
+
+
 def write_kv_cache(
     k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor
 ) -> None:
@@ -122,6 +172,7 @@ def _prefill_kernel(
     BLOCK_SIZE: tl.constexpr,  # KV-cache block size (tokens)
     USE_WINDOW: tl.constexpr,
     DOT_PRECISION: tl.constexpr,  # "ieee" for float32 caches (exact tests), else "tf32" (unused for bf16)
+    F16_DOTS: tl.constexpr,  # e4m3 caches: K/V widened to fp16, q pre-scaled to fp16 (see _e4m3_to_f16)
 ):
     work = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -161,15 +212,20 @@ def _prefill_kernel(
         lo = tl.maximum(first_pos - window + 1, 0)
         lo = (lo // BLOCK_N) * BLOCK_N
     table = block_tables_ptr + seq.to(tl.int64) * stride_bt
+    if F16_DOTS:
+        # The tiles reach the wgmma through shared memory, so a plain widening is enough here (no LDS.U8
+        # path to avoid, unlike the decode kernel's V); fp16 rather than bf16 saves the f16 -> bf16 step.
+        q = (q.to(tl.float32) * scale_log2).to(tl.float16)
     for start in range(lo, hi, BLOCK_N):
         n = start + tl.arange(0, BLOCK_N)
         n_valid = n < hi
-        block = tl.load(table + n // BLOCK_SIZE, mask=n_valid, other=0).to(tl.int64)
-        slot = block * BLOCK_SIZE + n % BLOCK_SIZE
+        slot = _kv_slots(table, start, hi, BLOCK_N, BLOCK_SIZE)
         kv_offs = (slot * NUM_KV_HEADS + kv_head)[:, None] * HEAD_DIM + d[None, :]
         kv_mask = n_valid[:, None] & d_valid[None, :]
         k = tl.load(k_cache_ptr + kv_offs, mask=kv_mask, other=0.0).to(q.dtype)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+        if not F16_DOTS:
+            s = s * scale_log2
         visible = (n[None, :] <= q_pos[:, None]) & n_valid[None, :]
         if USE_WINDOW:
             visible = visible & (n[None, :] > q_pos[:, None] - window)
@@ -228,8 +284,10 @@ def prefill_attention(
     block_size = k_cache.shape[1]
     group = num_heads // num_kv_heads
     block_d = triton.next_power_of_2(head_dim)
-    # (32, 4, 3): fastest 2048-token mixed step at Llama-8B shapes on an H100 (benchmarks/sweep_attention.py).
-    block_n, warps, stages = _tile_config("LADLE_PREFILL_TILES", (32, 4, 3) if block_d <= 128 else (32, 8, 2))
+    # (64, 4, 3): fastest of five on the H200 for 8 x 256 new tokens over 1024 (benchmarks/bench_attention_ab.py
+    # --sweep): bf16 113 vs 122 us for (32, 4, 3), the H100's best before the table was read per block; fp8
+    # 129 vs 165 us.
+    block_n, warps, stages = _tile_config("LADLE_PREFILL_TILES", (64, 4, 3) if block_d <= 128 else (32, 8, 2))
     grid = (work_seq.shape[0], num_kv_heads)
     if grid[0] == 0:
         return
@@ -260,6 +318,7 @@ def prefill_attention(
         BLOCK_SIZE=block_size,
         USE_WINDOW=sliding_window is not None,
         DOT_PRECISION=_dot_precision(q),
+        F16_DOTS=_f16_dots(q, k_cache),
         num_warps=warps,
         num_stages=stages,
     )
@@ -299,6 +358,7 @@ def _decode_kernel(
     SPLIT: tl.constexpr,
     MAX_SPLITS: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    F16_DOTS: tl.constexpr,  # e4m3 caches: K/V widened to fp16, q pre-scaled to fp16 (_e4m3_to_f16)
 ):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -316,14 +376,22 @@ def _decode_kernel(
         other=0.0,
     )
 
-    lo_ctx = 0
+    # Tiles start at multiples of BLOCK_N (what _kv_slots needs); a window's first keys before win_lo are
+    # masked instead.
+    win_lo = 0
     if USE_WINDOW:
-        lo_ctx = tl.maximum(seq_len - window, 0)
+        win_lo = tl.maximum(seq_len - window, 0)
+    lo_ctx = (win_lo // BLOCK_N) * BLOCK_N
     span = seq_len - lo_ctx
     per_split = tl.cdiv(tl.cdiv(span, num_splits), BLOCK_N) * BLOCK_N
     lo = lo_ctx + split * per_split
     hi = tl.minimum(lo + per_split, seq_len)
 
+    if F16_DOTS:
+        # The softmax scale goes into q before the narrowing: |q| * scale stays far inside fp16's range.
+        q = (q.to(tl.float32) * scale_log2).to(tl.float16)
+        pin = tl.broadcast_to(d[None, :], [BLOCK_N, BLOCK_D]).to(tl.uint8)
+        v_bytes_ptr = v_cache_ptr.to(tl.pointer_type(tl.uint8), bitcast=True)
     m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
     acc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
@@ -331,13 +399,18 @@ def _decode_kernel(
     for start in range(lo, hi, BLOCK_N):
         n = start + tl.arange(0, BLOCK_N)
         n_valid = n < hi
-        block = tl.load(table + n // BLOCK_SIZE, mask=n_valid, other=0).to(tl.int64)
-        slot = block * BLOCK_SIZE + n % BLOCK_SIZE
+        if USE_WINDOW:
+            n_valid = n_valid & (n >= win_lo)
+        slot = _kv_slots(table, start, hi, BLOCK_N, BLOCK_SIZE)
         kv_offs = (slot * NUM_KV_HEADS + kv_head)[:, None] * HEAD_DIM + d[None, :]
         kv_mask = n_valid[:, None] & d_valid[None, :]
         k = tl.load(k_cache_ptr + kv_offs, mask=kv_mask, other=0.0).to(q.dtype)
-        v = tl.load(v_cache_ptr + kv_offs, mask=kv_mask, other=0.0).to(q.dtype)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
+        if F16_DOTS:
+            v = _e4m3_to_f16(tl.load(v_bytes_ptr + kv_offs, mask=kv_mask, other=0), pin)
+            s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+        else:
+            v = tl.load(v_cache_ptr + kv_offs, mask=kv_mask, other=0.0).to(q.dtype)
+            s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
         s = tl.where(n_valid[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -411,6 +484,17 @@ def decode_num_splits(num_seqs: int, num_kv_heads: int, max_seq_len: int | None,
     return splits
 
 
+def _decode_tiles(programs: int, block_d: int) -> tuple[int, int, int]:
+    """(BLOCK_N, warps, stages) for a decode launch of this many programs. With many programs (batch 256 x
+    8 KV heads), 1-warp programs of 32 keys were fastest on the H200 (fp8 K/V 130 vs 166 us for 4 warps x
+    64 keys at batch 256 x 800): more of them fit an SM and their max/sum reductions stay in one warp.
+    With fewer programs each needs more warps in flight (64 x 900: 2 warps x 64 keys best).
+    benchmarks/bench_attention_ab.py --sweep measures the choices (benchmarks/README.md)."""
+    if block_d > 128:
+        return 32, 4, 2
+    return (32, 1, 3) if programs >= 1024 else (64, 2, 3)
+
+
 def decode_attention(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -430,8 +514,9 @@ def decode_attention(
     num_kv_heads = k_cache.shape[2]
     group = num_heads // num_kv_heads
     block_d = triton.next_power_of_2(head_dim)
-    # (64, 4, 3) read K/V at 2885 GB/s at batch 256 x 1024 context on an H100 (benchmarks/sweep_attention.py).
-    block_n, warps, stages = _tile_config("LADLE_DECODE_TILES", (64, 4, 3) if block_d <= 128 else (32, 4, 2))
+    block_n, warps, stages = _tile_config(
+        "LADLE_DECODE_TILES", _decode_tiles(num_seqs * num_kv_heads * num_splits, block_d)
+    )
     split = num_splits > 1
     if split:
         part = torch.empty(
@@ -467,6 +552,7 @@ def decode_attention(
         SPLIT=split,
         MAX_SPLITS=MAX_DECODE_SPLITS,
         DOT_PRECISION=_dot_precision(q),
+        F16_DOTS=_f16_dots(q, k_cache),
         num_warps=warps,
         num_stages=stages,
     )

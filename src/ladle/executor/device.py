@@ -45,13 +45,15 @@ def resolve_kv_cache_dtype(
             raise ValueError(
                 f"kv_cache_dtype: {name} needs a CUDA device (on the CPU use float16 or bfloat16)"
             )
-        # e4m3 conversions (Triton's, and the PTX cvt the attention kernels use) start with Ada/Hopper
-        major, minor = torch.cuda.get_device_capability(device)
-        if (major, minor) < (8, 9):
-            raise ValueError(
-                f"kv_cache_dtype: {name} needs a GPU of compute capability 8.9 or newer (this one is "
-                f"{major}.{minor}); use auto"
-            )
+        # e4m3 conversions (Triton's, and the PTX cvt the attention kernels use) start with Ada/Hopper.
+        # (Without a GPU here, e.g. resolving a config ahead of time, the device's own start reports that.)
+        if torch.cuda.is_available():
+            major, minor = torch.cuda.get_device_capability(device)
+            if (major, minor) < (8, 9):
+                raise ValueError(
+                    f"kv_cache_dtype: {name} needs a GPU of compute capability 8.9 or newer (this one is "
+                    f"{major}.{minor}); use auto"
+                )
         return torch.float8_e4m3fn
     if name not in ("float16", "bfloat16", "float32"):
         raise ValueError(

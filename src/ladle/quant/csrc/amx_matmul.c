@@ -34,8 +34,6 @@ int ladle_has_amx(void);
 #ifdef LADLE_AMX
 enum { TILE_ROWS = 16, Q8_0_BYTES = 34, B_TILE_BYTES = 512 /* 8 rows x 64 bytes */ };
 
-/* Activation block as ggml_matmul.c lays it out (a32_block): d, s, then q + 128. */
-enum { ACT_D = 0, ACT_QS = 8, ACT_BLOCK_BYTES = 40 };
 
 typedef struct {
     uint8_t palette, start_row;
@@ -177,10 +175,10 @@ int ladle_amx_matmul_q8_0(const uint8_t *w, int64_t row_bytes, int64_t n_rows, i
     for (int64_t c = 0; c < m; c++) {
         const int64_t g = c / 16, col = c % 16;
         for (int64_t b = 0; b < nb; b++) {
-            const uint8_t *blk = act + c * act_row_bytes + b * ACT_BLOCK_BYTES;
+            const a32_block *blk = (const a32_block *)(act + c * act_row_bytes) + b;
             int8_t *tile = b_tiles + (g * nb + b) * B_TILE_BYTES;
-            for (int i = 0; i < 32; i++) tile[(i / 4) * 64 + col * 4 + i % 4] = (int8_t)(blk[ACT_QS + i] ^ 0x80);
-            memcpy(act_d + (g * nb + b) * 16 + col, blk + ACT_D, sizeof(float));
+            for (int i = 0; i < 32; i++) tile[(i / 4) * 64 + col * 4 + i % 4] = (int8_t)(blk->qs[i] ^ 0x80);
+            act_d[(g * nb + b) * 16 + col] = blk->d;
         }
     }
     amx_job job = {w, row_bytes, n_rows, nb, m, b_tiles, act_d, y};

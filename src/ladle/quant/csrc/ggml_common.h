@@ -16,6 +16,14 @@ enum { T_Q4_0 = 2, T_Q4_1 = 3, T_Q5_0 = 6, T_Q5_1 = 7, T_Q8_0 = 8, T_Q4_K = 12, 
 
 static inline int is_k_quant(int qtype) { return qtype == T_Q4_K || qtype == T_Q5_K || qtype == T_Q6_K; }
 
+/* Activations for the 32-value formats (ladle_quantize_activations; read by ggml_matmul.c and amx_matmul.c):
+ * ggml's Q8_0 and Q8_1 fields, q stored as q + 128. */
+typedef struct {
+    float d;        /* f16(max|x| / 127), as a float */
+    float s;        /* f16(unrounded d * sum q): Q8_1's s */
+    uint8_t qs[32]; /* q + 128 */
+} a32_block;
+
 static inline float half_to_float(const uint8_t *p) {
     uint16_t h;
     memcpy(&h, p, 2);

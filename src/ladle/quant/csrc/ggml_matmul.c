@@ -49,13 +49,6 @@
 #define LADLE_VNNI 1
 #endif
 
-/* Activations for the 32-value formats: ggml's Q8_0 and Q8_1 fields, q stored as q + 128. */
-typedef struct {
-    float d;        /* f16(max|x| / 127), as a float */
-    float s;        /* f16(unrounded d * sum q): Q8_1's s */
-    uint8_t qs[32]; /* q + 128 */
-} a32_block;
-
 /* Activations for K-quants: ggml's block_q8_K, same layout. */
 typedef struct {
     float d;

@@ -80,6 +80,25 @@ def _time(fn) -> float:
     return do_bench_cudagraph(fn, rep=100, return_mode="median") * 1e3
 
 
+def _time_with_tiles(env_var: str, tiles, fn, what: str) -> float | None:
+    """_time(fn) with env_var naming the tiles (unset: the kernel's defaults); None where it fails."""
+    if tiles is None:
+        os.environ.pop(env_var, None)
+    else:
+        os.environ[env_var] = ",".join(map(str, tiles))
+    try:
+        return _time(fn)
+    except Exception as exc:  # a tile too big for shared memory
+        print(f"{what} {tiles}: failed ({type(exc).__name__}: {exc})")
+        return None
+    finally:
+        os.environ.pop(env_var, None)
+
+
+def _label(tiles) -> str:
+    return "default" if tiles is None else ",".join(map(str, tiles))
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--old-src", help="another tree's src/ (its triton_attention.py is the baseline)")
@@ -114,25 +133,14 @@ def main() -> None:
             if args.sweep:
                 configs += [("new", new_ops, t) for t in TILES]
             for name, mod, tiles in configs:
-                if tiles is None:
-                    os.environ.pop("LADLE_DECODE_TILES", None)
-                else:
-                    os.environ["LADLE_DECODE_TILES"] = ",".join(map(str, tiles))
                 out = torch.full_like(q, float("nan"))
 
                 def fn(mod=mod, q=q, k=k, v=v, out=out, tables=tables, lens=lens, splits=splits):
                     mod.decode_attention(q, k, v, out, tables, lens, scale, None, splits)
 
-                try:
-                    us = _time(fn)
-                except Exception as exc:  # a tile too big for shared memory
-                    print(
-                        f"decode {batch}x{ctx} {dname} {name} {tiles}: failed ({type(exc).__name__}: {exc})"
-                    )
-                    continue
-                label = "default" if tiles is None else ",".join(map(str, tiles))
-                record("decode", f"{batch}x{ctx}", dname, name, label, us, nbytes, _rel(out, ref))
-            os.environ.pop("LADLE_DECODE_TILES", None)
+                us = _time_with_tiles("LADLE_DECODE_TILES", tiles, fn, f"decode {batch}x{ctx} {dname} {name}")
+                if us is not None:
+                    record("decode", f"{batch}x{ctx}", dname, name, _label(tiles), us, nbytes, _rel(out, ref))
 
     num, q_len, seq_len = 8, 256, 1024
     for dname, dtype in (("bf16", torch.bfloat16), ("fp8", torch.float8_e4m3fn)):
@@ -145,10 +153,6 @@ def main() -> None:
         if args.sweep:
             configs += [("new", new_ops, t) for t in PREFILL_TILES]
         for name, mod, tiles in configs:
-            if tiles is None:
-                os.environ.pop("LADLE_PREFILL_TILES", None)
-            else:
-                os.environ["LADLE_PREFILL_TILES"] = ",".join(map(str, tiles))
             block_q = mod.prefill_block_q(H, KVH)
             ws, wb = mod.build_work_list([q_len] * num, block_q)
             ws = torch.tensor(ws, dtype=torch.int32, device="cuda")
@@ -160,14 +164,18 @@ def main() -> None:
             ):
                 mod.prefill_attention(q, k, v, out, tables, lens, qs, ws, wb, scale, None, bq)
 
-            try:
-                us = _time(fn)
-            except Exception as exc:
-                print(f"mixed {dname} {name} {tiles}: failed ({type(exc).__name__}: {exc})")
-                continue
-            label = "default" if tiles is None else ",".join(map(str, tiles))
-            record("mixed", f"{num}x{q_len}/{seq_len}", dname, name, label, us, nbytes, _rel(out, ref))
-        os.environ.pop("LADLE_PREFILL_TILES", None)
+            us = _time_with_tiles("LADLE_PREFILL_TILES", tiles, fn, f"mixed {dname} {name}")
+            if us is not None:
+                record(
+                    "mixed",
+                    f"{num}x{q_len}/{seq_len}",
+                    dname,
+                    name,
+                    _label(tiles),
+                    us,
+                    nbytes,
+                    _rel(out, ref),
+                )
 
     print("\nsummary (us; err vs float32 reference)")
     for r in rows:

@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-LLAMA_CPP="llama-cpp-python==0.3.36"  # keep in step with pyproject.toml's dev extra
+LLAMA_CPP=$(grep -o '"llama-cpp-python==[^"]*"' pyproject.toml | tr -d '"')  # the dev extra's pin
 
 pip install torch==2.13.0
 if [ "$(uname -m)" = x86_64 ] && [ -z "${CMAKE_ARGS:-}" ]; then

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "amx_matmul.h"
 #include "ggml_common.h"
 #include "thread_pool.h"
 
@@ -27,13 +28,8 @@
 #include <unistd.h>
 #endif
 
-int ladle_amx_matmul_q8_0(const uint8_t *w, int64_t row_bytes, int64_t n_rows, int64_t k, const uint8_t *act,
-                          int64_t act_row_bytes, int64_t m, float *y, int nthreads);
-int ladle_has_amx(void);
-
 #ifdef LADLE_AMX
 enum { TILE_ROWS = 16, Q8_0_BYTES = 34, B_TILE_BYTES = 512 /* 8 rows x 64 bytes */ };
-
 
 typedef struct {
     uint8_t palette, start_row;
@@ -157,9 +153,6 @@ static void amx_rows(void *ctx, int64_t begin, int64_t end) {
 
 int ladle_has_amx(void) { return amx_granted(); }
 
-/* y[r, n] = sum_i W[n, i] x[r, i] for Q8_0 weights and the Q8_0 activations of ladle_quantize_activations
- * (act_row_bytes apart). Returns 0, or -1 when AMX is not available here (the caller then takes the VNNI
- * kernels), -2 when out of memory. */
 int ladle_amx_matmul_q8_0(const uint8_t *w, int64_t row_bytes, int64_t n_rows, int64_t k, const uint8_t *act,
                           int64_t act_row_bytes, int64_t m, float *y, int nthreads) {
     if (!amx_granted() || k % 32 != 0 || m <= 0) return -1;

@@ -42,6 +42,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "amx_matmul.h"
 #include "ggml_common.h"
 #include "thread_pool.h"
 
@@ -1468,19 +1469,15 @@ static void plan_k_orders(int qtype, int64_t n_rows, int64_t m, const int32_t *g
 }
 #endif
 
+/* From this many activation rows AMX tiles (16 rows, so mostly empty here) beat VNNI on Gemma's LM head:
+ * measured even at 4 rows, 1.2x at 6. */
+#define AMX_MIN_ROWS 5
+
 /* y[r, n] = sum_i W[n, i] * x[r, i] for r < m, n < n_rows, from activations already quantized by
  * ladle_quantize_activations for a weight of the same format. `groups` (n_groups row counts, or NULL for
  * one group of m) says which rows are separate sequences: each row gets the float summation order that
  * llama.cpp gives its sequence computed alone, so a sequence's results do not depend on its batch.
  * Returns 0, -1 for an unsupported type/k, -2 when out of memory. */
-/* amx_matmul.c: Q8_0 on AMX tiles, where the order is free; -1 where this CPU or kernel has no AMX. */
-int ladle_amx_matmul_q8_0(const uint8_t *w, int64_t row_bytes, int64_t n_rows, int64_t k, const uint8_t *act,
-                          int64_t act_row_bytes, int64_t m, float *y, int nthreads);
-
-/* From this many activation rows AMX tiles (16 rows, so mostly empty here) beat VNNI on Gemma's LM head:
- * measured even at 4 rows, 1.2x at 6. */
-#define AMX_MIN_ROWS 5
-
 static int matmul_quantized(int qtype, const uint8_t *w, int64_t row_bytes, int64_t n_rows, int64_t k,
                             const void *act, int64_t m, const int32_t *groups, int64_t n_groups, float *y,
                             int nthreads, int any_order) {

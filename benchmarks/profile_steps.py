@@ -34,6 +34,9 @@ def main() -> None:
         load_format="dummy",
         enforce_eager=args.enforce_eager,
         kv_cache_dtype=args.kv_cache_dtype,
+        # The breakdown syncs after every runner call, which async scheduling exists to avoid: measure
+        # the parts one after another (the async total is `ladle bench throughput`'s).
+        async_scheduling=False,
     )
     eng = llm.llm_engine
     rng = random.Random(0)

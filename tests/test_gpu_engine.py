@@ -121,3 +121,30 @@ def test_cuda_fp8_kv_cache_with_graphs_matches_eager_and_stays_near_transformers
     ref_tokens = refs[0][0]
     agree = sum(a == b for a, b in zip(got[False][0], ref_tokens))
     assert agree >= NUM_TOKENS // 2, f"fp8 run kept only {agree}/{NUM_TOKENS} of transformers' tokens"
+
+
+@pytest.mark.parametrize("eager", [False, True])
+def test_cuda_async_scheduling_matches_transformers(references, eager):
+    """Async scheduling (on by default on CUDA): decodes take their input tokens from the step before on
+    the device, graph replays included; requests of different lengths, one ended by a stop token that the
+    host sees only while the next step runs, 40 sequences beside them (graph padding), small chunks."""
+    _, folder, refs = references
+    llm = LLM(str(folder), device="cuda", dtype="float32", enforce_eager=eager, max_num_batched_tokens=64)
+    engine = llm.llm_engine
+    assert engine.async_scheduling
+    lengths = [NUM_TOKENS, 11, 23]
+    params = [SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True) for n in lengths]
+    stop = refs[0][0][6]
+    params[0] = SamplingParams(temperature=0.0, max_tokens=NUM_TOKENS, ignore_eos=True, stop_token_ids=[stop])
+    prompts = [{"prompt_token_ids": p} for p in PROMPTS] * 14  # 42 sequences
+    outputs = llm.generate(prompts, params * 14)
+    for i, out in enumerate(outputs):
+        ref = refs[i % 3][0]
+        if i % 3 == 0:
+            expected = ref[: ref.index(stop) + 1]
+        else:
+            expected = ref[: lengths[i % 3]]
+        assert out.outputs[0].token_ids == expected, i
+    assert engine.counters.overlapped_steps > 0
+    assert engine.counters.generation_tokens == sum(len(o.outputs[0].token_ids) for o in outputs)
+    _assert_no_leak(llm)

@@ -39,6 +39,11 @@ class EngineConfig:
     # True: no CUDA graphs (every step runs eagerly), as vLLM's option of that name.
     enforce_eager: bool = False
     tokenizer: str | None = None  # a folder with tokenizer.json, when the model folder has none
+    # vLLM's option of that name: schedule and launch step N+1 before reading step N's sampled tokens back,
+    # so host work (scheduling, inputs, detokenizing, stop checks) overlaps the GPU's work. Tokens and
+    # outputs are the same; a request that stops at step N computes one discarded token in step N+1.
+    # None: on for one CUDA device (the CPU computes what it launches, so there is nothing to overlap).
+    async_scheduling: bool | None = None
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
@@ -57,6 +62,9 @@ class EngineConfig:
             raise ValueError("max_num_batched_tokens and max_num_seqs must be >= 1")
         if self.tensor_parallel_size < 1:
             raise ValueError(f"tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}")
+        if self.async_scheduling and self.tensor_parallel_size > 1:
+            # The ranks' runners take every input token from the host; the step before's can't be there yet.
+            raise ValueError("async_scheduling: not supported with tensor_parallel_size > 1 (leave it unset)")
         if self.distributed_executor_backend not in ("mp", "ray"):
             raise ValueError(
                 f"distributed_executor_backend must be mp or ray, got {self.distributed_executor_backend!r}"

@@ -33,6 +33,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attention-backend", default="auto", choices=["auto", "torch", "triton"])
     p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
     p.add_argument(
+        "--async-scheduling",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="overlap host work with the GPU's (default: on for one CUDA device)",
+    )
+    p.add_argument(
         "--tensor-parallel-size", "-tp", type=int, default=1, help="GPUs (or CPU processes) per model"
     )
     p.add_argument(
@@ -69,6 +75,7 @@ def build_warm_engine(args: argparse.Namespace, model: str, load_format: str, **
         max_num_seqs=args.max_num_seqs,
         attention_backend=args.attention_backend,
         enforce_eager=args.enforce_eager,
+        async_scheduling=getattr(args, "async_scheduling", None),
         **engine_options,
     )
     ready_s = time.perf_counter() - start

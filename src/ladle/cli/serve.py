@@ -50,6 +50,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="K/V cache type (default auto: the model dtype; float16 for GGUF models on the CPU; fp8: CUDA)",
     )
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--async-scheduling",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="schedule the next step while the GPU runs this one (default: on for one CUDA device)",
+    )
     p.add_argument("--load-format", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tensor-parallel-size", "-tp", type=int, default=1, help="GPUs per model (default 1)")
@@ -97,6 +103,7 @@ def run(args: argparse.Namespace) -> None:
         tensor_parallel_size=args.tensor_parallel_size,
         distributed_executor_backend=args.distributed_executor_backend,
         data_parallel_size=args.data_parallel_size,
+        async_scheduling=args.async_scheduling,
     )
     app = build_app(config, options)
     server = uvicorn.Server(

@@ -16,10 +16,10 @@ from ladle.config import EngineConfig
 from ladle.engine.detokenizer import IncrementalDetokenizer
 from ladle.engine.kv_cache_manager import KVCacheManager
 from ladle.engine.request import Request
-from ladle.engine.sampler import Sampler, SamplingRow, prompt_logprobs
-from ladle.engine.scheduler import Scheduler
+from ladle.engine.sampler import Sampler, SamplerOutput, SamplingRow, prompt_logprobs
+from ladle.engine.scheduler import ScheduledBatch, Scheduler
 from ladle.executor.device import resolve_device, resolve_dtype, resolve_kv_cache_dtype
-from ladle.executor.model_runner import ModelRunner, kv_block_bytes
+from ladle.executor.model_runner import ModelRunner, PendingTokens, kv_block_bytes
 from ladle.layers.attention import get_attention_backend
 from ladle.loader.checkpoint import Checkpoint, open_checkpoint
 from ladle.loader.model_loader import load_model
@@ -33,6 +33,23 @@ class EngineCounters:
     generation_tokens: int = 0
     finished_requests: int = 0
     finished_by_reason: dict[str, int] = field(default_factory=dict)
+    # Steps left running while the next one was scheduled and launched (async scheduling).
+    overlapped_steps: int = 0
+
+
+@dataclass
+class _LaunchedStep:
+    """A step whose model run and sampling are queued; finishing it reads the tokens and applies them."""
+
+    batch: ScheduledBatch
+    sampled: list[Request]  # the requests that sample a token this step, in the logits' row order
+    grammars: bool
+    result: SamplerOutput | None = None  # sampled and read back at once
+    # Async scheduling: the tokens on the device (the next step's inputs), their pinned host copy, and the
+    # event after which that copy is complete.
+    tokens: torch.Tensor | None = None
+    host_tokens: torch.Tensor | None = None
+    ready: torch.cuda.Event | None = None
 
 
 @dataclass
@@ -103,6 +120,8 @@ class LLMEngine:
         ):
             self.graph_capture_seconds = self.runner.capture_graphs(config.max_num_seqs, self.max_model_len)
         self.scheduler = Scheduler(self.kv, config.max_num_batched_tokens, config.max_num_seqs)
+        self.async_scheduling = self._wants_async_scheduling()
+        self._inflight: _LaunchedStep | None = None  # the step whose tokens are still on the device
         self._structured = None  # ladle.structured.StructuredDecoding, made by the first constrained request
         self._structured_lock = threading.Lock()
         self.parents: dict[str, _Parent] = {}
@@ -122,6 +141,12 @@ class LLMEngine:
         # Never more than every sequence slot could use at full context.
         wanted = self.config.max_num_seqs * -(-self.max_model_len // self.config.block_size)
         return max(1, min(int(budget // block_bytes), wanted))
+
+    def _wants_async_scheduling(self) -> bool:
+        wanted = self.config.async_scheduling  # EngineConfig refused True with tensor parallelism
+        if wanted is None:
+            return isinstance(self.runner, ModelRunner) and self.device.type == "cuda"
+        return wanted
 
     def _cuda_kv_budget(self) -> float:
         """KV pool bytes = total * gpu_memory_utilization - what is in use (CUDA context, weights, other
@@ -283,44 +308,27 @@ class LLMEngine:
     def step(self, finished_only: bool = False) -> list[RequestOutput]:
         """One scheduler step. finished_only: return outputs only for requests that finished, for callers
         that never stream (LLM.generate); building every running request's output each step is host time
-        the GPU waits for, and it grows with the output length."""
-        batch = self.scheduler.schedule()
-        if not batch.requests:
-            return []
-        grammars = self._structured is not None and any(r.grammar is not None for r in batch.requests)
-        if grammars:  # next-token bitmasks are filled on a worker while the model runs
-            self.structured.start_fills(r.grammar for r in batch.requests)
-        step = self.runner.execute(batch)
-        for req, num_new in zip(batch.requests, batch.num_new_tokens):
-            req.num_computed_tokens += num_new
-            self.kv.cache_full_blocks(req)
-        for i, logits in step.prompt_logits.items():
-            req = batch.requests[i]
-            self._add_prompt_logprobs(req, logits, req.num_computed_tokens - batch.num_new_tokens[i])
+        the GPU waits for, and it grows with the output length.
 
+        With async scheduling a step whose rows need nothing from the host to go on is left running: the
+        next call schedules and launches the following step first (its decodes take their input tokens
+        from the device), then reads this one's tokens back and returns its outputs. So outputs arrive one
+        call later, and the GPU is never idle while the host schedules, detokenizes and checks stops."""
+        batch = self.scheduler.schedule()
+        previous, self._inflight = self._inflight, None
+        launched = self._launch(batch, previous) if batch.requests else None
         touched: dict[str, None] = {}
-        if step.sample_indices:
-            sampled = [batch.requests[i] for i in step.sample_indices]
-            if grammars:
-                self.structured.wait()
-            rows = [
-                SamplingRow(
-                    params=r.params,
-                    prompt_token_ids=r.prompt_token_ids,
-                    output_token_ids=r.output_token_ids,
-                    generator=r.generator,
-                    eos_token_ids=r.eos_token_ids,
-                    token_bitmask=self.structured.mask(r.grammar) if r.grammar is not None else None,
-                )
-                for r in sampled
-            ]
-            result = self.sampler(step.logits, rows)
-            now = time.monotonic()
-            for j, req in enumerate(sampled):
-                self._append(req, result.token_ids[j], self._decoded(result.logprob_dict(j)), now)
-                touched[req.parent_id] = None
-            if grammars:  # the next masks, ready before the next forward where the host is quick enough
-                self.structured.start_fills(r.grammar for r in sampled if not r.is_finished)
+        if previous is not None:
+            self._apply_tokens(previous, touched)
+        if launched is not None:
+            # After the step before is applied: a block filled by this step may end in its token.
+            for req in batch.requests:
+                if not req.is_finished:
+                    self.kv.cache_full_blocks(req)
+            if launched.tokens is not None:
+                self._inflight = launched
+            else:
+                self._apply_tokens(launched, touched)
         if finished_only:
             return [
                 self._make_output(pid)
@@ -328,6 +336,82 @@ class LLMEngine:
                 if pid in self.parents and all(c.is_finished for c in self.parents[pid].children)
             ]
         return [self._make_output(pid) for pid in touched if pid in self.parents]
+
+    def _launch(self, batch: ScheduledBatch, previous: _LaunchedStep | None) -> _LaunchedStep:
+        """Runs the model on the batch and samples; with async scheduling (and rows that allow it) the
+        tokens are left on the device, copying to the host in the background."""
+        grammars = self._structured is not None and any(r.grammar is not None for r in batch.requests)
+        if grammars:  # next-token bitmasks are filled on a worker while the model runs
+            self.structured.start_fills(r.grammar for r in batch.requests)
+        if previous is not None and previous.tokens is not None:
+            index = {req: j for j, req in enumerate(previous.sampled)}
+            step = self.runner.execute(batch, PendingTokens(index, previous.tokens))
+        else:
+            step = self.runner.execute(batch)
+        for req, num_new in zip(batch.requests, batch.num_new_tokens):
+            req.num_computed_tokens += num_new
+        for i, logits in step.prompt_logits.items():
+            req = batch.requests[i]
+            self._add_prompt_logprobs(req, logits, req.num_computed_tokens - batch.num_new_tokens[i])
+
+        sampled = [batch.requests[i] for i in step.sample_indices]
+        launched = _LaunchedStep(batch, sampled, grammars)
+        if not sampled:
+            return launched
+        if grammars:
+            self.structured.wait()
+        rows = [
+            SamplingRow(
+                params=r.params,
+                prompt_token_ids=r.prompt_token_ids,
+                output_token_ids=r.output_token_ids,
+                generator=r.generator,
+                eos_token_ids=r.eos_token_ids,
+                token_bitmask=self.structured.mask(r.grammar) if r.grammar is not None else None,
+            )
+            for r in sampled
+        ]
+        if not (self.async_scheduling and all(_needs_no_host_tokens(r) for r in sampled)):
+            launched.result = self.sampler(step.logits, rows)
+            return launched
+        tokens = self.sampler.sample_on_device(step.logits, rows)
+        launched.tokens = tokens
+        self.counters.overlapped_steps += 1
+        if tokens.device.type == "cuda":
+            launched.host_tokens = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
+            launched.host_tokens.copy_(tokens, non_blocking=True)
+            launched.ready = torch.cuda.Event()
+            launched.ready.record()
+        else:
+            launched.host_tokens = tokens
+        for req in sampled:
+            # A token that reaches max_tokens ends the request: don't schedule one more after it.
+            if len(req.output_token_ids) + 1 < req.max_tokens:
+                req.num_pending_tokens = 1
+        return launched
+
+    def _apply_tokens(self, launched: _LaunchedStep, touched: dict[str, None]) -> None:
+        """Appends each sampled token to its request (detokenizing, checking stops), waiting for the copy
+        from the device first if the step ran asynchronously."""
+        if not launched.sampled:
+            return
+        result = launched.result
+        if result is None:
+            if launched.ready is not None:
+                launched.ready.synchronize()
+            token_ids = launched.host_tokens.tolist()
+        else:
+            token_ids = result.token_ids
+        now = time.monotonic()
+        for j, req in enumerate(launched.sampled):
+            req.num_pending_tokens = 0
+            if req.is_finished:  # it stopped at the step before (this token was computed in vain), or aborted
+                continue
+            logprobs = self._decoded(result.logprob_dict(j)) if result is not None else None
+            self._append(req, token_ids[j], logprobs, now)
+            touched[req.parent_id] = None
+        if launched.grammars:  # the next masks, ready before the next forward where the host is quick enough
+            self.structured.start_fills(r.grammar for r in launched.sampled if not r.is_finished)
 
     def _add_prompt_logprobs(self, req: Request, logits: torch.Tensor, start: int) -> None:
         entries = prompt_logprobs(logits, req.prompt_token_ids, req.params.prompt_logprobs, start=start)
@@ -431,3 +515,20 @@ class LLMEngine:
             num_cached_tokens=metrics.num_cached_tokens,
             deltas=deltas,
         )
+
+
+def _needs_no_host_tokens(req: Request) -> bool:
+    """True when the request's next step can be sampled without its newest token on the host: no grammar
+    (its mask follows the tokens), no penalties or active min_tokens (they count the tokens), no logprobs
+    (read back with the tokens). Once true for a request it stays true."""
+    p = req.params
+    penalties = (
+        p.repetition_penalty != 1.0 or p.presence_penalty != 0.0 or p.frequency_penalty != 0.0
+    ) and p.penalty_window != 0
+    return (
+        req.grammar is None
+        and p.logprobs is None
+        and p.prompt_logprobs is None
+        and not penalties
+        and len(req.output_token_ids) >= p.min_tokens
+    )

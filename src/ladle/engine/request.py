@@ -40,6 +40,9 @@ class Request:
     status: RequestStatus = RequestStatus.WAITING
     output_token_ids: list[int] = field(default_factory=list)
     num_computed_tokens: int = 0  # tokens whose K/V are in the cache
+    # 1 while a sampled token is still on the device (async scheduling: the next step is already being
+    # scheduled); it counts in num_tokens, and the runner takes it from the device, not all_token_ids.
+    num_pending_tokens: int = 0
     block_ids: list[int] = field(default_factory=list)
     num_cached_tokens: int = -1  # prefix-cache hits when first scheduled (-1: not scheduled yet)
     num_preemptions: int = 0
@@ -66,7 +69,7 @@ class Request:
 
     @property
     def num_tokens(self) -> int:
-        return len(self.all_token_ids)
+        return len(self.all_token_ids) + self.num_pending_tokens
 
     @property
     def is_finished(self) -> bool:

@@ -109,10 +109,7 @@ class Sampler:
         if not rows:
             return SamplerOutput(token_ids=[], logprobs=[], ranks=[])
         plan = _StepPlan.of(rows)
-        processed = self._process(logits, rows, plan, self._token_arrays)
-        if plan.penalties:
-            self._token_arrays.end_step()
-        tokens = self._choose(processed, rows)
+        tokens = self._sample(logits, rows, plan)
 
         logprobs: list[dict[int, float] | None] = [None] * len(rows)
         ranks: list[dict[int, int] | None] = [None] * len(rows)
@@ -128,6 +125,17 @@ class Sampler:
             for i, row_values, rank in zip(lp_rows, values, row_ranks, strict=True):
                 logprobs[i], ranks[i] = row_values, rank
         return SamplerOutput(token_ids=tokens.tolist(), logprobs=logprobs, ranks=ranks)
+
+    def sample_on_device(self, logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+        """The rows' next tokens [rows] int64, left on the logits' device and not waited for (async
+        scheduling reads them back later). No logprobs: the caller asks for rows without them."""
+        return self._sample(logits, rows, _StepPlan.of(rows))
+
+    def _sample(self, logits: torch.Tensor, rows: list[SamplingRow], plan: _StepPlan) -> torch.Tensor:
+        processed = self._process(logits, rows, plan, self._token_arrays)
+        if plan.penalties:
+            self._token_arrays.end_step()
+        return self._choose(processed, rows)
 
     def processed_logprobs(self, logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
         """The log-distribution [rows, vocab] each row samples from after all processing.

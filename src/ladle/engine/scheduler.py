@@ -70,6 +70,9 @@ class Scheduler:
         while i < len(self.running) and budget > 0:
             request = self.running[i]
             num_new = min(request.num_tokens - request.num_computed_tokens, budget, self.max_prefill_chunk)
+            if num_new <= 0:  # its last token is still being sampled, and that token ends it (max_tokens)
+                i += 1
+                continue
             while not self.kv.allocate(request, num_new):
                 victim = self.running.pop()
                 self._preempt(victim)

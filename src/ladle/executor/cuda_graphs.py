@@ -108,16 +108,22 @@ class DecodeGraphs:
         slots: torch.Tensor,
         seq_lens: torch.Tensor,  # [n] int32
         block_tables: torch.Tensor,  # [n, w] int32
+        patch: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Logits [n, vocab] float32 (a view into the graph's output: read it before the next replay)."""
+        """Logits [n, vocab] float32 (a view into the graph's output: read it before the next replay).
+
+        The inputs are pinned host tensors, copied without waiting (the step before may still be running).
+        patch: (rows, tokens) on the device, input tokens the step before sampled and the host hasn't read."""
         n = input_ids.shape[0]
         b = self.graph_size(n)
         assert b is not None
-        self.input_ids[:n].copy_(input_ids)
-        self.positions[:n].copy_(positions)
-        self.slots[:n].copy_(slots)
-        self.seq_lens[:n].copy_(seq_lens)
-        self.block_tables[:n, : block_tables.shape[1]].copy_(block_tables)
+        self.input_ids[:n].copy_(input_ids, non_blocking=True)
+        self.positions[:n].copy_(positions, non_blocking=True)
+        self.slots[:n].copy_(slots, non_blocking=True)
+        self.seq_lens[:n].copy_(seq_lens, non_blocking=True)
+        self.block_tables[:n, : block_tables.shape[1]].copy_(block_tables, non_blocking=True)
+        if patch is not None:
+            self.input_ids.index_copy_(0, *patch)
         if b > n:
             self.slots[n:b].fill_(-1)
             self.seq_lens[n:b].fill_(0)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ladle.engine.request import Request
 from ladle.engine.scheduler import ScheduledBatch
 from ladle.layers.attention import AttentionMetadata
 from ladle.model.config import ArchConfig
@@ -27,6 +28,15 @@ class StepLogits:
     logits: torch.Tensor  # [len(sample_indices), vocab] float32
     # batch position -> logits for each of its new tokens, for requests that asked for prompt logprobs.
     prompt_logits: dict[int, torch.Tensor]
+
+
+@dataclass
+class PendingTokens:
+    """The tokens an earlier step sampled that the host has not read back yet (async scheduling): a
+    request scheduled to decode one of them gets it from here, on the device, instead of all_token_ids."""
+
+    index: dict[Request, int]  # request -> its row of `tokens`
+    tokens: torch.Tensor  # [sampled rows] int64, on the runner's device
 
 
 def kv_block_bytes(arch: ArchConfig, block_size: int, dtype: torch.dtype) -> int:
@@ -130,8 +140,10 @@ class ModelRunner:
             self.kv_caches = saved
 
     @torch.inference_mode()
-    def execute(self, batch: ScheduledBatch) -> StepLogits:
+    def execute(self, batch: ScheduledBatch, pending: PendingTokens | None = None) -> StepLogits:
         input_ids: list[int] = []
+        patch_rows: list[int] = []  # rows of input_ids whose token is in `pending`, and where in it
+        patch_from: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
         query_lens: list[int] = []
@@ -146,7 +158,12 @@ class ModelRunner:
             row0 = len(input_ids)
             blocks = req.block_ids
             if num_new == 1:  # a decode: the common case at large batches, without per-token generators
-                input_ids.append(req.all_token_ids[start])
+                if start < len(req.all_token_ids):
+                    input_ids.append(req.all_token_ids[start])
+                else:  # sampled by the step before, not read back yet
+                    patch_rows.append(len(input_ids))
+                    patch_from.append(pending.index[req])
+                    input_ids.append(0)
                 positions.append(start)
                 slots.append(blocks[start // size] * size + start % size)
             else:
@@ -167,6 +184,7 @@ class ModelRunner:
         for i, req in enumerate(batch.requests):
             tables[i, : len(req.block_ids)] = req.block_ids
         max_query_len = max(query_lens)
+        patch = self._pending_patch(patch_rows, patch_from, pending)
         graphs = self.graphs
         if (
             graphs is not None
@@ -182,6 +200,7 @@ class ModelRunner:
                 self._host(slots, torch.int64),
                 self._host(seq_lens, torch.int32),
                 self._host(tables, torch.int32),
+                patch,
             )
             return StepLogits(sample_indices=sample_indices, logits=logits, prompt_logits={})
 
@@ -206,8 +225,11 @@ class ModelRunner:
             output_rows=_output_rows(last_rows, prompt_rows, num_tokens) if self._wants_output_rows else None,
         )
         step_rows, sampled_rows = self._sequence_layouts(query_lens, meta.output_rows, len(last_rows))
+        ids = longs[:num_tokens]
+        if patch is not None:
+            ids.index_copy_(0, *patch)
         with step_rows:
-            hidden = self.model(longs[:num_tokens], longs[num_tokens : 2 * num_tokens], self.kv_caches, meta)
+            hidden = self.model(ids, longs[num_tokens : 2 * num_tokens], self.kv_caches, meta)
         with sampled_rows:
             if not last_rows:
                 logits = hidden.new_empty(0, 0).float()
@@ -217,6 +239,16 @@ class ModelRunner:
                 logits = self.model.compute_logits(hidden[longs[3 * num_tokens :]])
         prompt_logits = {i: self.model.compute_logits(hidden[a:b]) for i, (a, b) in prompt_rows.items()}
         return StepLogits(sample_indices=sample_indices, logits=logits, prompt_logits=prompt_logits)
+
+    def _pending_patch(
+        self, rows: list[int], sources: list[int], pending: PendingTokens | None
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(rows of the step's input ids, the tokens to put there), both on the device, for the decodes
+        whose input token the step before sampled; None when there are none."""
+        if not rows:
+            return None
+        index = self._to_device(rows + sources, torch.int64)
+        return index[: len(rows)], pending.tokens.index_select(0, index[len(rows) :])
 
     def _sequence_layouts(
         self, query_lens: list[int], output_rows: list[int] | None, num_sampled: int

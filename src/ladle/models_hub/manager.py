@@ -76,6 +76,7 @@ class EngineOptions:
     tensor_parallel_size: int = 1  # GPUs per engine (--tensor-parallel-size)
     distributed_executor_backend: str = "mp"  # mp: processes on this host; ray: a Ray cluster
     data_parallel_size: int = 1  # engine replicas per model behind this server (--data-parallel-size)
+    async_scheduling: bool | None = None  # --[no-]async-scheduling; None: on for one CUDA device
     # LADLE_MAX_QUEUE: requests allowed to wait beyond the running slots before answering 503.
     max_queue: int = field(default_factory=lambda: int(os.environ.get("LADLE_MAX_QUEUE", "512")))
 
@@ -411,6 +412,7 @@ class ModelManager:
             seed=opts.seed,
             tensor_parallel_size=opts.tensor_parallel_size,
             distributed_executor_backend=opts.distributed_executor_backend,
+            async_scheduling=opts.async_scheduling,
         )
         on_finished = self.on_finished
 

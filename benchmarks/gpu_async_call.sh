@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Issue 6, async scheduling, one device call: bench throughput with --async-scheduling and
+# --no-async-scheduling alternating (fp8 and bf16 K/V), bench latency both ways (batch 1/8/32 and a static
+# batch of 256), then the GPU tests. Logs and JSON under $OUT (or benchmarks/results).
+#   [ROUNDS=2] [SKIP_TESTS=1] [PROFILE=1] bash benchmarks/gpu_async_call.sh
+set -uo pipefail
+export NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1 PYTHONPATH="$(pwd)/src"
+out="${OUT:-benchmarks/results}"
+tmp=$(mktemp -d)
+mkdir -p "$out"
+# ladle imports gguf, which the device image lacks: carry its wheel in whl/ (pure Python; its needs are there).
+ls whl/*.whl >/dev/null 2>&1 && python3 -m pip install -q --no-index --no-deps whl/*.whl
+{ date -u; git rev-parse HEAD; nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv;
+  python3 -c 'import torch, triton; print(torch.__version__, triton.__version__)'; } | tee "$out/device.log"
+tp() {  # label, extra args...
+  local label=$1; shift
+  timeout 120 python3 -m ladle.cli.main bench throughput --preset llama-3.1-8b "$@" \
+    --output-json "$tmp/$(date +%s%N)-$label.json" 2>&1 | grep "^Throughput" | sed "s/^/$label: /"
+}
+{ for _ in $(seq "${ROUNDS:-1}"); do
+    tp async-fp8 --kv-cache-dtype fp8 --async-scheduling; tp sync-fp8 --kv-cache-dtype fp8 --no-async-scheduling
+    tp sync-bf16 --no-async-scheduling; tp async-bf16 --async-scheduling
+  done; } 2>&1 | tee "$out/throughput.log"
+python3 -c 'import json, sys; json.dump([json.load(open(f)) for f in sorted(sys.argv[2:])], open(sys.argv[1], "w"), indent=1)' \
+  "$out/throughput.json" "$tmp"/*.json 2>/dev/null
+lat() {  # label, extra args...
+  local label=$1; shift
+  timeout 120 python3 -m ladle.cli.main bench latency --preset llama-3.1-8b --baseline none \
+    --peak-bandwidth-gbs 4800 --throughput-batch-sizes 256 --output-json "$out/latency-$label.json" "$@" 2>&1 \
+    | grep -E "^batch|^static|^Engine" | sed "s/^/$label: /"
+}
+{ lat async --async-scheduling; lat sync --no-async-scheduling; } 2>&1 | tee "$out/latency.log"
+[ "${SKIP_TESTS:-0}" = 1 ] || timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_attention.py \
+  tests/test_kernels_fused.py tests/test_kernels_weight_fusion.py tests/test_gpu_engine.py tests/test_sampler_gpu.py \
+  tests/test_kv_cache_dtype.py 2>&1 | tail -n 30 | tee "$out/gpu-tests.log"
+[ "${PROFILE:-0}" = 1 ] && timeout 150 python3 benchmarks/profile_steps.py --num-prompts 256 \
+  --kernel-batch 256 --skip-cprofile --kv-cache-dtype fp8 2>&1 | grep -v Warn | head -n 40 | tee "$out/profile-fp8.log"
+exit 0

@@ -1,0 +1,177 @@
+"""Async scheduling (the engine launches step N+1 before reading step N's tokens back) against Hugging Face
+transformers on a tiny random Llama, on the CPU: the bookkeeping is the same as on a GPU, only nothing
+overlaps. Greedy tokens must equal transformers' through chunked prefill, prefix-cache hits, preemption,
+stops found one step late and aborts, with requests that need the host's tokens (logprobs, penalties,
+min_tokens) mixed in; and no block may leak."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ladle import LLM, SamplingParams
+
+PROMPTS = [[(i * 7) % 300 + 4 for i in range(17)], list(range(5, 8)), [(i * 13) % 350 + 4 for i in range(40)]]
+MAX_TOKENS = [24, 9, 31]  # different lengths: requests leave the batch at different steps
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_model_factory):
+    folder, model = tiny_model_factory("llama")
+    return folder, model
+
+
+def _reference(model, prompt: list[int], num_tokens: int, **generate_options) -> list[int]:
+    with torch.no_grad():
+        out = model.generate(
+            torch.tensor([prompt]),
+            max_new_tokens=num_tokens,
+            min_new_tokens=num_tokens,
+            do_sample=False,
+            **generate_options,
+        )
+    return out[0, len(prompt) :].tolist()
+
+
+def _assert_no_leak(llm: LLM) -> None:
+    engine = llm.llm_engine
+    assert engine.kv.num_free_blocks == engine.kv.num_blocks
+    assert not engine.has_unfinished_requests()
+
+
+def _greedy(n: int, **options) -> SamplingParams:
+    return SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True, **options)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"max_num_batched_tokens": 16}, {"num_kv_blocks": 8}],
+    ids=["plain", "chunked-prefill", "preemption"],
+)
+def test_greedy_tokens_match_transformers(llama, options):
+    folder, model = llama
+    llm = LLM(str(folder), async_scheduling=True, **options)
+    assert llm.llm_engine.async_scheduling
+    prompts = PROMPTS * 2  # the repeats also hit the prefix cache
+    params = [_greedy(n) for n in MAX_TOKENS * 2]
+    outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], params)
+    for prompt, n, out in zip(prompts, MAX_TOKENS * 2, outputs):
+        assert out.outputs[0].token_ids == _reference(model, prompt, n)
+        assert out.outputs[0].finish_reason == "length"
+    counters = llm.llm_engine.counters
+    assert counters.overlapped_steps > 0
+    assert counters.generation_tokens == sum(MAX_TOKENS) * 2  # no token computed in vain was counted
+    if "num_kv_blocks" in options:
+        assert llm.llm_engine.scheduler.num_preemptions > 0
+    _assert_no_leak(llm)
+
+
+def test_off_by_default_on_cpu(llama):
+    llm = LLM(str(llama[0]))
+    assert not llm.llm_engine.async_scheduling
+    llm.generate([{"prompt_token_ids": PROMPTS[0]}], _greedy(4))
+    assert llm.llm_engine.counters.overlapped_steps == 0
+
+
+def test_stop_tokens_seen_a_step_late_end_the_output_exactly(llama):
+    """The step after a stop is already running when the host sees the stop: its token must not appear."""
+    folder, model = llama
+    llm = LLM(str(folder), async_scheduling=True)
+    refs = [_reference(model, p, 20) for p in PROMPTS]
+    # Stop each request on its reference's 6th token (a stop_token_id, reported as the stop reason).
+    params = [
+        SamplingParams(temperature=0.0, max_tokens=20, stop_token_ids=[ref[5]], ignore_eos=True)
+        for ref in refs
+    ]
+    outputs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], params)
+    for ref, out in zip(refs, outputs):
+        got = out.outputs[0]
+        cut = ref.index(ref[5]) + 1  # the first occurrence stops it
+        assert got.token_ids == ref[:cut]
+        assert got.finish_reason == "stop"
+        assert got.stop_reason == ref[5]
+    assert llm.llm_engine.counters.generation_tokens == sum(len(o.outputs[0].token_ids) for o in outputs)
+    _assert_no_leak(llm)
+
+
+def test_stop_strings_under_async_scheduling(llama):
+    folder, model = llama
+    llm = LLM(str(folder), async_scheduling=True)
+    tokenizer = llm.get_tokenizer()
+    ref = _reference(model, PROMPTS[2], 16)
+    text = tokenizer.decode(ref)
+    stop = text[len(text) // 2 : len(text) // 2 + 3]
+    assert stop.strip(), "the reference text has no usable stop string here"
+    out = llm.generate([{"prompt_token_ids": PROMPTS[2]}], _greedy(16, stop=[stop]))[0].outputs[0]
+    assert out.finish_reason == "stop"
+    assert out.stop_reason == stop
+    assert out.text == text[: text.index(stop)]
+    _assert_no_leak(llm)
+
+
+def test_rows_that_need_host_tokens_mixed_with_overlapped_ones(llama):
+    """logprobs, a repetition penalty and min_tokens make their steps synchronous; beside plain rows the
+    tokens must still be transformers' (the penalty as transformers' repetition_penalty)."""
+    folder, model = llama
+    llm = LLM(str(folder), async_scheduling=True)
+    plain = _greedy(24)
+    penalised = _greedy(24, repetition_penalty=1.3)
+    logprobs = _greedy(24, logprobs=2)
+    min_tokens = SamplingParams(temperature=0.0, max_tokens=24, min_tokens=6)
+    params = [plain, penalised, logprobs, min_tokens]
+    prompts = [PROMPTS[0], PROMPTS[2], PROMPTS[1], PROMPTS[0]]
+    outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], params)
+    assert outputs[0].outputs[0].token_ids == _reference(model, prompts[0], 24)
+    assert outputs[1].outputs[0].token_ids == _reference(model, prompts[1], 24, repetition_penalty=1.3)
+    ref = _reference(model, prompts[2], 24)
+    got = outputs[2].outputs[0]
+    assert got.token_ids == ref
+    assert len(got.logprobs) == 24 and all(ref[i] in entry for i, entry in enumerate(got.logprobs))
+    # min_tokens (without ignore_eos): EOS may not end it before 6 tokens; the tiny model rarely picks EOS.
+    eos = llm.llm_engine.arch.eos_token_ids
+    tokens = outputs[3].outputs[0].token_ids
+    assert len(tokens) >= 6 and not any(t in eos for t in tokens[:6])
+    _assert_no_leak(llm)
+
+
+def test_abort_while_a_step_is_in_flight(llama):
+    folder, model = llama
+    llm = LLM(str(folder), async_scheduling=True)
+    engine = llm.llm_engine
+    engine.add_request("keep", {"prompt_token_ids": PROMPTS[0]}, _greedy(20))
+    engine.add_request("drop", {"prompt_token_ids": PROMPTS[2]}, _greedy(20))
+    finished = {}
+    for _ in range(4):
+        for out in engine.step():
+            finished[out.request_id] = out
+    assert engine._inflight is not None  # the abort below lands while a step is still running
+    engine.abort_request("drop")
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            finished[out.request_id] = out
+    assert finished["keep"].finished
+    assert finished["keep"].outputs[0].token_ids == _reference(model, PROMPTS[0], 20)
+    assert "drop" not in engine.parents
+    _assert_no_leak(llm)
+
+
+def test_seeded_sampling_is_the_same_with_and_without(llama):
+    """A seeded request's draws come from its own generator in the same order either way."""
+    folder, _ = llama
+    params = [
+        SamplingParams(temperature=0.9, top_k=40, seed=7 + i, max_tokens=18, ignore_eos=True)
+        for i in range(3)
+    ]
+    prompts = [{"prompt_token_ids": p} for p in PROMPTS]
+    results = []
+    for flag in (False, True):
+        llm = LLM(str(folder), async_scheduling=flag)
+        results.append([o.outputs[0].token_ids for o in llm.generate(prompts, params)])
+        _assert_no_leak(llm)
+    assert results[0] == results[1]
+    assert all(len(tokens) == 18 for tokens in results[1])
+
+
+def test_refused_with_tensor_parallelism(llama):
+    with pytest.raises(ValueError, match="async_scheduling"):
+        LLM(str(llama[0]), async_scheduling=True, tensor_parallel_size=2)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 6, async scheduling, one device call: bench throughput with --async-scheduling and
 # --no-async-scheduling alternating (fp8 and bf16 K/V), bench latency both ways (batch 1/8/32 and a static
-# batch of 256), then the GPU tests. Logs and JSON under $OUT (or benchmarks/results).
+# batch of 256), then the GPU tests (PROFILE=1: the kernels of a batch-1 decode step, async). Logs and JSON
+# under $OUT (or benchmarks/results).
 #   [ROUNDS=2] [SKIP_TESTS=1] [PROFILE=1] bash benchmarks/gpu_async_call.sh
 set -uo pipefail
 export NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1 PYTHONPATH="$(pwd)/src"
@@ -33,6 +34,6 @@ lat() {  # label, extra args...
 [ "${SKIP_TESTS:-0}" = 1 ] || timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_attention.py \
   tests/test_kernels_fused.py tests/test_kernels_weight_fusion.py tests/test_gpu_engine.py tests/test_sampler_gpu.py \
   tests/test_kv_cache_dtype.py 2>&1 | tail -n 30 | tee "$out/gpu-tests.log"
-[ "${PROFILE:-0}" = 1 ] && timeout 150 python3 benchmarks/profile_steps.py --num-prompts 256 \
-  --kernel-batch 256 --skip-cprofile --kv-cache-dtype fp8 2>&1 | grep -v Warn | head -n 40 | tee "$out/profile-fp8.log"
+[ "${PROFILE:-0}" = 1 ] && timeout 150 python3 benchmarks/profile_decode.py --batch-sizes 1 2>&1 \
+  | grep -v Warn | head -n 40 | tee "$out/profile-decode-batch1.log"
 exit 0

@@ -66,6 +66,29 @@ def test_greedy_tokens_match_transformers(llama, options):
     _assert_no_leak(llm)
 
 
+def test_every_call_launches_a_step_and_returns_the_one_before(llama):
+    """n tokens take n + 1 calls (the last only reads back); each call from the second on streams one."""
+    folder, model = llama
+    llm = LLM(str(folder), async_scheduling=True)
+    engine = llm.llm_engine
+    engine.add_request("r", {"prompt_token_ids": PROMPTS[0]}, _greedy(12))
+    streamed: list[int] = []
+    calls = 0
+    while engine.has_unfinished_requests():
+        outputs = engine.step()
+        calls += 1
+        assert engine._inflight is not None or not engine.has_unfinished_requests()
+        if calls > 1:
+            (out,) = outputs
+            streamed.extend(out.deltas[0][1])
+        else:
+            assert outputs == []  # the first step's token is still on its way
+    assert calls == 13
+    assert streamed == _reference(model, PROMPTS[0], 12)
+    assert engine.counters.overlapped_steps == 12
+    _assert_no_leak(llm)
+
+
 def test_off_by_default_on_cpu(llama):
     llm = LLM(str(llama[0]))
     assert not llm.llm_engine.async_scheduling

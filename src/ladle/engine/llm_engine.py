@@ -385,9 +385,7 @@ class LLMEngine:
         else:
             launched.host_tokens = tokens
         for req in sampled:
-            # A token that reaches max_tokens ends the request: don't schedule one more after it.
-            if len(req.output_token_ids) + 1 < req.max_tokens:
-                req.num_pending_tokens = 1
+            req.num_pending_tokens += 1  # the step before may hold one too, until it is applied
         return launched
 
     def _apply_tokens(self, launched: _LaunchedStep, touched: dict[str, None]) -> None:
@@ -403,8 +401,10 @@ class LLMEngine:
         else:
             token_ids = result.token_ids
         now = time.monotonic()
+        deferred = launched.tokens is not None
         for j, req in enumerate(launched.sampled):
-            req.num_pending_tokens = 0
+            if deferred:
+                req.num_pending_tokens -= 1
             if req.is_finished:  # it stopped at the step before (this token was computed in vain), or aborted
                 continue
             logprobs = self._decoded(result.logprob_dict(j)) if result is not None else None

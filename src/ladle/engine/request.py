@@ -40,8 +40,8 @@ class Request:
     status: RequestStatus = RequestStatus.WAITING
     output_token_ids: list[int] = field(default_factory=list)
     num_computed_tokens: int = 0  # tokens whose K/V are in the cache
-    # 1 while a sampled token is still on the device (async scheduling: the next step is already being
-    # scheduled); it counts in num_tokens, and the runner takes it from the device, not all_token_ids.
+    # Sampled tokens still on the device (async scheduling: 1, or 2 while the step after is launched and
+    # this one not yet applied). They count in num_tokens; the runner takes them from the device.
     num_pending_tokens: int = 0
     block_ids: list[int] = field(default_factory=list)
     num_cached_tokens: int = -1  # prefix-cache hits when first scheduled (-1: not scheduled yet)
@@ -70,6 +70,11 @@ class Request:
     @property
     def num_tokens(self) -> int:
         return len(self.all_token_ids) + self.num_pending_tokens
+
+    @property
+    def all_tokens_sampled(self) -> bool:
+        """Every token max_tokens allows is known or being sampled: no further step can add one."""
+        return len(self.output_token_ids) + self.num_pending_tokens >= self.max_tokens
 
     @property
     def is_finished(self) -> bool:

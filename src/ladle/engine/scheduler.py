@@ -69,10 +69,10 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             request = self.running[i]
-            num_new = min(request.num_tokens - request.num_computed_tokens, budget, self.max_prefill_chunk)
-            if num_new <= 0:  # its last token is still being sampled, and that token ends it (max_tokens)
-                i += 1
+            if request.num_pending_tokens and request.all_tokens_sampled:
+                i += 1  # its last token (max_tokens) is being sampled: it ends when that is read back
                 continue
+            num_new = min(request.num_tokens - request.num_computed_tokens, budget, self.max_prefill_chunk)
             while not self.kv.allocate(request, num_new):
                 victim = self.running.pop()
                 self._preempt(victim)

@@ -46,22 +46,43 @@ def test_rms_norm(monkeypatch, dtype, unit_offset, shape):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("tokens", [1, 37])
+def test_add_rms_norm(monkeypatch, dtype, tokens):
+    """The residual add and the norm in one kernel: the sum is torch's x + r exactly, the norm as RMSNorm's."""
+    norm = RMSNorm(4096, 1e-5)
+    norm.set_weight(torch.randn(4096, device="cuda").to(dtype))
+    x = torch.randn(tokens, 4096, device="cuda").to(dtype) * 3
+    residual = torch.randn(tokens, 4096, device="cuda").to(dtype) * 20
+    got, total = norm.add_forward(x, residual)
+    ref, ref_total = _torch_ref(monkeypatch, lambda: norm.add_forward(x, residual))
+    torch.testing.assert_close(total, ref_total, rtol=0, atol=0)
+    torch.testing.assert_close(total, x + residual, rtol=0, atol=0)
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(got, ref, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("heads", [(32, 8, 128), (16, 8, 128), (4, 1, 256), (6, 2, 64)])
-def test_rotary(monkeypatch, dtype, heads):
+@pytest.mark.parametrize("layout", ["fused-qkv", "separate"])
+def test_rotary(monkeypatch, dtype, heads, layout):
     h, kvh, d = heads
     rope = RotaryEmbedding(d, RopeConfig(theta=500000.0))
     rope.cos_sin = rope.build_table(4096, torch.device("cuda"))
     tokens = 41
     positions = torch.randint(0, 4096, (tokens,), device="cuda")
-    # q and k as views of one projection output, the fused-QKV layout.
+    # fused-qkv: q and k as views of one projection output, rotated by one launch; separate: two tensors.
     qkv = torch.randn(tokens, (h + 2 * kvh) * d, device="cuda").to(dtype)
-    q, k, _ = qkv.split([h * d, kvh * d, kvh * d], dim=-1)
+    q, k, v = qkv.split([h * d, kvh * d, kvh * d], dim=-1)
     q, k = q.view(tokens, h, d), k.view(tokens, kvh, d)
+    v_before = v.clone()
+    if layout == "separate":
+        q, k = q.clone(), k.clone()
     ref_q, ref_k = _torch_ref(monkeypatch, lambda: rope(positions, q.clone(), k.clone()))
     got_q, got_k = rope(positions, q, k)
     tol = 1e-5 if dtype == torch.float32 else 1e-2
     torch.testing.assert_close(got_q, ref_q, rtol=tol, atol=tol)
     torch.testing.assert_close(got_k, ref_k, rtol=tol, atol=tol)
+    assert torch.equal(v, v_before)  # the one launch over q and k stops before v
 
 
 @pytest.mark.parametrize("tokens", [1, 7, 300])

@@ -1,4 +1,5 @@
-"""Fused elementwise Triton kernels for the GPU: RMSNorm, rotary embedding, SiLU-and-multiply.
+"""Fused elementwise Triton kernels for the GPU: RMSNorm (alone or after the residual add), rotary embedding,
+SiLU-and-multiply.
 
 At decode batch sizes these ops move kilobytes, so their cost is the number of kernels, not bytes: torch's
 RMSNorm is ~6 kernels, rotary ~16, SiLU*up 2; here each is one. Results match the torch versions in
@@ -59,6 +60,68 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, unit_offset: boo
             num_warps=min(16, max(1, block // 256)),
         )
     return out.view(x.shape)
+
+
+@triton.jit
+def _add_rms_norm_kernel(
+    x_ptr,
+    r_ptr,
+    w_ptr,
+    out_ptr,
+    sum_ptr,
+    stride_x,
+    stride_r,
+    stride_o,
+    stride_s,
+    eps,
+    N: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    mask = offs < N
+    x = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0)
+    r = tl.load(r_ptr + row * stride_r + offs, mask=mask, other=0.0)
+    # x + r rounded to the activation dtype, as torch's add: the norm reads the rounded sum.
+    total = (x.to(tl.float32) + r.to(tl.float32)).to(x.dtype)
+    tl.store(sum_ptr + row * stride_s + offs, total, mask=mask)
+    h = total.to(tl.float32)
+    h = h * tl.math.rsqrt(tl.sum(h * h, 0) / N + eps)
+    w = tl.load(w_ptr + offs, mask=mask, other=0.0)
+    out = w.to(tl.float32) * h.to(out_ptr.dtype.element_ty).to(tl.float32)  # Llama's rounding, as above
+    tl.store(out_ptr + row * stride_o + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rms_norm(x + residual) * weight, x + residual) for x, residual [T, N] (Llama's norm), one kernel:
+    a decoder layer's residual add and the next norm."""
+    tokens, n = x.shape
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    if residual.stride(-1) != 1:
+        residual = residual.contiguous()
+    out = torch.empty((tokens, n), dtype=x.dtype, device=x.device)
+    total = torch.empty((tokens, n), dtype=x.dtype, device=x.device)
+    if tokens:
+        block = triton.next_power_of_2(n)
+        _add_rms_norm_kernel[(tokens,)](
+            x,
+            residual,
+            weight,
+            out,
+            total,
+            x.stride(0),
+            residual.stride(0),
+            out.stride(0),
+            total.stride(0),
+            eps,
+            N=n,
+            BLOCK=block,
+            num_warps=min(16, max(1, block // 256)),
+        )
+    return out, total
 
 
 @triton.jit(do_not_specialize_on_alignment=["pos_ptr"])

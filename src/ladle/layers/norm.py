@@ -32,3 +32,12 @@ class RMSNorm(nn.Module):
             # Gemma multiplies in float32 before the cast back; Llama casts first, then scales.
             return (h * (1.0 + w)).to(dtype)
         return self.weight * h.to(dtype)
+
+    def add_forward(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(self(x + residual), x + residual): a residual add and the norm after it, one kernel on CUDA."""
+        if not self.unit_offset and x.dim() == 2 and fused_ops_enabled(x):
+            from ladle.kernels.fused_ops import add_rms_norm
+
+            return add_rms_norm(x, residual, self.weight, self.eps)
+        total = x + residual
+        return self(total), total

@@ -57,6 +57,10 @@ class RotaryEmbedding(nn.Module):
         if fused_ops_enabled(q) and q.stride(-1) == 1 and k.stride(-1) == 1:
             from ladle.kernels.fused_ops import rotary_
 
+            both = _adjacent_heads(q, k)
+            if both is not None:  # q and k of one fused-QKV output: one launch rotates both
+                rotary_(both, self.cos_sin, positions)
+                return q, k
             return rotary_(q, self.cos_sin, positions), rotary_(k, self.cos_sin, positions)
         cos, sin = self.cos_sin[positions].chunk(2, dim=-1)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
@@ -67,3 +71,14 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     x1, x2 = x.float().chunk(2, dim=-1)
     out = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
     return out.to(x.dtype)
+
+
+def _adjacent_heads(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor | None:
+    """q [T, H, D] and k [T, KVH, D] as one [T, H + KVH, D] view when k's heads follow q's in memory with
+    the same strides (q and k split from one QKV projection), else None."""
+    heads, dim = q.shape[1], q.shape[2]
+    if q.dtype != k.dtype or q.stride() != k.stride() or q.stride(1) != dim:
+        return None
+    if k.data_ptr() != q.data_ptr() + heads * dim * q.element_size():
+        return None
+    return q.as_strided((q.shape[0], heads + k.shape[1], dim), q.stride())

@@ -122,6 +122,10 @@ def _stack_weights(projs) -> torch.Tensor:
 
 
 class LlamaDecoderLayer(nn.Module):
+    # forward returns (mlp output, residual) without adding them: the next layer's input norm (or the
+    # stack's final norm) adds them in the same kernel. The sums are the same as x + ... done in turn.
+    returns_residual = True
+
     def __init__(self, cfg: ArchConfig, layer: int, backend: AttentionBackend) -> None:
         super().__init__()
         self.self_attn = Attention(cfg, layer, backend)
@@ -129,9 +133,14 @@ class LlamaDecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, positions, x, kv_cache, meta):
-        x = x + self.self_attn(positions, self.input_layernorm(x), kv_cache, meta)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, positions, x, kv_cache, meta, residual=None):
+        if residual is None:  # the first layer: x is the embedding
+            h, residual = self.input_layernorm(x), x
+        else:
+            h, residual = self.input_layernorm.add_forward(x, residual)
+        h = self.self_attn(positions, h, kv_cache, meta)
+        h, residual = self.post_attention_layernorm.add_forward(h, residual)
+        return self.mlp(h), residual
 
 
 class DecoderStack(nn.Module):
@@ -151,6 +160,11 @@ class DecoderStack(nn.Module):
         if self.embedding_scale != 1.0:
             # Gemma rounds the scale to the activation dtype before multiplying; so do we.
             x = x * torch.tensor(self.embedding_scale, dtype=x.dtype)
+        if getattr(self.layers[0], "returns_residual", False):
+            residual = None
+            for layer, kv_cache in zip(self.layers, kv_caches):
+                x, residual = layer(positions, x, kv_cache, meta, residual)
+            return self.norm.add_forward(x, residual)[0]
         for layer, kv_cache in zip(self.layers, kv_caches):
             x = layer(positions, x, kv_cache, meta)
         return self.norm(x)

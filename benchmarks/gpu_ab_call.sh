@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Issue 6, one device call: this tree against $OLD_SRC (a baseline's src folder) in the same call: bench
+# latency (batch 1/8/32) old then new, bench throughput (fp8 K/V, then bf16) new/old alternating, then the
+# GPU tests on this tree. Logs and JSON under $OUT (or benchmarks/results).
+#   OLD_SRC=/path/to/baseline/src [SKIP_TESTS=1] bash benchmarks/gpu_ab_call.sh
+set -uo pipefail
+export NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
+out="${OUT:-benchmarks/results}"
+tmp=$(mktemp -d)
+new_src="$(pwd)/src"
+old_src="${OLD_SRC:?the baseline src folder}"
+mkdir -p "$out"
+# ladle imports gguf, which the device image lacks: carry its wheel in whl/ (pure Python; its needs are there).
+ls whl/*.whl >/dev/null 2>&1 && python3 -m pip install -q --no-index --no-deps whl/*.whl
+{ date -u; nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv;
+  python3 -c 'import torch, triton; print(torch.__version__, triton.__version__)'; } | tee "$out/device.log"
+lat() {  # label, src
+  PYTHONPATH="$2" timeout 120 python3 -m ladle.cli.main bench latency --preset llama-3.1-8b --baseline none \
+    --peak-bandwidth-gbs 4800 --throughput-batch-sizes 256 --output-json "$out/latency-$1.json" 2>&1 \
+    | grep -E "^batch|^static|^Engine" | sed "s/^/$1: /"
+}
+{ lat old "$old_src"; lat new "$new_src"; } 2>&1 | tee "$out/latency.log"
+tp() {  # label, src, extra args...
+  local label=$1 src=$2; shift 2
+  PYTHONPATH="$src" timeout 120 python3 -m ladle.cli.main bench throughput --preset llama-3.1-8b "$@" \
+    --output-json "$tmp/$(date +%s%N)-$label.json" 2>&1 | grep "^Throughput" | sed "s/^/$label: /"
+}
+{ tp new-fp8 "$new_src" --kv-cache-dtype fp8; tp old-fp8 "$old_src" --kv-cache-dtype fp8
+  tp old-bf16 "$old_src"; tp new-bf16 "$new_src"; } 2>&1 | tee "$out/throughput.log"
+python3 -c 'import json, sys; json.dump([json.load(open(f)) for f in sorted(sys.argv[2:])], open(sys.argv[1], "w"), indent=1)' \
+  "$out/throughput.json" "$tmp"/*.json 2>/dev/null
+[ "${SKIP_TESTS:-0}" = 1 ] || PYTHONPATH="$new_src" timeout 240 python3 -m pytest -q -p no:cacheprovider \
+  tests/test_kernels_attention.py tests/test_kernels_fused.py tests/test_kernels_weight_fusion.py \
+  tests/test_gpu_engine.py tests/test_sampler_gpu.py tests/test_kv_cache_dtype.py 2>&1 | tail -n 30 | tee "$out/gpu-tests.log"
+exit 0

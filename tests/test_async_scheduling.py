@@ -198,3 +198,39 @@ def test_seeded_sampling_is_the_same_with_and_without(llama):
 def test_refused_with_tensor_parallelism(llama):
     with pytest.raises(ValueError, match="async_scheduling"):
         LLM(str(llama[0]), async_scheduling=True, tensor_parallel_size=2)
+
+
+def test_served_with_async_scheduling_streams_transformers_tokens(llama, tmp_path):
+    """`ladle serve --async-scheduling`: a stream's text is transformers' greedy continuation, in order, with
+    one finish reason; a stop sequence found a step late still cuts the text where it starts."""
+    import openai
+
+    from server_helpers import run_server
+
+    folder, model = llama
+    prompt_ids = PROMPTS[2]
+    ref = _reference(model, prompt_ids, 14)
+    with run_server(folder, tmp_path, "--async-scheduling") as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+        tokenizer = LLM(str(folder)).get_tokenizer()
+        stream = client.completions.create(
+            model=server.model,
+            prompt=prompt_ids,
+            max_tokens=14,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = list(stream)
+        text = "".join(c.choices[0].text for c in chunks if c.choices)
+        assert text == tokenizer.decode(ref)
+        finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+        assert finish == ["length"]
+        assert chunks[-1].usage.completion_tokens == 14
+
+        stop = text[len(text) // 2 : len(text) // 2 + 3]
+        resp = client.completions.create(
+            model=server.model, prompt=prompt_ids, max_tokens=14, temperature=0, stop=[stop]
+        )
+        assert resp.choices[0].finish_reason == "stop"
+        assert resp.choices[0].text == text[: text.index(stop)]

@@ -158,12 +158,12 @@ class ModelRunner:
             row0 = len(input_ids)
             blocks = req.block_ids
             if num_new == 1:  # a decode: the common case at large batches, without per-token generators
-                if start < len(req.all_token_ids):
-                    input_ids.append(req.all_token_ids[start])
-                else:  # sampled by the step before, not read back yet
+                if pending is not None and start >= len(req.all_token_ids):  # sampled, not read back yet
                     patch_rows.append(len(input_ids))
                     patch_from.append(pending.index[req])
                     input_ids.append(0)
+                else:  # (a tensor-parallel worker's all_token_ids is a TokenWindow: no len, no pending)
+                    input_ids.append(req.all_token_ids[start])
                 positions.append(start)
                 slots.append(blocks[start // size] * size + start % size)
             else:

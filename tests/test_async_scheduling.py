@@ -90,7 +90,7 @@ def test_every_call_launches_a_step_and_returns_the_one_before(llama):
 
 
 def test_off_by_default_on_cpu(llama):
-    llm = LLM(str(llama[0]))
+    llm = LLM(str(llama[0]), device="cpu")
     assert not llm.llm_engine.async_scheduling
     llm.generate([{"prompt_token_ids": PROMPTS[0]}], _greedy(4))
     assert llm.llm_engine.counters.overlapped_steps == 0

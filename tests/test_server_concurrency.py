@@ -1,5 +1,7 @@
 """Many concurrent streaming clients, half of which hang up mid-stream: the others must get exactly the
-offline greedy output, and every dropped request must be aborted (no running requests, KV blocks free)."""
+offline greedy output, and every dropped request must be aborted (no running requests, KV blocks free).
+Each test runs against the shared server and against one with --async-scheduling (a GPU server's default),
+whose aborts land while a step is still in flight."""
 
 from __future__ import annotations
 
@@ -9,8 +11,10 @@ import re
 import time
 
 import httpx
+import pytest
 
 from ladle import SamplingParams
+from server_helpers import run_server
 
 PROMPTS = ["Once upon a time", "The quick brown fox", "Lily loved to play", "def main():", "0123456789"]
 NUM_FINISHING = 50
@@ -36,13 +40,23 @@ async def _stream(client: httpx.AsyncClient, prompt: str, max_tokens: int, read_
     return text
 
 
+@pytest.fixture(scope="module", params=["sync", "async"])
+def server(request, tiny_model_factory, tmp_path_factory):
+    if request.param == "sync":
+        yield request.getfixturevalue("ladle_server")
+        return
+    folder, _ = tiny_model_factory("llama")
+    with run_server(folder, tmp_path_factory.mktemp("async-server"), "--async-scheduling") as async_server:
+        yield async_server
+
+
 def _metric(text: str, name: str) -> float:
     match = re.search(rf"^ladle:{name}\{{[^}}]*\}} (\S+)$", text, re.MULTILINE)
     assert match, name
     return float(match.group(1))
 
 
-def test_dropped_streams_are_aborted_and_others_are_correct(ladle_server, reference_llm):
+def test_dropped_streams_are_aborted_and_others_are_correct(server, reference_llm):
     expected = {
         p: o.outputs[0].text
         for p, o in zip(
@@ -55,7 +69,7 @@ def test_dropped_streams_are_aborted_and_others_are_correct(ladle_server, refere
 
     async def main():
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=0)
-        async with httpx.AsyncClient(base_url=ladle_server.url, timeout=120, limits=limits) as client:
+        async with httpx.AsyncClient(base_url=server.url, timeout=120, limits=limits) as client:
             finishing = [
                 _stream(client, PROMPTS[i % len(PROMPTS)], FINISH_TOKENS, None) for i in range(NUM_FINISHING)
             ]
@@ -73,7 +87,7 @@ def test_dropped_streams_are_aborted_and_others_are_correct(ladle_server, refere
     # The server notices each hang-up and aborts it; the aborts land within an engine step.
     deadline = time.monotonic() + 20
     while True:
-        metrics = httpx.get(ladle_server.url + "/metrics").text
+        metrics = httpx.get(server.url + "/metrics").text
         running = _metric(metrics, "num_requests_running")
         waiting = _metric(metrics, "num_requests_waiting")
         usage = _metric(metrics, "kv_cache_usage_perc")
@@ -87,23 +101,23 @@ def test_dropped_streams_are_aborted_and_others_are_correct(ladle_server, refere
     assert time.monotonic() - start < 60
 
 
-def test_non_streaming_clients_that_leave_are_aborted(ladle_server):
+def test_non_streaming_clients_that_leave_are_aborted(server):
     def running() -> tuple[float, float]:
-        metrics = httpx.get(ladle_server.url + "/metrics").text
+        metrics = httpx.get(server.url + "/metrics").text
         return _metric(metrics, "num_requests_running"), _metric(metrics, "kv_cache_usage_perc")
 
-    before = _metric(httpx.get(ladle_server.url + "/metrics").text, "generation_tokens_total")
+    before = _metric(httpx.get(server.url + "/metrics").text, "generation_tokens_total")
     for route, body in (
         ("/v1/completions", {"prompt": "Once", "max_tokens": 480, "ignore_eos": True}),
         (
             "/api/generate",
-            {"model": ladle_server.model, "prompt": "Once", "stream": False, "options": {"num_predict": 480}},
+            {"model": server.model, "prompt": "Once", "stream": False, "options": {"num_predict": 480}},
         ),
     ):
         try:
             # 480 tokens of the tiny model can take under 50 ms now that a step's host work is small: leave
             # after 5 ms of waiting for the answer (connecting and sending get their own, ample, limits).
-            httpx.post(ladle_server.url + route, json=body, timeout=httpx.Timeout(5.0, read=0.005))
+            httpx.post(server.url + route, json=body, timeout=httpx.Timeout(5.0, read=0.005))
         except httpx.TimeoutException:
             pass
         else:
@@ -112,5 +126,5 @@ def test_non_streaming_clients_that_leave_are_aborted(ladle_server):
     while running() != (0, 0) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert running() == (0, 0)
-    after = _metric(httpx.get(ladle_server.url + "/metrics").text, "generation_tokens_total")
+    after = _metric(httpx.get(server.url + "/metrics").text, "generation_tokens_total")
     assert after - before < 2 * 480

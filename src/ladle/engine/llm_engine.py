@@ -41,7 +41,6 @@ class EngineCounters:
 class _LaunchedStep:
     """A step whose model run and sampling are queued; finishing it reads the tokens and applies them."""
 
-    batch: ScheduledBatch
     sampled: list[Request]  # the requests that sample a token this step, in the logits' row order
     grammars: bool
     result: SamplerOutput | None = None  # sampled and read back at once
@@ -355,7 +354,7 @@ class LLMEngine:
             self._add_prompt_logprobs(req, logits, req.num_computed_tokens - batch.num_new_tokens[i])
 
         sampled = [batch.requests[i] for i in step.sample_indices]
-        launched = _LaunchedStep(batch, sampled, grammars)
+        launched = _LaunchedStep(sampled, grammars)
         if not sampled:
             return launched
         if grammars:

@@ -6,6 +6,8 @@ min_tokens) mixed in; and no block may leak."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -133,27 +135,33 @@ def test_stop_strings_under_async_scheduling(llama):
 
 
 def test_rows_that_need_host_tokens_mixed_with_overlapped_ones(llama):
-    """logprobs, a repetition penalty and min_tokens make their steps synchronous; beside plain rows the
-    tokens must still be transformers' (the penalty as transformers' repetition_penalty)."""
+    """logprobs, a repetition penalty, min_tokens and a grammar make their steps synchronous; beside plain
+    rows the tokens must still be transformers' (the penalty as transformers' repetition_penalty)."""
     folder, model = llama
     llm = LLM(str(folder), async_scheduling=True)
+    # The others end first (10 tokens, 4-8 digits): from then on the plain row's steps overlap again.
     plain = _greedy(24)
-    penalised = _greedy(24, repetition_penalty=1.3)
-    logprobs = _greedy(24, logprobs=2)
-    min_tokens = SamplingParams(temperature=0.0, max_tokens=24, min_tokens=6)
-    params = [plain, penalised, logprobs, min_tokens]
-    prompts = [PROMPTS[0], PROMPTS[2], PROMPTS[1], PROMPTS[0]]
+    penalised = _greedy(10, repetition_penalty=1.3)
+    logprobs = _greedy(10, logprobs=2)
+    min_tokens = SamplingParams(temperature=0.0, max_tokens=10, min_tokens=6)
+    digits = SamplingParams(temperature=0.0, max_tokens=10, structured_outputs={"regex": "[0-9]{4,8}"})
+    params = [plain, penalised, logprobs, min_tokens, digits]
+    prompts = [PROMPTS[0], PROMPTS[2], PROMPTS[1], PROMPTS[0], PROMPTS[1]]
     outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], params)
     assert outputs[0].outputs[0].token_ids == _reference(model, prompts[0], 24)
-    assert outputs[1].outputs[0].token_ids == _reference(model, prompts[1], 24, repetition_penalty=1.3)
-    ref = _reference(model, prompts[2], 24)
+    assert outputs[1].outputs[0].token_ids == _reference(model, prompts[1], 10, repetition_penalty=1.3)
+    ref = _reference(model, prompts[2], 10)
     got = outputs[2].outputs[0]
     assert got.token_ids == ref
-    assert len(got.logprobs) == 24 and all(ref[i] in entry for i, entry in enumerate(got.logprobs))
+    assert len(got.logprobs) == 10 and all(ref[i] in entry for i, entry in enumerate(got.logprobs))
     # min_tokens (without ignore_eos): EOS may not end it before 6 tokens; the tiny model rarely picks EOS.
     eos = llm.llm_engine.arch.eos_token_ids
     tokens = outputs[3].outputs[0].token_ids
     assert len(tokens) >= 6 and not any(t in eos for t in tokens[:6])
+    constrained = outputs[4].outputs[0]
+    assert constrained.finish_reason == "stop" and re.fullmatch("[0-9]{4,8}", constrained.text)
+    # Steps with any of them were synchronous; the plain row's last 14 overlapped.
+    assert llm.llm_engine.counters.overlapped_steps >= 12
     _assert_no_leak(llm)
 
 

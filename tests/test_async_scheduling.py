@@ -35,6 +35,13 @@ def _reference(model, prompt: list[int], num_tokens: int, **generate_options) ->
     return out[0, len(prompt) :].tolist()
 
 
+def _reference_text(folder, token_ids: list[int]) -> str:
+    """transformers' tokenizer decoding token_ids as ladle's outputs do by default (special tokens out)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(folder)).decode(token_ids, skip_special_tokens=True)
+
+
 def _assert_no_leak(llm: LLM) -> None:
     engine = llm.llm_engine
     assert engine.kv.num_free_blocks == engine.kv.num_blocks
@@ -122,9 +129,7 @@ def test_stop_tokens_seen_a_step_late_end_the_output_exactly(llama):
 def test_stop_strings_under_async_scheduling(llama):
     folder, model = llama
     llm = LLM(str(folder), async_scheduling=True)
-    tokenizer = llm.get_tokenizer()
-    ref = _reference(model, PROMPTS[2], 16)
-    text = tokenizer.decode(ref)
+    text = _reference_text(folder, _reference(model, PROMPTS[2], 16))
     stop = text[len(text) // 2 : len(text) // 2 + 3]
     assert stop.strip(), "the reference text has no usable stop string here"
     out = llm.generate([{"prompt_token_ids": PROMPTS[2]}], _greedy(16, stop=[stop]))[0].outputs[0]
@@ -186,9 +191,28 @@ def test_abort_while_a_step_is_in_flight(llama):
     _assert_no_leak(llm)
 
 
+def _reference_seeded(
+    model, prompt: list[int], n: int, seed: int, temperature: float, top_k: int
+) -> list[int]:
+    """The sampler's documented draw, on transformers' logits: temperature, the top_k largest kept (ties with
+    the k-th too), then the exponential race argmax p / -log(U) with U from a generator seeded with the
+    request's seed, one vocabulary-sized draw per token."""
+    generator = torch.Generator().manual_seed(seed)
+    tokens: list[int] = []
+    for _ in range(n):
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt + tokens])).logits[0, -1].float() / temperature
+        logits = logits.masked_fill(logits < logits.topk(top_k).values[-1], float("-inf"))
+        probs = logits.softmax(dim=-1)
+        race = torch.empty_like(probs).uniform_(generator=generator).log_().neg_()
+        tokens.append(int((probs / race.clamp_(min=torch.finfo(race.dtype).tiny)).argmax()))
+    return tokens
+
+
 def test_seeded_sampling_is_the_same_with_and_without(llama):
-    """A seeded request's draws come from its own generator in the same order either way."""
-    folder, _ = llama
+    """A seeded request's draws come from its own generator in the same order either way, and are the draws
+    the sampler's rule makes on transformers' logits."""
+    folder, model = llama
     params = [
         SamplingParams(temperature=0.9, top_k=40, seed=7 + i, max_tokens=18, ignore_eos=True)
         for i in range(3)
@@ -201,6 +225,8 @@ def test_seeded_sampling_is_the_same_with_and_without(llama):
         _assert_no_leak(llm)
     assert results[0] == results[1]
     assert all(len(tokens) == 18 for tokens in results[1])
+    for prompt, tokens, i in zip(PROMPTS, results[1], range(3)):
+        assert tokens == _reference_seeded(model, prompt, 18, seed=7 + i, temperature=0.9, top_k=40)
 
 
 def test_refused_with_tensor_parallelism(llama):
@@ -220,7 +246,6 @@ def test_served_with_async_scheduling_streams_transformers_tokens(llama, tmp_pat
     ref = _reference(model, prompt_ids, 14)
     with run_server(folder, tmp_path, "--async-scheduling") as server:
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
-        tokenizer = LLM(str(folder)).get_tokenizer()
         stream = client.completions.create(
             model=server.model,
             prompt=prompt_ids,
@@ -231,7 +256,7 @@ def test_served_with_async_scheduling_streams_transformers_tokens(llama, tmp_pat
         )
         chunks = list(stream)
         text = "".join(c.choices[0].text for c in chunks if c.choices)
-        assert text == tokenizer.decode(ref)
+        assert text == _reference_text(folder, ref)
         finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
         assert finish == ["length"]
         assert chunks[-1].usage.completion_tokens == 14

@@ -47,9 +47,11 @@ def test_rms_norm(monkeypatch, dtype, unit_offset, shape):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("tokens", [1, 37])
-def test_add_rms_norm(monkeypatch, dtype, tokens):
-    """The residual add and the norm in one kernel: the sum is torch's x + r exactly, the norm as RMSNorm's."""
-    norm = RMSNorm(4096, 1e-5)
+@pytest.mark.parametrize("unit_offset", [False, True])
+def test_add_rms_norm(monkeypatch, dtype, tokens, unit_offset):
+    """The residual add and the norm in one kernel: the sum is torch's x + r exactly, the norm as RMSNorm's
+    (Llama's, and Gemma's (1 + weight))."""
+    norm = RMSNorm(4096, 1e-5, unit_offset=unit_offset)
     norm.set_weight(torch.randn(4096, device="cuda").to(dtype))
     x = torch.randn(tokens, 4096, device="cuda").to(dtype) * 3
     residual = torch.randn(tokens, 4096, device="cuda").to(dtype) * 20

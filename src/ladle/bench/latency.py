@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ladle.bench.throughput import add_async_scheduling_argument, build_warm_engine, model_arguments
 from ladle.config import KV_CACHE_DTYPES
 
 
@@ -46,12 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--attention-backend", default="auto", choices=["auto", "torch", "triton"])
     p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
-    p.add_argument(
-        "--async-scheduling",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="overlap host work with the GPU's (default: on for one CUDA device)",
-    )
+    add_async_scheduling_argument(p)
     p.add_argument("--max-num-seqs", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output-json", default=None, help="default: benchmarks/results/latency-<time>.json")
@@ -113,7 +109,6 @@ def _model_bytes(engine) -> tuple[int, int]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from ladle import SamplingParams
     from ladle.bench.results import write_result
-    from ladle.bench.throughput import build_warm_engine, model_arguments
 
     model, load_format = model_arguments(args)
     baseline = None

@@ -32,12 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--attention-backend", default="auto", choices=["auto", "torch", "triton"])
     p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
-    p.add_argument(
-        "--async-scheduling",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="overlap host work with the GPU's (default: on for one CUDA device)",
-    )
+    add_async_scheduling_argument(p)
     p.add_argument(
         "--tensor-parallel-size", "-tp", type=int, default=1, help="GPUs (or CPU processes) per model"
     )
@@ -59,6 +54,16 @@ def model_arguments(args: argparse.Namespace) -> tuple[str, str]:
     return args.model, args.load_format or "auto"
 
 
+def add_async_scheduling_argument(p: argparse.ArgumentParser) -> None:
+    """--[no-]async-scheduling, for both benches (the A/B of the engine's overlap)."""
+    p.add_argument(
+        "--async-scheduling",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="overlap host work with the GPU's (default: on for one CUDA device)",
+    )
+
+
 def build_warm_engine(args: argparse.Namespace, model: str, load_format: str, **engine_options: Any):
     """The benchmarked LLM, its construction time, and one short warm-up request already run, so one-time
     costs (allocator, kernels) land in neither a throughput nor a latency figure."""
@@ -75,7 +80,7 @@ def build_warm_engine(args: argparse.Namespace, model: str, load_format: str, **
         max_num_seqs=args.max_num_seqs,
         attention_backend=args.attention_backend,
         enforce_eager=args.enforce_eager,
-        async_scheduling=getattr(args, "async_scheduling", None),
+        async_scheduling=args.async_scheduling,
         **engine_options,
     )
     ready_s = time.perf_counter() - start

@@ -16,7 +16,7 @@ from ladle.config import EngineConfig
 from ladle.engine.detokenizer import IncrementalDetokenizer
 from ladle.engine.kv_cache_manager import KVCacheManager
 from ladle.engine.request import Request
-from ladle.engine.sampler import Sampler, SamplerOutput, SamplingRow, prompt_logprobs
+from ladle.engine.sampler import Sampler, SamplerOutput, SamplingRow, StepPlan, prompt_logprobs
 from ladle.engine.scheduler import ScheduledBatch, Scheduler
 from ladle.executor.device import resolve_device, resolve_dtype, resolve_kv_cache_dtype
 from ladle.executor.model_runner import ModelRunner, PendingTokens, kv_block_bytes
@@ -370,10 +370,16 @@ class LLMEngine:
             )
             for r in sampled
         ]
-        if not (self.async_scheduling and all(_needs_no_host_tokens(r) for r in sampled)):
-            launched.result = self.sampler(step.logits, rows)
+        plan = StepPlan.of(rows)
+        # Requests that asked for prompt logprobs stay synchronous too, as those with logprobs.
+        if (
+            not self.async_scheduling
+            or plan.needs_host_tokens
+            or any(r.params.prompt_logprobs is not None for r in sampled)
+        ):
+            launched.result = self.sampler(step.logits, rows, plan)
             return launched
-        tokens = self.sampler.sample_on_device(step.logits, rows)
+        tokens = self.sampler.sample_on_device(step.logits, rows, plan)
         launched.tokens = tokens
         self.counters.overlapped_steps += 1
         if tokens.device.type == "cuda":
@@ -514,20 +520,3 @@ class LLMEngine:
             num_cached_tokens=metrics.num_cached_tokens,
             deltas=deltas,
         )
-
-
-def _needs_no_host_tokens(req: Request) -> bool:
-    """True when the request's next step can be sampled without its newest token on the host: no grammar
-    (its mask follows the tokens), no penalties or active min_tokens (they count the tokens), no logprobs
-    (read back with the tokens). Once true for a request it stays true."""
-    p = req.params
-    penalties = (
-        p.repetition_penalty != 1.0 or p.presence_penalty != 0.0 or p.frequency_penalty != 0.0
-    ) and p.penalty_window != 0
-    return (
-        req.grammar is None
-        and p.logprobs is None
-        and p.prompt_logprobs is None
-        and not penalties
-        and len(req.output_token_ids) >= p.min_tokens
-    )

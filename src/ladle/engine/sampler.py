@@ -48,11 +48,11 @@ from ladle.engine.sampling.types import SamplerOutput, SamplingRow, device_tenso
 from ladle.kernels.cpu_ops import loaded_cpu_ops
 from ladle.sampling_params import _GREEDY_EPSILON
 
-__all__ = ["Sampler", "SamplerOutput", "SamplingRow", "prompt_logprobs"]
+__all__ = ["Sampler", "SamplerOutput", "SamplingRow", "StepPlan", "prompt_logprobs"]
 
 
 @dataclass
-class _StepPlan:
+class StepPlan:
     """What this step's rows ask for, found in one pass over them so that unused stages cost nothing."""
 
     greedy_rows: list[int] = field(default_factory=list)
@@ -64,7 +64,7 @@ class _StepPlan:
     penalties: bool = False
 
     @classmethod
-    def of(cls, rows: list[SamplingRow]) -> _StepPlan:
+    def of(cls, rows: list[SamplingRow]) -> StepPlan:
         # Runs for every row every step, also for plain greedy batches: plain attribute tests, no calls.
         plan = cls()
         greedy, random, logprob_rows = plan.greedy_rows, plan.random_rows, plan.logprob_rows
@@ -86,6 +86,13 @@ class _StepPlan:
         return plan
 
     @property
+    def needs_host_tokens(self) -> bool:
+        """A row here needs this step's tokens on the host before the next step can be sampled (async
+        scheduling must wait): logprobs are read back with them, grammars and penalties follow the tokens,
+        an active min_tokens counts them. Once false for a row it stays false."""
+        return bool(self.logprob_rows or self.grammar_rows) or self.penalties or self.min_tokens
+
+    @property
     def edits_logits(self) -> bool:
         return self.logit_bias or self.min_tokens or self.penalties or bool(self.grammar_rows)
 
@@ -105,10 +112,13 @@ class Sampler:
     def __init__(self) -> None:
         self._token_arrays = TokenArrays()
 
-    def __call__(self, logits: torch.Tensor, rows: list[SamplingRow]) -> SamplerOutput:
+    def __call__(
+        self, logits: torch.Tensor, rows: list[SamplingRow], plan: StepPlan | None = None
+    ) -> SamplerOutput:
+        """plan: StepPlan.of(rows), when the caller has made it already."""
         if not rows:
             return SamplerOutput(token_ids=[], logprobs=[], ranks=[])
-        plan = _StepPlan.of(rows)
+        plan = plan or StepPlan.of(rows)
         tokens = self._sample(logits, rows, plan)
 
         logprobs: list[dict[int, float] | None] = [None] * len(rows)
@@ -126,12 +136,14 @@ class Sampler:
                 logprobs[i], ranks[i] = row_values, rank
         return SamplerOutput(token_ids=tokens.tolist(), logprobs=logprobs, ranks=ranks)
 
-    def sample_on_device(self, logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+    def sample_on_device(
+        self, logits: torch.Tensor, rows: list[SamplingRow], plan: StepPlan | None = None
+    ) -> torch.Tensor:
         """The rows' next tokens [rows] int64, left on the logits' device and not waited for (async
         scheduling reads them back later). No logprobs: the caller asks for rows without them."""
-        return self._sample(logits, rows, _StepPlan.of(rows))
+        return self._sample(logits, rows, plan or StepPlan.of(rows))
 
-    def _sample(self, logits: torch.Tensor, rows: list[SamplingRow], plan: _StepPlan) -> torch.Tensor:
+    def _sample(self, logits: torch.Tensor, rows: list[SamplingRow], plan: StepPlan) -> torch.Tensor:
         processed = self._process(logits, rows, plan, self._token_arrays)
         if plan.penalties:
             self._token_arrays.end_step()
@@ -147,7 +159,7 @@ class Sampler:
         result = torch.full((num_rows, vocab_size), float("-inf"), device=logits.device)
         if not rows:
             return result
-        processed = self._process(logits, rows, _StepPlan.of(rows), TokenArrays())
+        processed = self._process(logits, rows, StepPlan.of(rows), TokenArrays())
         if processed.greedy_tokens is not None:
             result.scatter_(1, processed.greedy_tokens.unsqueeze(1), 0.0)
         if processed.random_logits is not None:
@@ -156,7 +168,7 @@ class Sampler:
         return result
 
     def _process(
-        self, logits: torch.Tensor, rows: list[SamplingRow], plan: _StepPlan, token_arrays: TokenArrays
+        self, logits: torch.Tensor, rows: list[SamplingRow], plan: StepPlan, token_arrays: TokenArrays
     ) -> _Processed:
         if logits.shape[0] != len(rows):
             raise ValueError(f"Sampler got {logits.shape[0]} rows of logits for {len(rows)} sequences")

@@ -15,56 +15,6 @@ import triton.language as tl
 @triton.jit
 def _rms_norm_kernel(
     x_ptr,
-    w_ptr,
-    out_ptr,
-    stride_x,
-    stride_o,
-    eps,
-    N: tl.constexpr,
-    BLOCK: tl.constexpr,
-    UNIT_OFFSET: tl.constexpr,
-):
-    row = tl.program_id(0).to(tl.int64)
-    offs = tl.arange(0, BLOCK)
-    mask = offs < N
-    x = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0).to(tl.float32)
-    w = tl.load(w_ptr + offs, mask=mask, other=0.0)
-    h = x * tl.math.rsqrt(tl.sum(x * x, 0) / N + eps)
-    if UNIT_OFFSET:
-        # Gemma: float32 (1 + w) * h, then one rounding.
-        out = h * (1.0 + w.to(tl.float32))
-    else:
-        # Llama: round h to the activation dtype first, then weight * h (rounded again).
-        out = w.to(tl.float32) * h.to(out_ptr.dtype.element_ty).to(tl.float32)
-    tl.store(out_ptr + row * stride_o + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
-
-
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, unit_offset: bool) -> torch.Tensor:
-    n = x.shape[-1]
-    x2 = x.reshape(-1, n)
-    if x2.stride(-1) != 1:
-        x2 = x2.contiguous()
-    out = torch.empty(x2.shape, dtype=x.dtype, device=x.device)
-    if x2.shape[0]:
-        block = triton.next_power_of_2(n)
-        _rms_norm_kernel[(x2.shape[0],)](
-            x2,
-            weight,
-            out,
-            x2.stride(0),
-            out.stride(0),
-            eps,
-            N=n,
-            BLOCK=block,
-            UNIT_OFFSET=unit_offset,
-            num_warps=min(16, max(1, block // 256)),
-        )
-    return out.view(x.shape)
-
-
-@triton.jit
-def _add_rms_norm_kernel(
-    x_ptr,
     r_ptr,
     w_ptr,
     out_ptr,
@@ -76,52 +26,74 @@ def _add_rms_norm_kernel(
     eps,
     N: tl.constexpr,
     BLOCK: tl.constexpr,
+    UNIT_OFFSET: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < N
     x = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0)
-    r = tl.load(r_ptr + row * stride_r + offs, mask=mask, other=0.0)
-    # x + r rounded to the activation dtype, as torch's add: the norm reads the rounded sum.
-    total = (x.to(tl.float32) + r.to(tl.float32)).to(x.dtype)
-    tl.store(sum_ptr + row * stride_s + offs, total, mask=mask)
-    h = total.to(tl.float32)
-    h = h * tl.math.rsqrt(tl.sum(h * h, 0) / N + eps)
+    if HAS_RESIDUAL:
+        # x + r rounded to the activation dtype, as torch's add: stored, and the norm reads the rounded sum.
+        r = tl.load(r_ptr + row * stride_r + offs, mask=mask, other=0.0)
+        x = (x.to(tl.float32) + r.to(tl.float32)).to(x.dtype)
+        tl.store(sum_ptr + row * stride_s + offs, x, mask=mask)
+    x = x.to(tl.float32)
     w = tl.load(w_ptr + offs, mask=mask, other=0.0)
-    out = w.to(tl.float32) * h.to(out_ptr.dtype.element_ty).to(tl.float32)  # Llama's rounding, as above
+    h = x * tl.math.rsqrt(tl.sum(x * x, 0) / N + eps)
+    if UNIT_OFFSET:
+        # Gemma: float32 (1 + w) * h, then one rounding.
+        out = h * (1.0 + w.to(tl.float32))
+    else:
+        # Llama: round h to the activation dtype first, then weight * h (rounded again).
+        out = w.to(tl.float32) * h.to(out_ptr.dtype.element_ty).to(tl.float32)
     tl.store(out_ptr + row * stride_o + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def add_rms_norm(
-    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rms_norm(x + residual) * weight, x + residual) for x, residual [T, N] (Llama's norm), one kernel:
-    a decoder layer's residual add and the next norm."""
-    tokens, n = x.shape
-    if x.stride(-1) != 1:
-        x = x.contiguous()
-    if residual.stride(-1) != 1:
-        residual = residual.contiguous()
-    out = torch.empty((tokens, n), dtype=x.dtype, device=x.device)
-    total = torch.empty((tokens, n), dtype=x.dtype, device=x.device)
-    if tokens:
-        block = triton.next_power_of_2(n)
-        _add_rms_norm_kernel[(tokens,)](
-            x,
-            residual,
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """x as [rows, last dim] with the last dim contiguous."""
+    x2 = x.reshape(-1, x.shape[-1])
+    return x2 if x2.stride(-1) == 1 else x2.contiguous()
+
+
+def _launch_rms_norm(
+    x2: torch.Tensor, r2: torch.Tensor | None, weight: torch.Tensor, eps: float, unit_offset: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    out = torch.empty(x2.shape, dtype=x2.dtype, device=x2.device)
+    total = torch.empty_like(out) if r2 is not None else None
+    if x2.shape[0]:
+        block = triton.next_power_of_2(x2.shape[1])
+        _rms_norm_kernel[(x2.shape[0],)](
+            x2,
+            r2 if r2 is not None else x2,  # not read without a residual
             weight,
             out,
-            total,
-            x.stride(0),
-            residual.stride(0),
+            total if total is not None else out,  # not written without a residual
+            x2.stride(0),
+            r2.stride(0) if r2 is not None else 0,
             out.stride(0),
-            total.stride(0),
+            total.stride(0) if total is not None else 0,
             eps,
-            N=n,
+            N=x2.shape[1],
             BLOCK=block,
+            UNIT_OFFSET=unit_offset,
+            HAS_RESIDUAL=r2 is not None,
             num_warps=min(16, max(1, block // 256)),
         )
     return out, total
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, unit_offset: bool) -> torch.Tensor:
+    return _launch_rms_norm(_rows(x), None, weight, eps, unit_offset)[0].view(x.shape)
+
+
+def add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float, unit_offset: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rms_norm(x + residual), x + residual), one kernel: a decoder layer's residual add and the norm
+    after it."""
+    out, total = _launch_rms_norm(_rows(x), _rows(residual), weight, eps, unit_offset)
+    return out.view(x.shape), total.view(x.shape)
 
 
 @triton.jit(do_not_specialize_on_alignment=["pos_ptr"])

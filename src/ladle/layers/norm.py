@@ -33,11 +33,16 @@ class RMSNorm(nn.Module):
             return (h * (1.0 + w)).to(dtype)
         return self.weight * h.to(dtype)
 
-    def add_forward(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(self(x + residual), x + residual): a residual add and the norm after it, one kernel on CUDA."""
-        if not self.unit_offset and x.dim() == 2 and fused_ops_enabled(x):
+    def add_forward(
+        self, x: torch.Tensor, residual: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(self(x + residual), x + residual): a residual add and the norm after it, one kernel on CUDA.
+        No residual yet (a model's first layer): (self(x), x)."""
+        if residual is None:
+            return self(x), x
+        if fused_ops_enabled(x):
             from ladle.kernels.fused_ops import add_rms_norm
 
-            return add_rms_norm(x, residual, self.weight, self.eps)
+            return add_rms_norm(x, residual, self.weight, self.eps, self.unit_offset)
         total = x + residual
         return self(total), total

@@ -22,11 +22,14 @@ class Gemma3DecoderLayer(nn.Module):
         self.pre_feedforward_layernorm = RMSNorm(cfg.hidden_size, eps, unit_offset=True)
         self.post_feedforward_layernorm = RMSNorm(cfg.hidden_size, eps, unit_offset=True)
 
-    def forward(self, positions, x, kv_cache, meta):
-        attn = self.self_attn(positions, self.input_layernorm(x), kv_cache, meta)
-        x = x + self.post_attention_layernorm(attn)
-        mlp = self.mlp(self.pre_feedforward_layernorm(x))
-        return x + self.post_feedforward_layernorm(mlp)
+    def forward(self, positions, x, kv_cache, meta, residual=None):
+        """(output, residual) unsummed, as LlamaDecoderLayer: the next norm adds them."""
+        h, residual = self.input_layernorm.add_forward(x, residual)  # residual None: the first layer
+        attn = self.self_attn(positions, h, kv_cache, meta)
+        h, residual = self.pre_feedforward_layernorm.add_forward(
+            self.post_attention_layernorm(attn), residual
+        )
+        return self.post_feedforward_layernorm(self.mlp(h)), residual
 
 
 class Gemma3ForCausalLM(CausalLM):

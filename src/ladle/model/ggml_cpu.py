@@ -372,8 +372,8 @@ class GGMLForward:
         module), into a reused output buffer: a fresh [32, 262144] float32 result is a 32 MiB mmap whose page
         faults cost ~15 ms a step on this VM, a quarter of the matmul. The logits feed no later layer, so
         their products are added in the fastest order (from 8 rows, whole blocks: ~1.4x faster than ggml's
-        lane order; Q8_0 on AMX tiles where the CPU has them), not llama.cpp's: they differ from its logits in the last bits (~1e-7 relative), which
-        can only matter to an argmax between two logits that close."""
+        lane order; Q8_0 on AMX tiles where the CPU has them), not llama.cpp's: they differ from its logits
+        in the last bits (~1e-7 relative), which can only matter to an argmax between two logits that close."""
         weight = self._lm_head_weight()
         if weight is None or choose_method(0, 0) != "ggml" or hidden.dim() != 2:
             return None

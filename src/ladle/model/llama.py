@@ -122,9 +122,8 @@ def _stack_weights(projs) -> torch.Tensor:
 
 
 class LlamaDecoderLayer(nn.Module):
-    # forward returns (mlp output, residual) without adding them: the next layer's input norm (or the
-    # stack's final norm) adds them in the same kernel. The sums are the same as x + ... done in turn.
-    returns_residual = True
+    """forward returns (mlp output, residual) without adding them: the next layer's input norm (or the
+    stack's final norm) adds them in the same kernel. The sums are the same as x + ... done in turn."""
 
     def __init__(self, cfg: ArchConfig, layer: int, backend: AttentionBackend) -> None:
         super().__init__()
@@ -134,10 +133,7 @@ class LlamaDecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
     def forward(self, positions, x, kv_cache, meta, residual=None):
-        if residual is None:  # the first layer: x is the embedding
-            h, residual = self.input_layernorm(x), x
-        else:
-            h, residual = self.input_layernorm.add_forward(x, residual)
+        h, residual = self.input_layernorm.add_forward(x, residual)  # residual None: the first layer
         h = self.self_attn(positions, h, kv_cache, meta)
         h, residual = self.post_attention_layernorm.add_forward(h, residual)
         return self.mlp(h), residual
@@ -160,14 +156,11 @@ class DecoderStack(nn.Module):
         if self.embedding_scale != 1.0:
             # Gemma rounds the scale to the activation dtype before multiplying; so do we.
             x = x * torch.tensor(self.embedding_scale, dtype=x.dtype)
-        if getattr(self.layers[0], "returns_residual", False):
-            residual = None
-            for layer, kv_cache in zip(self.layers, kv_caches):
-                x, residual = layer(positions, x, kv_cache, meta, residual)
-            return self.norm.add_forward(x, residual)[0]
+        # Each layer hands its output and the residual stream on unsummed (see LlamaDecoderLayer).
+        residual = None
         for layer, kv_cache in zip(self.layers, kv_caches):
-            x = layer(positions, x, kv_cache, meta)
-        return self.norm(x)
+            x, residual = layer(positions, x, kv_cache, meta, residual)
+        return self.norm.add_forward(x, residual)[0]
 
 
 class CausalLM(nn.Module):

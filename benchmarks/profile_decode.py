@@ -23,7 +23,10 @@ def main() -> None:
     eng = llm.llm_engine
     rng = random.Random(0)
     for batch in args.batch_sizes:
-        params = SamplingParams(temperature=0.0, max_tokens=args.steps + 10, ignore_eos=True)
+        # Long enough that no request ends while later ones are still prefilling (a batch of 256 x 800 takes
+        # ~100 chunked-prefill steps of 2048 tokens): every request must still run when the profile starts.
+        prefill_steps = batch * args.input_len // 1024 + 10
+        params = SamplingParams(temperature=0.0, max_tokens=prefill_steps + args.steps + 10, ignore_eos=True)
         for i in range(batch):
             ids = [rng.randrange(10, eng.arch.vocab_size) for _ in range(args.input_len)]
             eng.add_request(f"b{batch}-{i}", {"prompt_token_ids": ids}, params)
@@ -35,12 +38,16 @@ def main() -> None:
             for _ in range(args.steps):
                 eng.step()
         total = sum(e.self_device_time_total for e in prof.key_averages())
+        running = sum(not c.is_finished for c in children)
+        assert running == batch, f"only {running} of {batch} requests were decoding"
         print(f"\n== batch {batch}: {total / args.steps / 1e3:.3f} ms of GPU kernels per decode step")
         print(
             prof.key_averages().table(
                 sort_by="self_device_time_total", row_limit=14, max_name_column_width=60
             )
         )
+        for request_id in list(eng.parents):
+            eng.abort_request(request_id)
         while eng.has_unfinished_requests():
             eng.step()
 

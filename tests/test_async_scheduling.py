@@ -1,6 +1,8 @@
 """Async scheduling (the engine launches step N+1 before reading step N's tokens back) against Hugging Face
 transformers on a tiny random Llama, on the CPU: the bookkeeping is the same as on a GPU, only nothing
-overlaps. Greedy tokens must equal transformers' through chunked prefill, prefix-cache hits, preemption,
+overlaps. Every engine here asks for the CPU, also where a GPU exists: the references are transformers'
+float32 CPU runs, and seeded draws come from the device's generator (tests/test_gpu_engine.py covers the
+GPU). Greedy tokens must equal transformers' through chunked prefill, prefix-cache hits, preemption,
 stops found one step late and aborts, with requests that need the host's tokens (logprobs, penalties,
 min_tokens) mixed in; and no block may leak."""
 
@@ -59,7 +61,7 @@ def _greedy(n: int, **options) -> SamplingParams:
 )
 def test_greedy_tokens_match_transformers(llama, options):
     folder, model = llama
-    llm = LLM(str(folder), async_scheduling=True, **options)
+    llm = LLM(str(folder), device="cpu", async_scheduling=True, **options)
     assert llm.llm_engine.async_scheduling
     prompts = PROMPTS * 2  # the repeats also hit the prefix cache
     params = [_greedy(n) for n in MAX_TOKENS * 2]
@@ -78,7 +80,7 @@ def test_greedy_tokens_match_transformers(llama, options):
 def test_every_call_launches_a_step_and_returns_the_one_before(llama):
     """n tokens take n + 1 calls (the last only reads back); each call from the second on streams one."""
     folder, model = llama
-    llm = LLM(str(folder), async_scheduling=True)
+    llm = LLM(str(folder), device="cpu", async_scheduling=True)
     engine = llm.llm_engine
     engine.add_request("r", {"prompt_token_ids": PROMPTS[0]}, _greedy(12))
     streamed: list[int] = []
@@ -108,7 +110,7 @@ def test_off_by_default_on_cpu(llama):
 def test_stop_tokens_seen_a_step_late_end_the_output_exactly(llama):
     """The step after a stop is already running when the host sees the stop: its token must not appear."""
     folder, model = llama
-    llm = LLM(str(folder), async_scheduling=True)
+    llm = LLM(str(folder), device="cpu", async_scheduling=True)
     refs = [_reference(model, p, 20) for p in PROMPTS]
     # Stop each request on its reference's 6th token (a stop_token_id, reported as the stop reason).
     params = [
@@ -128,7 +130,7 @@ def test_stop_tokens_seen_a_step_late_end_the_output_exactly(llama):
 
 def test_stop_strings_under_async_scheduling(llama):
     folder, model = llama
-    llm = LLM(str(folder), async_scheduling=True)
+    llm = LLM(str(folder), device="cpu", async_scheduling=True)
     text = _reference_text(folder, _reference(model, PROMPTS[2], 16))
     stop = text[len(text) // 2 : len(text) // 2 + 3]
     assert stop.strip(), "the reference text has no usable stop string here"
@@ -143,7 +145,7 @@ def test_rows_that_need_host_tokens_mixed_with_overlapped_ones(llama):
     """logprobs, a repetition penalty, min_tokens and a grammar make their steps synchronous; beside plain
     rows the tokens must still be transformers' (the penalty as transformers' repetition_penalty)."""
     folder, model = llama
-    llm = LLM(str(folder), async_scheduling=True)
+    llm = LLM(str(folder), device="cpu", async_scheduling=True)
     # The others end first (10 tokens, 4-8 digits): from then on the plain row's steps overlap again.
     plain = _greedy(24)
     penalised = _greedy(10, repetition_penalty=1.3)
@@ -172,7 +174,7 @@ def test_rows_that_need_host_tokens_mixed_with_overlapped_ones(llama):
 
 def test_abort_while_a_step_is_in_flight(llama):
     folder, model = llama
-    llm = LLM(str(folder), async_scheduling=True)
+    llm = LLM(str(folder), device="cpu", async_scheduling=True)
     engine = llm.llm_engine
     engine.add_request("keep", {"prompt_token_ids": PROMPTS[0]}, _greedy(20))
     engine.add_request("drop", {"prompt_token_ids": PROMPTS[2]}, _greedy(20))
@@ -220,7 +222,7 @@ def test_seeded_sampling_is_the_same_with_and_without(llama):
     prompts = [{"prompt_token_ids": p} for p in PROMPTS]
     results = []
     for flag in (False, True):
-        llm = LLM(str(folder), async_scheduling=flag)
+        llm = LLM(str(folder), device="cpu", async_scheduling=flag)
         results.append([o.outputs[0].token_ids for o in llm.generate(prompts, params)])
         _assert_no_leak(llm)
     assert results[0] == results[1]
@@ -231,7 +233,7 @@ def test_seeded_sampling_is_the_same_with_and_without(llama):
 
 def test_refused_with_tensor_parallelism(llama):
     with pytest.raises(ValueError, match="async_scheduling"):
-        LLM(str(llama[0]), async_scheduling=True, tensor_parallel_size=2)
+        LLM(str(llama[0]), device="cpu", async_scheduling=True, tensor_parallel_size=2)
 
 
 def test_served_with_async_scheduling_streams_transformers_tokens(llama, tmp_path):

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ladle.layers.norm import RMSNorm
-from ladle.layers.rotary import RotaryEmbedding
+from ladle.layers.rotary import RotaryEmbedding, _adjacent_heads
 from ladle.model.config import RopeConfig
 
 try:
@@ -66,11 +66,11 @@ def test_add_rms_norm(monkeypatch, dtype, tokens, unit_offset):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("heads", [(32, 8, 128), (16, 8, 128), (4, 1, 256), (6, 2, 64)])
 @pytest.mark.parametrize("layout", ["fused-qkv", "separate"])
-def test_rotary(monkeypatch, dtype, heads, layout):
+@pytest.mark.parametrize("tokens", [1, 41])
+def test_rotary(monkeypatch, dtype, heads, layout, tokens):
     h, kvh, d = heads
     rope = RotaryEmbedding(d, RopeConfig(theta=500000.0))
     rope.cos_sin = rope.build_table(4096, torch.device("cuda"))
-    tokens = 41
     positions = torch.randint(0, 4096, (tokens,), device="cuda")
     # fused-qkv: q and k as views of one projection output, rotated by one launch; separate: two tensors.
     qkv = torch.randn(tokens, (h + 2 * kvh) * d, device="cuda").to(dtype)
@@ -79,6 +79,8 @@ def test_rotary(monkeypatch, dtype, heads, layout):
     v_before = v.clone()
     if layout == "separate":
         q, k = q.clone(), k.clone()
+    # One launch for the fused layout at every batch size (a one-token batch's views have unequal row strides).
+    assert (_adjacent_heads(q, k) is not None) == (layout == "fused-qkv")
     ref_q, ref_k = _torch_ref(monkeypatch, lambda: rope(positions, q.clone(), k.clone()))
     got_q, got_k = rope(positions, q, k)
     tol = 1e-5 if dtype == torch.float32 else 1e-2

@@ -77,7 +77,11 @@ def _adjacent_heads(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor | None:
     """q [T, H, D] and k [T, KVH, D] as one [T, H + KVH, D] view when k's heads follow q's in memory with
     the same strides (q and k split from one QKV projection), else None."""
     heads, dim = q.shape[1], q.shape[2]
-    if q.dtype != k.dtype or q.stride() != k.stride() or q.stride(1) != dim:
+    if q.dtype != k.dtype or q.stride()[1:] != k.stride()[1:] or q.stride(1) != dim:
+        return None
+    # A one-token batch's row stride means nothing, and torch gives the q and k views different ones
+    # (each [1, heads * dim] slice counts as contiguous): batch-1 decode would take two launches.
+    if q.shape[0] > 1 and q.stride(0) != k.stride(0):
         return None
     if k.data_ptr() != q.data_ptr() + heads * dim * q.element_size():
         return None

@@ -142,11 +142,12 @@ def test_stop_strings_under_async_scheduling(llama):
 
 
 def test_rows_that_need_host_tokens_mixed_with_overlapped_ones(llama):
-    """logprobs, a repetition penalty, min_tokens and a grammar make their steps synchronous; beside plain
-    rows the tokens must still be transformers' (the penalty as transformers' repetition_penalty)."""
+    """A grammar makes its steps synchronous; beside it, and once it ends, rows with logprobs, a repetition
+    penalty and min_tokens (which overlap) still get transformers' tokens (the penalty as transformers'
+    repetition_penalty)."""
     folder, model = llama
     llm = LLM(str(folder), device="cpu", async_scheduling=True)
-    # The others end first (10 tokens, 4-8 digits): from then on the plain row's steps overlap again.
+    # The grammar row ends first (4-8 digits): from then on every step overlaps.
     plain = _greedy(24)
     penalised = _greedy(10, repetition_penalty=1.3)
     logprobs = _greedy(10, logprobs=2)
@@ -167,9 +168,88 @@ def test_rows_that_need_host_tokens_mixed_with_overlapped_ones(llama):
     assert len(tokens) >= 6 and not any(t in eos for t in tokens[:6])
     constrained = outputs[4].outputs[0]
     assert constrained.finish_reason == "stop" and re.fullmatch("[0-9]{4,8}", constrained.text)
-    # Steps with any of them were synchronous; the plain row's last 14 overlapped.
-    assert llm.llm_engine.counters.overlapped_steps >= 12
+    # Steps with the grammar row (at most 9 tokens) were synchronous; the plain row's last 15 or more overlapped.
+    assert llm.llm_engine.counters.overlapped_steps >= 15
     _assert_no_leak(llm)
+
+
+# Rows whose sampling follows their own earlier tokens; under async scheduling the last of those is still on
+# the device when the next step is sampled (penalties take it from there, min_tokens counts it).
+_TOKEN_DEPENDENT = [
+    _greedy(20, repetition_penalty=1.5),
+    _greedy(20, frequency_penalty=1.5, presence_penalty=0.5),
+    # Ollama's repeat_last_n: a window of 3 slides past the prompt onto the output, the pending token in it.
+    _greedy(20, repetition_penalty=2.0, frequency_penalty=1.0, penalty_window=3),
+    SamplingParams(temperature=0.0, max_tokens=20, min_tokens=12, stop_token_ids=[5, 6, 7, 8, 9, 10]),
+    _greedy(20, logprobs=3),
+    SamplingParams(
+        temperature=0.8, seed=11, max_tokens=20, ignore_eos=True, presence_penalty=1.0, logprobs=1
+    ),
+]
+
+
+def test_penalties_min_tokens_and_logprobs_overlap_and_match_synchronous_steps(llama):
+    """Every step overlaps, and tokens, logprobs, stop reasons are the synchronous engine's exactly: penalties
+    count the token in flight, min_tokens counts it, logprobs come back with the tokens."""
+    folder, model = llama
+    prompts = [{"prompt_token_ids": p} for p in (PROMPTS * 2)[: len(_TOKEN_DEPENDENT)]]
+    results = {}
+    for flag in (False, True):
+        llm = LLM(str(folder), device="cpu", async_scheduling=flag)
+        engine = llm.llm_engine
+        for i, (prompt, params) in enumerate(zip(prompts, _TOKEN_DEPENDENT)):
+            engine.add_request(str(i), prompt, params)
+        outputs, calls = {}, 0
+        while engine.has_unfinished_requests():
+            calls += 1
+            for out in engine.step():
+                if out.finished:
+                    outputs[out.request_id] = out.outputs[0]
+        if flag:  # each call launched a step that sampled every running row, bar the last (it only reads)
+            assert engine.counters.overlapped_steps == calls - 1
+        else:
+            assert engine.counters.overlapped_steps == 0
+        _assert_no_leak(llm)
+        results[flag] = [outputs[str(i)] for i in range(len(_TOKEN_DEPENDENT))]
+    for sync, overlapped in zip(results[False], results[True]):
+        assert overlapped.token_ids == sync.token_ids
+        assert (overlapped.finish_reason, overlapped.stop_reason) == (sync.finish_reason, sync.stop_reason)
+        # The same tokens and ranks; values to float32 rounding (a stop seen a step late changes which rows
+        # share a step, and so the matmuls' summation).
+        assert (overlapped.logprobs is None) == (sync.logprobs is None)
+        for got, want in zip(overlapped.logprobs or [], sync.logprobs or [], strict=True):
+            assert {t: lp.rank for t, lp in got.items()} == {t: lp.rank for t, lp in want.items()}
+            assert all(lp.logprob == pytest.approx(want[t].logprob, abs=1e-5) for t, lp in got.items())
+    # The repetition penalty and the logprobs against transformers too.
+    assert results[True][0].token_ids == _reference(model, PROMPTS[0], 20, repetition_penalty=1.5)
+    with torch.no_grad():
+        full = torch.tensor([PROMPTS[1] + results[True][4].token_ids])
+        reference = model(full).logits[0, len(PROMPTS[1]) - 1 : -1].float().log_softmax(dim=-1)
+    for position, entry in enumerate(results[True][4].logprobs):
+        assert len(entry) >= 3
+        for token, logprob in entry.items():
+            assert logprob.logprob == pytest.approx(float(reference[position, token]), abs=2e-4)
+    # min_tokens held the stop ids back for 12 tokens (the row may stop on one after that).
+    assert len(results[True][3].token_ids) >= 12
+    assert not set(results[True][3].token_ids[:12]) & {5, 6, 7, 8, 9, 10}
+
+
+def test_min_tokens_ends_on_the_first_allowed_step(llama):
+    """min_tokens counts the token in flight: a stop id the model picks right at position min_tokens ends
+    the output there, with and without async scheduling (counting only the host's tokens would mask it one
+    step too long)."""
+    folder, model = llama
+    ref = _reference(model, PROMPTS[2], 24)
+    m = next(i for i in range(8, 24) if ref[i] not in ref[:i])
+    params = _greedy(24, min_tokens=m, stop_token_ids=[ref[m]])
+    for flag in (False, True):
+        llm = LLM(str(folder), device="cpu", async_scheduling=flag)
+        out = llm.generate([{"prompt_token_ids": PROMPTS[2]}], params)[0].outputs[0]
+        assert out.token_ids == ref[: m + 1]
+        assert (out.finish_reason, out.stop_reason) == ("stop", ref[m])
+        # m + 1 tokens, and the step after the stop, launched before the stop was seen.
+        assert llm.llm_engine.counters.overlapped_steps == (m + 2 if flag else 0)
+        _assert_no_leak(llm)
 
 
 def test_abort_while_a_step_is_in_flight(llama):

@@ -148,3 +148,52 @@ def test_cuda_async_scheduling_matches_transformers(references, eager):
     assert engine.counters.overlapped_steps > 0
     assert engine.counters.generation_tokens == sum(len(o.outputs[0].token_ids) for o in outputs)
     _assert_no_leak(llm)
+
+
+def test_cuda_async_penalties_min_tokens_and_logprobs(references, tiny_model):
+    """Rows whose sampling follows their own tokens overlap too on CUDA: penalties take the token in flight
+    from the device, min_tokens counts it, logprobs come back through pinned copies with the tokens. Tokens
+    equal the synchronous engine's and transformers' (repetition_penalty), logprobs transformers'."""
+    _, folder, refs = references
+    # min_tokens ends on its first allowed step: a stop id the model picks at position m and not before.
+    # (A tiny random model may loop; take the first prompt whose continuation has such a position.)
+    k, m = next(
+        (k, i) for k in (2, 1, 0) for i in range(4, NUM_TOKENS) if refs[k][0][i] not in refs[k][0][:i]
+    )
+    ref = refs[k][0]
+    params = [
+        SamplingParams(temperature=0.0, max_tokens=NUM_TOKENS, ignore_eos=True, repetition_penalty=1.5),
+        SamplingParams(
+            temperature=0.0, max_tokens=NUM_TOKENS, ignore_eos=True, frequency_penalty=1.5, penalty_window=3
+        ),
+        SamplingParams(
+            temperature=0.0, max_tokens=NUM_TOKENS, ignore_eos=True, min_tokens=m, stop_token_ids=[ref[m]]
+        ),
+        GREEDY,
+    ]
+    prompts = [{"prompt_token_ids": p} for p in (PROMPTS[0], PROMPTS[1], PROMPTS[k], PROMPTS[1])]
+    results = {}
+    for flag in (False, True):
+        llm = LLM(str(folder), device="cuda", dtype="float32", async_scheduling=flag)
+        results[flag] = [o.outputs[0] for o in llm.generate(prompts, params)]
+        overlapped = llm.llm_engine.counters.overlapped_steps
+        assert overlapped >= NUM_TOKENS if flag else overlapped == 0
+        _assert_no_leak(llm)
+    for sync, overlapped in zip(results[False], results[True]):
+        assert overlapped.token_ids == sync.token_ids
+    got = results[True]
+    assert got[2].token_ids == ref[: m + 1] and got[2].stop_reason == ref[m]
+    with torch.no_grad():
+        penalised = tiny_model[2].generate(
+            torch.tensor([PROMPTS[0]]),
+            max_new_tokens=NUM_TOKENS,
+            min_new_tokens=NUM_TOKENS,
+            do_sample=False,
+            repetition_penalty=1.5,
+        )
+    assert got[0].token_ids == penalised[0, len(PROMPTS[0]) :].tolist()
+    ref_tokens, _, ref_lp = refs[1]
+    assert got[3].token_ids == ref_tokens
+    for step, entry in enumerate(got[3].logprobs):
+        expected = float(ref_lp[len(PROMPTS[1]) - 1 + step, ref_tokens[step]])
+        assert entry[ref_tokens[step]].logprob == pytest.approx(expected, abs=2e-3)

@@ -30,6 +30,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-num-batched-tokens", type=int, default=2048)
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    # Sampling that reads a request's own tokens (penalties) or returns more than tokens (logprobs): what
+    # a served workload may ask, and what async scheduling must overlap too.
+    p.add_argument("--logprobs", type=int, default=None, help="top logprobs returned per token")
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
     p.add_argument("--attention-backend", default="auto", choices=["auto", "torch", "triton"])
     p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
     add_async_scheduling_argument(p)
@@ -109,7 +113,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         n_in = rng.randint(*args.input_len)
         n_out = rng.randint(*args.output_len)
         prompts.append({"prompt_token_ids": [rng.randrange(10, vocab) for _ in range(n_in)]})
-        params.append(SamplingParams(temperature=0.0, max_tokens=n_out, ignore_eos=True))
+        params.append(
+            SamplingParams(
+                temperature=0.0,
+                max_tokens=n_out,
+                ignore_eos=True,
+                logprobs=args.logprobs,
+                repetition_penalty=args.repetition_penalty,
+            )
+        )
     start = time.perf_counter()
     outputs = llm.generate(prompts, params)
     elapsed = time.perf_counter() - start
@@ -129,6 +141,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "output_tokens": output_tokens,
         "dtype": str(llm.llm_engine.dtype),
         "kv_cache_dtype": args.kv_cache_dtype,
+        "logprobs": args.logprobs,
+        "repetition_penalty": args.repetition_penalty,
         "kv_blocks": llm.llm_engine.kv.num_blocks,
         "preemptions": llm.llm_engine.scheduler.num_preemptions,
         "tensor_parallel_size": args.tensor_parallel_size,

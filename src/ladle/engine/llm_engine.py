@@ -16,7 +16,15 @@ from ladle.config import EngineConfig
 from ladle.engine.detokenizer import IncrementalDetokenizer
 from ladle.engine.kv_cache_manager import KVCacheManager
 from ladle.engine.request import Request
-from ladle.engine.sampler import Sampler, SamplerOutput, SamplingRow, StepPlan, prompt_logprobs
+from ladle.engine.sampler import (
+    Sampler,
+    SamplerOutput,
+    SamplingRow,
+    StepPlan,
+    TokenLogprobTensors,
+    output_with_logprobs,
+    prompt_logprobs,
+)
 from ladle.engine.scheduler import ScheduledBatch, Scheduler
 from ladle.executor.device import resolve_device, resolve_dtype, resolve_kv_cache_dtype
 from ladle.executor.model_runner import ModelRunner, PendingTokens, kv_block_bytes
@@ -45,10 +53,14 @@ class _LaunchedStep:
     grammars: bool
     result: SamplerOutput | None = None  # sampled and read back at once
     # Async scheduling: the tokens on the device (the next step's inputs), their pinned host copy, and the
-    # event after which that copy is complete.
+    # event after which that copy is complete; the logprob rows' numbers copied the same way, with the plan
+    # and rows that say which rows they belong to.
     tokens: torch.Tensor | None = None
     host_tokens: torch.Tensor | None = None
     ready: torch.cuda.Event | None = None
+    host_logprobs: TokenLogprobTensors | None = None
+    plan: StepPlan | None = None
+    rows: list[SamplingRow] | None = None
 
 
 @dataclass
@@ -342,9 +354,12 @@ class LLMEngine:
         grammars = self._structured is not None and any(r.grammar is not None for r in batch.requests)
         if grammars:  # next-token bitmasks are filled on a worker while the model runs
             self.structured.start_fills(r.grammar for r in batch.requests)
+        pending: dict[Request, int] = {}
+        pending_tokens = None
         if previous is not None and previous.tokens is not None:
-            index = {req: j for j, req in enumerate(previous.sampled)}
-            step = self.runner.execute(batch, PendingTokens(index, previous.tokens))
+            pending = {req: j for j, req in enumerate(previous.sampled)}
+            pending_tokens = previous.tokens
+            step = self.runner.execute(batch, PendingTokens(pending, pending_tokens))
         else:
             step = self.runner.execute(batch)
         for req, num_new in zip(batch.requests, batch.num_new_tokens):
@@ -367,28 +382,34 @@ class LLMEngine:
                 generator=r.generator,
                 eos_token_ids=r.eos_token_ids,
                 token_bitmask=self.structured.mask(r.grammar) if r.grammar is not None else None,
+                # The step before may still be computing this request's last token (penalties need it).
+                pending_index=pending.get(r),
             )
             for r in sampled
         ]
         plan = StepPlan.of(rows)
-        # Requests that asked for prompt logprobs stay synchronous too, as those with logprobs.
+        # Requests that asked for prompt logprobs stay synchronous (those are read back as they are made).
         if (
             not self.async_scheduling
             or plan.needs_host_tokens
             or any(r.params.prompt_logprobs is not None for r in sampled)
         ):
-            launched.result = self.sampler(step.logits, rows, plan)
+            launched.result = self.sampler(step.logits, rows, plan, pending_tokens)
             return launched
-        tokens = self.sampler.sample_on_device(step.logits, rows, plan)
+        tokens = self.sampler.sample_on_device(step.logits, rows, plan, pending_tokens)
+        logprobs = self.sampler.logprobs_on_device(step.logits, rows, plan, tokens)
         launched.tokens = tokens
+        if logprobs is not None:
+            launched.plan, launched.rows = plan, rows
         self.counters.overlapped_steps += 1
         if tokens.device.type == "cuda":
             launched.host_tokens = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
             launched.host_tokens.copy_(tokens, non_blocking=True)
+            launched.host_logprobs = logprobs.to_pinned_host() if logprobs is not None else None
             launched.ready = torch.cuda.Event()
             launched.ready.record()
         else:
-            launched.host_tokens = tokens
+            launched.host_tokens, launched.host_logprobs = tokens, logprobs
         for req in sampled:
             req.num_pending_tokens += 1  # the step before may hold one too, until it is applied
         return launched
@@ -403,6 +424,8 @@ class LLMEngine:
             if launched.ready is not None:
                 launched.ready.synchronize()
             token_ids = launched.host_tokens.tolist()
+            if launched.host_logprobs is not None:
+                result = output_with_logprobs(token_ids, launched.rows, launched.plan, launched.host_logprobs)
         else:
             token_ids = result.token_ids
         now = time.monotonic()

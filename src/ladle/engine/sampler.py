@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ladle.engine.sampling.draw import draw_tokens
-from ladle.engine.sampling.logprobs import prompt_logprobs, token_logprobs
+from ladle.engine.sampling.logprobs import TokenLogprobTensors, prompt_logprobs, token_logprob_tensors
 from ladle.engine.sampling.penalties import apply_logit_bias, apply_min_tokens, apply_penalties
 from ladle.engine.sampling.token_arrays import TokenArrays
 from ladle.engine.sampling.truncation import apply_min_p, apply_temperature, apply_top_k_top_p
@@ -48,7 +48,15 @@ from ladle.engine.sampling.types import SamplerOutput, SamplingRow, device_tenso
 from ladle.kernels.cpu_ops import loaded_cpu_ops
 from ladle.sampling_params import _GREEDY_EPSILON
 
-__all__ = ["Sampler", "SamplerOutput", "SamplingRow", "StepPlan", "prompt_logprobs"]
+__all__ = [
+    "Sampler",
+    "SamplerOutput",
+    "SamplingRow",
+    "StepPlan",
+    "TokenLogprobTensors",
+    "output_with_logprobs",
+    "prompt_logprobs",
+]
 
 
 @dataclass
@@ -77,7 +85,7 @@ class StepPlan:
                 plan.grammar_rows.append(i)
             if p.logit_bias:
                 plan.logit_bias = True
-            if p.min_tokens and len(row.output_token_ids) < p.min_tokens:
+            if p.min_tokens and row.num_output_tokens < p.min_tokens:
                 plan.min_tokens = True
             if (
                 p.repetition_penalty != 1.0 or p.presence_penalty != 0.0 or p.frequency_penalty != 0.0
@@ -88,9 +96,9 @@ class StepPlan:
     @property
     def needs_host_tokens(self) -> bool:
         """A row here needs this step's tokens on the host before the next step can be sampled (async
-        scheduling must wait): logprobs are read back with them, grammars and penalties follow the tokens,
-        an active min_tokens counts them. Once false for a row it stays false."""
-        return bool(self.logprob_rows or self.grammar_rows) or self.penalties or self.min_tokens
+        scheduling must wait): a grammar's matcher advances on the host. Penalties take a token still in
+        flight from the device, min_tokens counts it, and logprobs are read back with the tokens."""
+        return bool(self.grammar_rows)
 
     @property
     def edits_logits(self) -> bool:
@@ -113,41 +121,53 @@ class Sampler:
         self._token_arrays = TokenArrays()
 
     def __call__(
-        self, logits: torch.Tensor, rows: list[SamplingRow], plan: StepPlan | None = None
+        self,
+        logits: torch.Tensor,
+        rows: list[SamplingRow],
+        plan: StepPlan | None = None,
+        pending_tokens: torch.Tensor | None = None,
     ) -> SamplerOutput:
-        """plan: StepPlan.of(rows), when the caller has made it already."""
+        """plan: StepPlan.of(rows), when the caller has made it already. pending_tokens: the device tokens
+        the rows' pending_index point into (async scheduling's step in flight)."""
         if not rows:
             return SamplerOutput(token_ids=[], logprobs=[], ranks=[])
         plan = plan or StepPlan.of(rows)
-        tokens = self._sample(logits, rows, plan)
-
-        logprobs: list[dict[int, float] | None] = [None] * len(rows)
-        ranks: list[dict[int, int] | None] = [None] * len(rows)
-        if plan.logprob_rows:
-            lp_rows = plan.logprob_rows
-            if len(lp_rows) == len(rows):
-                raw, chosen = logits, tokens
-            else:
-                index = device_tensor(lp_rows, None, logits.device)
-                raw, chosen = logits[index], tokens[index]
-            num_top = [rows[i].params.logprobs or 0 for i in lp_rows]
-            values, row_ranks = token_logprobs(raw.float().log_softmax(dim=-1), chosen, num_top)
-            for i, row_values, rank in zip(lp_rows, values, row_ranks, strict=True):
-                logprobs[i], ranks[i] = row_values, rank
-        return SamplerOutput(token_ids=tokens.tolist(), logprobs=logprobs, ranks=ranks)
+        tokens = self.sample_on_device(logits, rows, plan, pending_tokens)
+        return output_with_logprobs(
+            tokens.tolist(), rows, plan, self.logprobs_on_device(logits, rows, plan, tokens)
+        )
 
     def sample_on_device(
-        self, logits: torch.Tensor, rows: list[SamplingRow], plan: StepPlan | None = None
+        self,
+        logits: torch.Tensor,
+        rows: list[SamplingRow],
+        plan: StepPlan | None = None,
+        pending_tokens: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The rows' next tokens [rows] int64, left on the logits' device and not waited for (async
-        scheduling reads them back later). No logprobs: the caller asks for rows without them."""
-        return self._sample(logits, rows, plan or StepPlan.of(rows))
-
-    def _sample(self, logits: torch.Tensor, rows: list[SamplingRow], plan: StepPlan) -> torch.Tensor:
-        processed = self._process(logits, rows, plan, self._token_arrays)
+        scheduling reads them back later; logprobs_on_device gives their logprobs the same way)."""
+        plan = plan or StepPlan.of(rows)
+        processed = self._process(logits, rows, plan, self._token_arrays, pending_tokens)
         if plan.penalties:
             self._token_arrays.end_step()
         return self._choose(processed, rows)
+
+    @staticmethod
+    def logprobs_on_device(
+        logits: torch.Tensor, rows: list[SamplingRow], plan: StepPlan, tokens: torch.Tensor
+    ) -> TokenLogprobTensors | None:
+        """The logprob rows' numbers (raw log_softmax: the chosen token and the top ones), on the device and
+        not waited for; output_with_logprobs turns them into the SamplerOutput. None without logprob rows."""
+        lp_rows = plan.logprob_rows
+        if not lp_rows:
+            return None
+        if len(lp_rows) == len(rows):
+            raw, chosen = logits, tokens
+        else:
+            index = device_tensor(lp_rows, None, logits.device)
+            raw, chosen = logits[index], tokens[index]
+        max_top = max(rows[i].params.logprobs or 0 for i in lp_rows)
+        return token_logprob_tensors(raw.float().log_softmax(dim=-1), chosen, max_top)
 
     def processed_logprobs(self, logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
         """The log-distribution [rows, vocab] each row samples from after all processing.
@@ -159,7 +179,7 @@ class Sampler:
         result = torch.full((num_rows, vocab_size), float("-inf"), device=logits.device)
         if not rows:
             return result
-        processed = self._process(logits, rows, StepPlan.of(rows), TokenArrays())
+        processed = self._process(logits, rows, StepPlan.of(rows), TokenArrays(), None)
         if processed.greedy_tokens is not None:
             result.scatter_(1, processed.greedy_tokens.unsqueeze(1), 0.0)
         if processed.random_logits is not None:
@@ -168,7 +188,12 @@ class Sampler:
         return result
 
     def _process(
-        self, logits: torch.Tensor, rows: list[SamplingRow], plan: StepPlan, token_arrays: TokenArrays
+        self,
+        logits: torch.Tensor,
+        rows: list[SamplingRow],
+        plan: StepPlan,
+        token_arrays: TokenArrays,
+        pending_tokens: torch.Tensor | None,
     ) -> _Processed:
         if logits.shape[0] != len(rows):
             raise ValueError(f"Sampler got {logits.shape[0]} rows of logits for {len(rows)} sequences")
@@ -185,7 +210,7 @@ class Sampler:
             if plan.min_tokens:
                 work = _min_tokens_under_grammar(work, rows, plan.grammar_rows)
             if plan.penalties:
-                work = apply_penalties(work, rows, token_arrays)
+                work = apply_penalties(work, rows, token_arrays, pending_tokens)
 
         greedy_tokens = _argmax(work) if plan.greedy_rows else None
         if not plan.random_rows:
@@ -222,6 +247,21 @@ class Sampler:
         tokens = processed.greedy_tokens.clone()
         tokens[device_tensor(processed.random_rows, None, tokens.device)] = sampled
         return tokens
+
+
+def output_with_logprobs(
+    token_ids: list[int], rows: list[SamplingRow], plan: StepPlan, tensors: TokenLogprobTensors | None
+) -> SamplerOutput:
+    """The step's SamplerOutput: its tokens, and the logprob rows' dicts from logprobs_on_device's numbers
+    (on the host by now, or read back here)."""
+    logprobs: list[dict[int, float] | None] = [None] * len(rows)
+    ranks: list[dict[int, int] | None] = [None] * len(rows)
+    if tensors is not None:
+        num_top = [rows[i].params.logprobs or 0 for i in plan.logprob_rows]
+        values, row_ranks = tensors.as_dicts(num_top)
+        for i, row_values, rank in zip(plan.logprob_rows, values, row_ranks, strict=True):
+            logprobs[i], ranks[i] = row_values, rank
+    return SamplerOutput(token_ids=token_ids, logprobs=logprobs, ranks=ranks)
 
 
 def _argmax(x: torch.Tensor) -> torch.Tensor:

@@ -85,4 +85,8 @@ def _adjacent_heads(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor | None:
         return None
     if k.data_ptr() != q.data_ptr() + heads * dim * q.element_size():
         return None
+    # Adjacent is not enough: two tensors the allocator happened to place back to back (q and k after a
+    # q/k norm, say) are two storages, and a view of one cannot reach into the other.
+    if q.untyped_storage().data_ptr() != k.untyped_storage().data_ptr():
+        return None
     return q.as_strided((q.shape[0], heads + k.shape[1], dim), q.stride())

@@ -24,10 +24,22 @@ class SamplingRow:
     eos_token_ids: list[int] | None = None
     # Set for rows under a grammar (structured outputs): [1, ceil(vocab / 32)] int32, bit set = allowed.
     token_bitmask: torch.Tensor | None = None
+    # Async scheduling: the row's previous token is still in flight, at index pending_index of the tokens
+    # tensor the sampler is given as `pending_tokens` (on the logits' device); output_token_ids lacks it.
+    pending_index: int | None = None
+
+    @property
+    def num_pending_tokens(self) -> int:
+        return 0 if self.pending_index is None else 1
+
+    @property
+    def num_output_tokens(self) -> int:
+        """Output tokens so far, the one in flight included."""
+        return len(self.output_token_ids) + self.num_pending_tokens
 
     @property
     def min_tokens_active(self) -> bool:
-        return len(self.output_token_ids) < self.params.min_tokens
+        return self.num_output_tokens < self.params.min_tokens
 
 
 @dataclass
@@ -50,7 +62,11 @@ class SamplerOutput:
 def device_tensor(values: list, dtype: torch.dtype | None, device: torch.device) -> torch.Tensor:
     """torch.tensor(values) on `device` without a host sync: a plain copy from pageable memory waits for the
     GPU to drain; from pinned memory it is queued like a kernel."""
-    host = torch.tensor(values, dtype=dtype)
+    return host_to_device(torch.tensor(values, dtype=dtype), device)
+
+
+def host_to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device`, queued without a host sync (through pinned memory) on CUDA."""
     if device.type != "cuda":
         return host.to(device)
     return host.pin_memory().to(device, non_blocking=True)

@@ -4,16 +4,12 @@
 # GPU tests on this tree. Logs and JSON under $OUT (or benchmarks/results).
 #   OLD_SRC=/path/to/baseline/src [SKIP_TESTS=1] bash benchmarks/gpu_ab_call.sh
 set -uo pipefail
-export NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
 out="${OUT:-benchmarks/results}"
 tmp=$(mktemp -d)
 new_src="$(pwd)/src"
 old_src="${OLD_SRC:?the baseline src folder}"
 mkdir -p "$out"
-# ladle imports gguf, which the device image lacks: carry its wheel in whl/ (pure Python; its needs are there).
-ls whl/*.whl >/dev/null 2>&1 && python3 -m pip install -q --no-index --no-deps whl/*.whl
-{ date -u; nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv;
-  python3 -c 'import torch, triton; print(torch.__version__, triton.__version__)'; } | tee "$out/device.log"
+source benchmarks/gpu_device_setup.sh "$out/device.log"
 lat() {  # label, src
   PYTHONPATH="$2" timeout 120 python3 -m ladle.cli.main bench latency --preset llama-3.1-8b --baseline none \
     --peak-bandwidth-gbs 4800 --throughput-batch-sizes 256 --output-json "$out/latency-$1.json" 2>&1 \

@@ -5,14 +5,11 @@
 # under $OUT (or benchmarks/results).
 #   [ROUNDS=2] [SKIP_TESTS=1] [PROFILE=1] bash benchmarks/gpu_async_call.sh
 set -uo pipefail
-export NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1 PYTHONPATH="$(pwd)/src"
+export PYTHONPATH="$(pwd)/src"
 out="${OUT:-benchmarks/results}"
 tmp=$(mktemp -d)
 mkdir -p "$out"
-# ladle imports gguf, which the device image lacks: carry its wheel in whl/ (pure Python; its needs are there).
-ls whl/*.whl >/dev/null 2>&1 && python3 -m pip install -q --no-index --no-deps whl/*.whl
-{ date -u; git rev-parse HEAD; nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv;
-  python3 -c 'import torch, triton; print(torch.__version__, triton.__version__)'; } | tee "$out/device.log"
+source benchmarks/gpu_device_setup.sh "$out/device.log"
 tp() {  # label, extra args...
   local label=$1; shift
   timeout 120 python3 -m ladle.cli.main bench throughput --preset llama-3.1-8b "$@" \

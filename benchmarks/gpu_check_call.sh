@@ -5,15 +5,12 @@
 # against --no-async-scheduling, alternating. Logs and JSON in $OUT/gpu-check.tgz (or benchmarks/results/).
 #   [SKIP_TESTS=1] [SAMPLING_AB=1] [PROFILE_BATCHES="1 256"] bash benchmarks/gpu_check_call.sh
 set -uo pipefail
-export NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1 PYTHONPATH="$(pwd)/src"
+export PYTHONPATH="$(pwd)/src"
 # Everything goes into one archive, $OUT/gpu-check.tgz (the device returns at most 8 files).
 dest="${OUT:-benchmarks/results}"
 out=$(mktemp -d)
 mkdir -p "$dest"
-# ladle imports gguf, which the device image lacks: carry its wheel in whl/ (pure Python; its needs are there).
-ls whl/*.whl >/dev/null 2>&1 && python3 -m pip install -q --no-index --no-deps whl/*.whl
-{ date -u; nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv;
-  python3 -c 'import torch, triton; print(torch.__version__, triton.__version__)'; } | tee "$out/device.log"
+source benchmarks/gpu_device_setup.sh "$out/device.log"
 # The served async test needs fastapi/uvicorn/openai, which the device lacks (CI runs it on the CPU).
 [ "${SKIP_TESTS:-0}" = 1 ] || timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_attention.py \
   tests/test_kernels_fused.py tests/test_kernels_weight_fusion.py tests/test_gpu_engine.py tests/test_sampler_gpu.py \

@@ -4,15 +4,12 @@
 # bench latency (PROFILE=1: then profile_steps.py with fp8 K/V). Logs and JSON under $OUT (or benchmarks/results).
 #   OLD_SRC=/path/to/baseline/src [SWEEP=1] [ROUNDS=2] [SKIP_LATENCY=1] [PROFILE=1] bash benchmarks/gpu_fp8_call.sh
 set -uo pipefail
-export NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
 out="${OUT:-benchmarks/results}"
 tmp=$(mktemp -d)  # per-run JSONs; merged into $out/throughput.json at the end (the device returns 8 files)
 new_src="$(pwd)/src"
 old_src="${OLD_SRC:?the baseline src folder}"
 mkdir -p "$out"
-# ladle imports gguf, which the device image lacks: carry its wheel in whl/ (pure Python; its needs are there).
-ls whl/*.whl >/dev/null 2>&1 && python3 -m pip install -q --no-index --no-deps whl/*.whl
-{ date -u; nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv; python3 -c 'import torch, triton; print(torch.__version__, triton.__version__)'; } | tee "$out/attention-ab.log"
+source benchmarks/gpu_device_setup.sh "$out/attention-ab.log"
 sweep=()
 [ "${SWEEP:-0}" = 1 ] && sweep=(--sweep)
 PYTHONPATH="$new_src" timeout 300 python3 benchmarks/bench_attention_ab.py --old-src "$old_src" "${sweep[@]}" \

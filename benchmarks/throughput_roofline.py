@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 from dataclasses import dataclass
 from pathlib import Path
+
+from ladle.bench.workload import make_requests
+from ladle.model.config import ArchConfig, arch_config_from_hf
 
 # (label, memory bandwidth B/s, dense bf16 FLOP/s). "achievable" is an assumption (~90% of the HBM spec,
 # ~70% of the dense tensor-core spec), not a measurement; "measured here" are this project's H200 numbers.
@@ -27,40 +29,15 @@ PROFILES = [
 ]
 
 
-@dataclass(frozen=True)
-class ModelConfig:
-    hidden: int
-    intermediate: int
-    layers: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    vocab: int
+def body_params(m: ArchConfig) -> int:
+    """Matmul parameters every query token goes through (all layers; no LM head)."""
+    q, kv = m.num_attention_heads * m.head_dim, m.num_key_value_heads * m.head_dim
+    attn = m.hidden_size * q + 2 * m.hidden_size * kv + q * m.hidden_size
+    return m.num_hidden_layers * (attn + 3 * m.hidden_size * m.intermediate_size)
 
-    @classmethod
-    def from_json(cls, path: Path) -> ModelConfig:
-        c = json.loads(path.read_text())
-        heads = c["num_attention_heads"]
-        return cls(
-            hidden=c["hidden_size"],
-            intermediate=c["intermediate_size"],
-            layers=c["num_hidden_layers"],
-            heads=heads,
-            kv_heads=c.get("num_key_value_heads", heads),
-            head_dim=c.get("head_dim") or c["hidden_size"] // heads,
-            vocab=c["vocab_size"],
-        )
 
-    @property
-    def body_params(self) -> int:
-        """Matmul parameters every query token goes through (all layers; no LM head)."""
-        q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        attn = self.hidden * q + 2 * self.hidden * kv + q * self.hidden
-        return self.layers * (attn + 3 * self.hidden * self.intermediate)
-
-    @property
-    def lm_head_params(self) -> int:
-        return self.hidden * self.vocab
+def lm_head_params(m: ArchConfig) -> int:
+    return m.hidden_size * m.vocab_size
 
 
 @dataclass(frozen=True)
@@ -69,19 +46,6 @@ class Step:
     decode_ctx: tuple[int, ...]  # per decode row, the context it attends over (itself included)
     chunks: tuple[tuple[int, int], ...]  # per prefill chunk, (q, context before it)
     sampled: int  # rows that go through the LM head: decode rows + chunks that end their prompt
-
-
-def workload(seed: int, n: int, lo_in: int, hi_in: int, lo_out: int, hi_out: int, vocab: int):
-    """(n_in, n_out) per request, drawing from the RNG exactly as bench/throughput.py's `run` does.
-    (profile_steps.py and host_overhead.py draw n_out after the prompt: another workload, 1,085 steps.)"""
-    rng = random.Random(seed)
-    reqs = []
-    for _ in range(n):
-        n_in, n_out = rng.randint(lo_in, hi_in), rng.randint(lo_out, hi_out)
-        for _ in range(n_in):  # the prompt's tokens: only consumed so the next lengths match
-            rng.randrange(10, vocab)
-        reqs.append((n_in, n_out))
-    return reqs
 
 
 def simulate(reqs: list[tuple[int, int]], max_seqs: int, budget_per_step: int) -> list[Step]:
@@ -127,16 +91,17 @@ class Cost:
         return self.prefill_steps + self.decode_steps
 
 
-def price(steps: list[Step], m: ModelConfig, a: argparse.Namespace, bw: float, flops: float, kv_b: int):
+def price(steps: list[Step], m: ArchConfig, a: argparse.Namespace, bw: float, flops: float, kv_b: int):
     attn_flops = a.attn_flops or flops  # by default attention runs at the matmul rate
-    weight_bytes = (m.body_params + m.lm_head_params) * a.weight_bytes  # every step reads all weights once
-    kv_per_token = m.layers * m.kv_heads * m.head_dim * 2 * kv_b  # K and V, every layer
+    weight_bytes = (body_params(m) + lm_head_params(m)) * a.weight_bytes  # every step reads all weights once
+    kv_per_token = m.num_hidden_layers * m.num_key_value_heads * m.head_dim * 2 * kv_b  # K and V, every layer
     c = Cost()
     for s in steps:
-        gemm_flops = 2 * (m.body_params * s.tokens + m.lm_head_params * s.sampled)
+        gemm_flops = 2 * (body_params(m) * s.tokens + lm_head_params(m) * s.sampled)
         g = max(weight_bytes / bw, gemm_flops / flops)
         d = sum(s.decode_ctx) * kv_per_token / bw
-        p = sum(4 * q * (b + q / 2) for q, b in s.chunks) * m.heads * m.head_dim * m.layers / attn_flops
+        heads_dims = m.num_attention_heads * m.head_dim * m.num_hidden_layers
+        p = sum(4 * q * (b + q / 2) for q, b in s.chunks) * heads_dims / attn_flops
         t = g + d + p + a.per_step_overhead_us * 1e-6  # kernels run back to back: no overlap
         c.gemm, c.decode_attn, c.prefill_attn = c.gemm + g, c.decode_attn + d, c.prefill_attn + p
         if s.chunks:
@@ -174,17 +139,19 @@ def main() -> None:
         from ladle.presets import preset_path
 
         cfg_path = Path(preset_path(a.preset)) / "config.json"
-    m = ModelConfig.from_json(cfg_path)
-    reqs = workload(a.seed, a.num_prompts, *a.input_len, *a.output_len, m.vocab)
+    m = arch_config_from_hf(json.loads(cfg_path.read_text()))
+    # The bench's own requests from its seed (the prompts' tokens are drawn only to keep the RNG in step).
+    requests = make_requests(a.num_prompts, a.input_len, a.output_len, m.vocab_size, a.seed)
+    reqs = [(len(token_ids), n_out) for token_ids, n_out in requests]
     steps = simulate(reqs, a.max_num_seqs, a.max_num_batched_tokens)
     n_in, n_out = sum(r[0] for r in reqs), sum(r[1] for r in reqs)
     mixed = sum(1 for s in steps if s.chunks)
     rows = sum(len(s.decode_ctx) for s in steps)
     dec_only_rows = sum(len(s.decode_ctx) for s in steps if not s.chunks)
 
-    print(f"model {cfg_path}: {m}")
-    print(f"  matmul params/token {m.body_params / 1e9:.3f} B + LM head {m.lm_head_params / 1e9:.3f} B")
-    print(f"  weights read per step {(m.body_params + m.lm_head_params) * a.weight_bytes / 1e9:.2f} GB")
+    print(f"model {cfg_path}: {m.architecture}, {m.num_hidden_layers} layers, hidden {m.hidden_size}")
+    print(f"  matmul params/token {body_params(m) / 1e9:.3f} B + LM head {lm_head_params(m) / 1e9:.3f} B")
+    print(f"  weights read per step {(body_params(m) + lm_head_params(m)) * a.weight_bytes / 1e9:.2f} GB")
     print(f"workload: {a.num_prompts} requests seed {a.seed}, {n_in} prompt / {n_out} output tokens")
     print(f"scheduler: max_num_seqs {a.max_num_seqs}, max_num_batched_tokens {a.max_num_batched_tokens}")
     print(f"  {len(steps)} steps ({mixed} with prefill, {len(steps) - mixed} decode-only)")

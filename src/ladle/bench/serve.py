@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ladle.bench.workload import make_requests
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     host = os.environ.get("LADLE_HOST", "127.0.0.1:11434")
@@ -47,19 +49,6 @@ class RequestResult:
     ttft: float = 0.0
     output_tokens: int = 0
     itl: list[float] = field(default_factory=list)  # gaps between streamed chunks after the first
-
-
-def make_requests(
-    num_prompts: int, input_len: list[int], output_len: list[int], vocab: int, seed: int
-) -> list[tuple[list[int], int]]:
-    """(prompt token ids, output length) pairs, drawn in `ladle bench throughput`'s order."""
-    rng = random.Random(seed)
-    requests = []
-    for _ in range(num_prompts):
-        n_in = rng.randint(*input_len)
-        n_out = rng.randint(*output_len)
-        requests.append(([rng.randrange(10, vocab) for _ in range(n_in)], n_out))
-    return requests
 
 
 def percentiles(values: list[float]) -> dict[str, float]:

@@ -7,10 +7,10 @@ once; reports requests/s, total and output tokens/s.
 from __future__ import annotations
 
 import argparse
-import random
 import time
 from typing import Any
 
+from ladle.bench.workload import make_requests
 from ladle.config import KV_CACHE_DTYPES
 
 
@@ -97,7 +97,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from ladle.bench.results import write_result
 
     model, load_format = model_arguments(args)
-    rng = random.Random(args.seed)
     llm, engine_ready_s = build_warm_engine(
         args,
         model,
@@ -108,20 +107,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         distributed_executor_backend=args.distributed_executor_backend,
     )
     vocab = llm.llm_engine.arch.vocab_size
-    prompts, params = [], []
-    for _ in range(args.num_prompts):
-        n_in = rng.randint(*args.input_len)
-        n_out = rng.randint(*args.output_len)
-        prompts.append({"prompt_token_ids": [rng.randrange(10, vocab) for _ in range(n_in)]})
-        params.append(
-            SamplingParams(
-                temperature=0.0,
-                max_tokens=n_out,
-                ignore_eos=True,
-                logprobs=args.logprobs,
-                repetition_penalty=args.repetition_penalty,
-            )
+    requests = make_requests(args.num_prompts, args.input_len, args.output_len, vocab, args.seed)
+    prompts = [{"prompt_token_ids": token_ids} for token_ids, _ in requests]
+    params = [
+        SamplingParams(
+            temperature=0.0,
+            max_tokens=n_out,
+            ignore_eos=True,
+            logprobs=args.logprobs,
+            repetition_penalty=args.repetition_penalty,
         )
+        for _, n_out in requests
+    ]
     start = time.perf_counter()
     outputs = llm.generate(prompts, params)
     elapsed = time.perf_counter() - start

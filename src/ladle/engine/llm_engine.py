@@ -25,6 +25,7 @@ from ladle.engine.sampler import (
     output_with_logprobs,
     prompt_logprobs,
 )
+from ladle.engine.sampling.types import to_pinned_host
 from ladle.engine.scheduler import ScheduledBatch, Scheduler
 from ladle.executor.device import resolve_device, resolve_dtype, resolve_kv_cache_dtype
 from ladle.executor.model_runner import ModelRunner, PendingTokens, kv_block_bytes
@@ -402,14 +403,11 @@ class LLMEngine:
         if logprobs is not None:
             launched.plan, launched.rows = plan, rows
         self.counters.overlapped_steps += 1
+        launched.host_tokens = to_pinned_host(tokens)
+        launched.host_logprobs = logprobs.to_pinned_host() if logprobs is not None else None
         if tokens.device.type == "cuda":
-            launched.host_tokens = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
-            launched.host_tokens.copy_(tokens, non_blocking=True)
-            launched.host_logprobs = logprobs.to_pinned_host() if logprobs is not None else None
             launched.ready = torch.cuda.Event()
             launched.ready.record()
-        else:
-            launched.host_tokens, launched.host_logprobs = tokens, logprobs
         for req in sampled:
             req.num_pending_tokens += 1  # the step before may hold one too, until it is applied
         return launched

@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from ladle.engine.sampling.types import to_pinned_host
 from ladle.outputs import Logprob
 
 # prompt_logprobs works through the prompt this many positions at a time: a whole prompt's [T, vocab] float32
@@ -29,8 +30,8 @@ class TokenLogprobTensors:
 
     def to_pinned_host(self) -> TokenLogprobTensors:
         """Copies into pinned host memory, queued after the work that makes them (read them after a sync)."""
-        copies = (_pinned_copy(getattr(self, f.name)) for f in fields(self))
-        return TokenLogprobTensors(*copies)
+        tensors = (getattr(self, f.name) for f in fields(self))
+        return TokenLogprobTensors(*(None if t is None else to_pinned_host(t) for t in tensors))
 
     def as_dicts(self, num_top: Sequence[int]) -> tuple[list[dict[int, float]], list[dict[int, int]]]:
         """Per row: {token: logprob} and {token: rank} for the chosen token and the row's num_top best."""
@@ -57,13 +58,6 @@ class TokenLogprobTensors:
             values.append(row_values)
             ranks.append(row_ranks)
         return values, ranks
-
-
-def _pinned_copy(t: torch.Tensor | None) -> torch.Tensor | None:
-    if t is None or t.device.type != "cuda":
-        return t
-    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-    return host.copy_(t, non_blocking=True)
 
 
 def token_logprob_tensors(

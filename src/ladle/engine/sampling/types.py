@@ -70,3 +70,11 @@ def host_to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
     if device.type != "cuda":
         return host.to(device)
     return host.pin_memory().to(device, non_blocking=True)
+
+
+def to_pinned_host(t: torch.Tensor) -> torch.Tensor:
+    """A CUDA tensor's copy into pinned host memory, queued after the work that makes it (read it after an
+    event or a sync); a host tensor as it is."""
+    if t.device.type != "cuda":
+        return t
+    return torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=True)

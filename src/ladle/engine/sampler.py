@@ -27,9 +27,9 @@ Logprobs are reported from the raw model distribution (log_softmax of the logits
 does by default, and always include the chosen token.
 
 The sampler never edits the logits it is given. Rows that ask for nothing special cost nothing: a batch
-of plain greedy rows is one argmax. One Sampler serves an engine for its life: it keeps numpy copies of the
-rows' token lists between steps for the penalties (TokenArrays: prompt lists must not be edited in place;
-output lists may change in any way).
+of plain greedy rows is one argmax. One Sampler serves an engine for its life: it keeps the penalized
+sequences' token counts on the device between steps (PenaltyCounts: output lists grow by appends, prompt
+lists are not edited in place).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ import torch
 from ladle.engine.sampling.draw import draw_tokens
 from ladle.engine.sampling.logprobs import TokenLogprobTensors, prompt_logprobs, token_logprob_tensors
 from ladle.engine.sampling.penalties import apply_logit_bias, apply_min_tokens, apply_penalties
-from ladle.engine.sampling.token_arrays import TokenArrays
+from ladle.engine.sampling.penalty_counts import PenaltyCounts
 from ladle.engine.sampling.truncation import apply_min_p, apply_temperature, apply_top_k_top_p
 from ladle.engine.sampling.types import SamplerOutput, SamplingRow, device_tensor
 from ladle.kernels.cpu_ops import loaded_cpu_ops
@@ -115,10 +115,10 @@ class _Processed:
 
 
 class Sampler:
-    """One per engine: it keeps the sequences' token arrays from step to step (see TokenArrays)."""
+    """One per engine: it keeps the penalized sequences' token counts from step to step (PenaltyCounts)."""
 
     def __init__(self) -> None:
-        self._token_arrays = TokenArrays()
+        self._penalty_counts = PenaltyCounts()
 
     def __call__(
         self,
@@ -147,9 +147,7 @@ class Sampler:
         """The rows' next tokens [rows] int64, left on the logits' device and not waited for (async
         scheduling reads them back later; logprobs_on_device gives their logprobs the same way)."""
         plan = plan or StepPlan.of(rows)
-        processed = self._process(logits, rows, plan, self._token_arrays, pending_tokens)
-        if plan.penalties:
-            self._token_arrays.end_step()
+        processed = self._process(logits, rows, plan, self._penalty_counts, pending_tokens)
         return self._choose(processed, rows)
 
     @staticmethod
@@ -179,7 +177,7 @@ class Sampler:
         result = torch.full((num_rows, vocab_size), float("-inf"), device=logits.device)
         if not rows:
             return result
-        processed = self._process(logits, rows, StepPlan.of(rows), TokenArrays(), None)
+        processed = self._process(logits, rows, StepPlan.of(rows), PenaltyCounts(), None)
         if processed.greedy_tokens is not None:
             result.scatter_(1, processed.greedy_tokens.unsqueeze(1), 0.0)
         if processed.random_logits is not None:
@@ -192,7 +190,7 @@ class Sampler:
         logits: torch.Tensor,
         rows: list[SamplingRow],
         plan: StepPlan,
-        token_arrays: TokenArrays,
+        penalty_counts: PenaltyCounts,
         pending_tokens: torch.Tensor | None,
     ) -> _Processed:
         if logits.shape[0] != len(rows):
@@ -210,7 +208,7 @@ class Sampler:
             if plan.min_tokens:
                 work = _min_tokens_under_grammar(work, rows, plan.grammar_rows)
             if plan.penalties:
-                work = apply_penalties(work, rows, token_arrays, pending_tokens)
+                work = apply_penalties(work, rows, penalty_counts, pending_tokens)
 
         greedy_tokens = _argmax(work) if plan.greedy_rows else None
         if not plan.random_rows:

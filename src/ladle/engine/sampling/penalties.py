@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 
-from ladle.engine.sampling.token_arrays import TokenArrays
-from ladle.engine.sampling.types import SamplingRow, device_tensor, host_to_device
+from ladle.engine.sampling.penalty_counts import PenaltyCounts
+from ladle.engine.sampling.types import SamplingRow, device_tensor
 from ladle.sampling_params import SamplingParams
 
 
@@ -35,17 +34,6 @@ def min_tokens_banned(row: SamplingRow) -> set[int]:
     return (
         set(row.eos_token_ids or ()) | set(row.params._eos_token_ids) | set(row.params.stop_token_ids or ())
     )
-
-
-def penalty_window(row: SamplingRow) -> tuple[int, int]:
-    """How many of the last prompt and output tokens the penalties look at: together, the last
-    `penalty_window` tokens of prompt + output (all of them when it is None or -1). A token in flight
-    (row.pending_index) is the output's last."""
-    window = row.params.penalty_window
-    num_prompt, num_output = len(row.prompt_token_ids), row.num_output_tokens
-    if window is None or window < 0:
-        return num_prompt, num_output
-    return min(num_prompt, max(0, window - num_output)), min(num_output, window)
 
 
 def apply_logit_bias(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Tensor:
@@ -81,93 +69,44 @@ def apply_min_tokens(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torch
 def apply_penalties(
     logits: torch.Tensor,
     rows: Sequence[SamplingRow],
-    token_arrays: TokenArrays | None = None,
+    counts: PenaltyCounts | None = None,
     pending_tokens: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Repetition (prompt or output, HF/vLLM rule), then frequency and presence (output only, OpenAI rule).
+    """Repetition (prompt or output, HF/vLLM rule), then frequency and presence (output only, OpenAI rule),
+    over each row's penalty_window.
 
-    token_arrays: kept by the caller between steps, so that long contexts aren't converted every step.
-    pending_tokens: the device tokens that rows with a pending_index still wait for (async scheduling):
-    each counts as the row's last output token without being read back."""
+    counts: kept by the caller between steps (the tables on the device only take each step's new tokens).
+    pending_tokens: the device tokens that rows with a pending_index still
+    wait for (async scheduling): each counts as the row's last output token without being read back."""
     penalized = [i for i, row in enumerate(rows) if has_penalties(row.params)]
     if not penalized:
         return logits
-    arrays = token_arrays or TokenArrays()
+    counts = counts or PenaltyCounts()
     device = logits.device
-    vocab_size = logits.shape[1]
     subset = len(penalized) < len(rows)
     # Work on the penalized rows only: in a mixed batch the others would pay for [rows, vocab] temporaries.
-    x = logits[_to(penalized, device)] if subset else logits
-    sub_rows = [rows[i] for i in penalized]
+    index = _to(penalized, device) if subset else None
+    x = logits[index] if index is not None else logits
+    sub_rows = [rows[i].params for i in penalized]
+    slots = counts.update([rows[i] for i in penalized], logits.shape[1], device, pending_tokens)
+    assert counts.window_counts is not None and counts.output_counts is not None
 
-    seen_tokens: list[np.ndarray] = []  # repetition: any occurrence in the window, prompt or output
-    output_tokens: list[np.ndarray] = []  # frequency/presence: occurrences in the window's output part
-    seen_pending: list[tuple[int, int]] = []  # (sub-row, index into pending_tokens) for the tokens in flight
-    output_pending: list[tuple[int, int]] = []
-    for j, row in enumerate(sub_rows):
-        p = row.params
-        prompt_window, output_window = penalty_window(row)
-        host_window = output_window - row.num_pending_tokens  # the window's tokens the host has
-        prompt = arrays.get(row.prompt_token_ids, mutable=False)[len(row.prompt_token_ids) - prompt_window :]
-        output = arrays.get(row.output_token_ids)[len(row.output_token_ids) - host_window :]
-        repetition = p.repetition_penalty != 1.0
-        counted = p.frequency_penalty != 0.0 or p.presence_penalty != 0.0
-        seen_tokens.append(np.concatenate((prompt, output)) if repetition else _EMPTY)
-        output_tokens.append(output if counted else _EMPTY)
-        if row.pending_index is not None and output_window > 0:
-            if repetition:
-                seen_pending.append((j, row.pending_index))
-            if counted:
-                output_pending.append((j, row.pending_index))
-
-    if any(len(t) for t in seen_tokens) or seen_pending:
-        seen = torch.zeros(len(sub_rows) * vocab_size, dtype=torch.bool, device=device)
-        seen[_flat_indices(seen_tokens, vocab_size, device)] = True
-        if seen_pending:
-            seen[_pending_indices(seen_pending, pending_tokens, vocab_size)] = True
-        seen = seen.view(len(sub_rows), vocab_size)
-        penalty = _column([row.params.repetition_penalty for row in sub_rows], device)
+    if any(p.repetition_penalty != 1.0 for p in sub_rows):
+        seen = counts.window_counts.index_select(0, slots) > 0
+        penalty = _column([p.repetition_penalty for p in sub_rows], device)
         # Dividing a positive logit and multiplying a negative one both make the token less likely.
         factor = torch.where(x > 0, 1.0 / penalty, penalty).masked_fill_(~seen, 1.0)
         x.mul_(factor)
 
-    if any(len(t) for t in output_tokens) or output_pending:
-        counts = torch.zeros(len(sub_rows) * vocab_size, dtype=torch.float32, device=device)
-        flat = _flat_indices(output_tokens, vocab_size, device)
-        if output_pending:
-            flat = torch.cat((flat, _pending_indices(output_pending, pending_tokens, vocab_size)))
-        counts.index_add_(0, flat, torch.ones(flat.numel(), dtype=torch.float32, device=device))
-        counts = counts.view(len(sub_rows), vocab_size)
-        frequency = _column([row.params.frequency_penalty for row in sub_rows], device)
-        presence = _column([row.params.presence_penalty for row in sub_rows], device)
-        x.sub_(counts * frequency + (counts > 0) * presence)
+    if any(p.frequency_penalty != 0.0 or p.presence_penalty != 0.0 for p in sub_rows):
+        output = counts.output_counts.index_select(0, slots).float()
+        frequency = _column([p.frequency_penalty for p in sub_rows], device)
+        presence = _column([p.presence_penalty for p in sub_rows], device)
+        x.sub_(output * frequency + (output > 0) * presence)
 
-    if subset:
-        logits[_to(penalized, device)] = x
+    if index is not None:
+        logits[index] = x
     return logits
-
-
-_EMPTY = np.zeros(0, dtype=np.int64)
-
-
-def _flat_indices(token_arrays: Sequence[np.ndarray], vocab_size: int, device: torch.device) -> torch.Tensor:
-    """Indices into a flattened [len(token_arrays), vocab] tensor: row * vocab + token, for every token."""
-    lengths = np.fromiter((len(t) for t in token_arrays), dtype=np.int64, count=len(token_arrays))
-    tokens = np.concatenate(token_arrays)
-    flat = np.repeat(np.arange(len(token_arrays), dtype=np.int64) * vocab_size, lengths) + tokens
-    return host_to_device(torch.from_numpy(flat), device)
-
-
-def _pending_indices(
-    pairs: list[tuple[int, int]], pending_tokens: torch.Tensor | None, vocab_size: int
-) -> torch.Tensor:
-    """Flat indices row * vocab + token of the tokens in flight, computed on the device (never read back)."""
-    if pending_tokens is None:
-        raise ValueError("rows with a pending_index need the pending_tokens they index")
-    device = pending_tokens.device
-    sub_rows = device_tensor([j for j, _ in pairs], torch.long, device)
-    index = device_tensor([i for _, i in pairs], torch.long, device)
-    return sub_rows * vocab_size + pending_tokens.index_select(0, index).long()
 
 
 # Host lists reach the device through pinned memory: a pageable copy would wait for the GPU to drain, and

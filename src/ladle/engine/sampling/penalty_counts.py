@@ -1,0 +1,232 @@
+"""The penalties' token counts per sequence, kept on the logits' device from one step to the next.
+
+Rebuilding [rows, vocab] masks from every row's whole prompt and output each step cost the host ~3-4 ms a
+step at 256 rows of ~800 tokens (list walks, numpy concatenation, a multi-MB upload) and the GPU as much in
+scatters. Here each penalized sequence owns a row of two [slots, vocab] int32 tables, and a step only adds
+its new tokens (usually one, and under async scheduling that one is still on the device, never read back)
+and, under a penalty_window, takes out the tokens that slid out of the window. vLLM's persistent batch keeps
+the same kind of state for its penalties.
+
+A sequence is known by its output list object (the engine's request keeps one list for its life). Output
+lists are expected to grow by appends: a shorter list (a rewind), a replaced newest token or a new list
+object rebuild the sequence's counts from its lists; an in-place edit of an older token is not looked for.
+Prompt lists must not be edited in place (give the row a new list). Sequences missing from a step's
+penalized rows give their slot back (finished or preempted; a preempted one is rebuilt when it returns), so
+call update once a step with all of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ladle.engine.sampling.types import SamplingRow, device_tensor, host_to_device
+
+
+@dataclass
+class _Slot:
+    index: int  # row of the tables
+    prompt: list[int]  # the row's own list objects: identity says it is the same sequence
+    output: list[int]
+    num_positions: int  # prompt + output positions counted so far (a token in flight included)
+    # The newest counted host output token and its position: an in-place replacement of it is seen.
+    last_output_position: int
+    last_output_token: int | None
+
+
+class PenaltyCounts:
+    """Per sequence, over the last `penalty_window` tokens of prompt + output (all of them without a window):
+    `window_counts` counts every token there (repetition: seen = count > 0) and `output_counts` the output
+    tokens there (frequency and presence)."""
+
+    def __init__(self) -> None:
+        self._slots: dict[int, _Slot] = {}  # id(output list) -> slot
+        self._free: list[int] = []
+        self.window_counts: torch.Tensor | None = None  # [capacity, vocab] int32
+        self.output_counts: torch.Tensor | None = None
+
+    def update(
+        self,
+        rows: Sequence[SamplingRow],
+        vocab_size: int,
+        device: torch.device,
+        pending_tokens: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Bring the rows' counts up to date (their token in flight, pending_index, counted from the device)
+        and return their table rows [len(rows)] int64 on `device`, queued without a host sync."""
+        self._ensure_tables(vocab_size, device)
+        self._release_all_but(rows)
+        plan = _UpdatePlan(vocab_size)
+        slots: list[int] = []
+        for row in rows:
+            slot = self._slots.get(id(row.output_token_ids))
+            fresh = slot is None or not _still_valid(slot, row)
+            if fresh:
+                if slot is None:
+                    slot = self._new_slot(row)
+                    self._slots[id(row.output_token_ids)] = slot
+                slot.prompt, slot.output = row.prompt_token_ids, row.output_token_ids
+                plan.reset.append(slot.index)
+            assert slot is not None
+            plan.add_row(slot, row, fresh)
+            slots.append(slot.index)
+        assert self.window_counts is not None and self.output_counts is not None
+        plan.apply(self.window_counts, self.output_counts, pending_tokens, device)
+        return device_tensor(slots, torch.long, device)
+
+    def _release_all_but(self, rows: Sequence[SamplingRow]) -> None:
+        """Give back the slots of sequences this step's penalized rows don't include (finished, preempted),
+        before any new sequence needs one."""
+        present = {id(row.output_token_ids) for row in rows}
+        for key in [k for k in self._slots if k not in present]:
+            self._free.append(self._slots.pop(key).index)
+
+    def _new_slot(self, row: SamplingRow) -> _Slot:
+        if not self._free:
+            self._grow()
+        return _Slot(self._free.pop(), row.prompt_token_ids, row.output_token_ids, 0, -1, None)
+
+    def _ensure_tables(self, vocab_size: int, device: torch.device) -> None:
+        t = self.window_counts
+        if t is None or t.shape[1] != vocab_size or t.device != device:
+            empty = torch.zeros(0, vocab_size, dtype=torch.int32, device=device)
+            self.window_counts, self.output_counts = empty, empty.clone()
+            self._slots, self._free = {}, []
+
+    def _grow(self) -> None:
+        """Double the tables (rare: their size follows the most penalized sequences seen at once)."""
+        assert self.window_counts is not None and self.output_counts is not None
+        old = self.window_counts.shape[0]
+        new = max(8, 2 * old)
+        grown = []
+        for table in (self.window_counts, self.output_counts):
+            bigger = torch.zeros(new, table.shape[1], dtype=table.dtype, device=table.device)
+            bigger[:old] = table
+            grown.append(bigger)
+        self.window_counts, self.output_counts = grown
+        self._free.extend(range(new - 1, old - 1, -1))
+
+
+def _still_valid(slot: _Slot, row: SamplingRow) -> bool:
+    """Whether the counts can be carried forward: same lists, nothing rewound, the newest counted host token
+    unchanged."""
+    if slot.prompt is not row.prompt_token_ids or slot.output is not row.output_token_ids:
+        return False
+    if slot.num_positions > len(row.prompt_token_ids) + row.num_output_tokens:
+        return False
+    pos = slot.last_output_position
+    if pos >= 0 and slot.last_output_token is not None:
+        return pos < len(row.output_token_ids) and row.output_token_ids[pos] == slot.last_output_token
+    return True
+
+
+def _window_start(num_positions: int, window: int | None) -> int:
+    """First position of prompt + output that the penalties look at (penalty_window None or -1: all)."""
+    if window is None or window < 0:
+        return 0
+    return max(0, num_positions - window)
+
+
+class _UpdatePlan:
+    """One step's edits to the tables, gathered on the host and applied in a few device ops."""
+
+    def __init__(self, vocab_size: int) -> None:
+        self.vocab_size = vocab_size
+        self.reset: list[int] = []
+        self.window_flat: list[int] = []  # slot * vocab + token
+        self.window_delta: list[int] = []  # +1 or -1
+        self.output_flat: list[int] = []
+        self.output_delta: list[int] = []
+        self.window_arrays: list[np.ndarray] = []  # whole windows of rebuilt slots (+1 each)
+        self.output_arrays: list[np.ndarray] = []
+        self.pending: list[tuple[int, int]] = []  # (slot, index into pending_tokens): +1 in both tables
+
+    def add_row(self, slot: _Slot, row: SamplingRow, fresh: bool) -> None:
+        prompt, output = row.prompt_token_ids, row.output_token_ids
+        num_prompt, num_host = len(prompt), len(prompt) + len(output)
+        total = num_prompt + row.num_output_tokens  # the token in flight is the last position
+        window = row.params.penalty_window
+        start = _window_start(total, window)
+        if fresh or start > slot.num_positions:  # a new sequence, or a jump past the whole window
+            if not fresh:
+                self.reset.append(slot.index)
+            self._add_window(slot.index, prompt, output, start, min(total, num_host))
+        else:
+            for pos in range(_window_start(slot.num_positions, window), start):  # slid out of the window
+                self._edit(slot.index, _token_at(prompt, output, pos), -1, pos >= num_prompt)
+            for pos in range(slot.num_positions, min(total, num_host)):
+                self._edit(slot.index, _token_at(prompt, output, pos), +1, pos >= num_prompt)
+        if row.pending_index is not None and total - 1 >= start and slot.num_positions < total:
+            self.pending.append((slot.index, row.pending_index))
+        slot.num_positions = total
+        if output:
+            slot.last_output_position, slot.last_output_token = len(output) - 1, output[-1]
+
+    def _edit(self, slot: int, token: int, delta: int, is_output: bool) -> None:
+        if not 0 <= token < self.vocab_size:  # an id past the logits can't be sampled or penalized
+            return
+        flat = slot * self.vocab_size + token
+        self.window_flat.append(flat)
+        self.window_delta.append(delta)
+        if is_output:
+            self.output_flat.append(flat)
+            self.output_delta.append(delta)
+
+    def _add_window(self, slot: int, prompt: list[int], output: list[int], start: int, end: int) -> None:
+        num_prompt = len(prompt)
+        prompt_part = np.asarray(prompt[start:num_prompt], dtype=np.int64)
+        output_part = np.asarray(
+            output[max(0, start - num_prompt) : max(0, end - num_prompt)], dtype=np.int64
+        )
+        base = slot * self.vocab_size
+        for part, is_output in ((prompt_part, False), (output_part, True)):
+            part = part[(part >= 0) & (part < self.vocab_size)] + base
+            self.window_arrays.append(part)
+            if is_output:
+                self.output_arrays.append(part)
+
+    def apply(
+        self,
+        window_counts: torch.Tensor,
+        output_counts: torch.Tensor,
+        pending_tokens: torch.Tensor | None,
+        device: torch.device,
+    ) -> None:
+        if self.reset:
+            index = device_tensor(self.reset, torch.long, device)
+            window_counts.index_fill_(0, index, 0)
+            output_counts.index_fill_(0, index, 0)
+        pending_flat = self._pending_flat(pending_tokens)
+        for table, flat, delta, arrays in (
+            (window_counts, self.window_flat, self.window_delta, self.window_arrays),
+            (output_counts, self.output_flat, self.output_delta, self.output_arrays),
+        ):
+            host_flat = np.concatenate([np.asarray(flat, dtype=np.int64), *arrays])
+            host_delta = np.concatenate(
+                [np.asarray(delta, dtype=np.int32), np.ones(len(host_flat) - len(flat), dtype=np.int32)]
+            )
+            index = host_to_device(torch.from_numpy(host_flat), device)
+            values = host_to_device(torch.from_numpy(host_delta), device)
+            if pending_flat is not None:
+                index = torch.cat((index, pending_flat))
+                values = torch.cat((values, torch.ones(len(pending_flat), dtype=torch.int32, device=device)))
+            if index.numel():
+                table.view(-1).index_add_(0, index, values)
+
+    def _pending_flat(self, pending_tokens: torch.Tensor | None) -> torch.Tensor | None:
+        """slot * vocab + token for the tokens in flight, computed on the device (never read back)."""
+        if not self.pending:
+            return None
+        if pending_tokens is None:
+            raise ValueError("rows with a pending_index need the pending_tokens they index")
+        device = pending_tokens.device
+        slots = device_tensor([s for s, _ in self.pending], torch.long, device)
+        index = device_tensor([i for _, i in self.pending], torch.long, device)
+        return slots * self.vocab_size + pending_tokens.index_select(0, index).long()
+
+
+def _token_at(prompt: list[int], output: list[int], pos: int) -> int:
+    return prompt[pos] if pos < len(prompt) else output[pos - len(prompt)]

@@ -1,0 +1,136 @@
+"""PenaltyCounts: the penalties' per-sequence token counts, carried from step to step on the device, must
+always equal counts made afresh from the lists (a plain Counter over the window, here)."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import torch
+
+from ladle.engine.sampling.penalty_counts import PenaltyCounts
+from ladle.engine.sampling.types import SamplingRow
+from ladle.sampling_params import SamplingParams
+
+VOCAB = 40
+
+
+def expected_counts(row: SamplingRow, pending_value: int | None) -> tuple[Counter, Counter]:
+    """Counter of the window's tokens, and of its output tokens: the documented rule, written plainly."""
+    sequence = list(row.prompt_token_ids) + list(row.output_token_ids)
+    if pending_value is not None:
+        sequence.append(pending_value)
+    window = row.params.penalty_window
+    start = 0 if window is None or window < 0 else max(0, len(sequence) - window)
+    in_vocab = [(pos, t) for pos, t in enumerate(sequence) if pos >= start and 0 <= t < VOCAB]
+    return Counter(t for _, t in in_vocab), Counter(
+        t for pos, t in in_vocab if pos >= len(row.prompt_token_ids)
+    )
+
+
+def table_row(table: torch.Tensor, slot: int) -> Counter:
+    return Counter({t: int(c) for t, c in enumerate(table[slot].tolist()) if c})
+
+
+def check(counts: PenaltyCounts, rows: list[SamplingRow], pending: list[int | None]) -> None:
+    """update() over the rows (the given pending values in flight), then every row against the reference."""
+    pending_tokens = torch.tensor([v if v is not None else 0 for v in pending])
+    for row, value in zip(rows, pending, strict=True):
+        row.pending_index = None if value is None else pending.index(value)
+    slots = counts.update(rows, VOCAB, torch.device("cpu"), pending_tokens).tolist()
+    assert len(set(slots)) == len(rows)
+    assert counts.window_counts is not None and counts.output_counts is not None
+    for row, value, slot in zip(rows, pending, slots, strict=True):
+        window, output = expected_counts(row, value)
+        assert table_row(counts.window_counts, slot) == window, row.params.penalty_window
+        assert table_row(counts.output_counts, slot) == output, row.params.penalty_window
+
+
+def make_rows(rng: random.Random, windows: list[int | None]) -> list[SamplingRow]:
+    return [
+        SamplingRow(
+            SamplingParams(repetition_penalty=1.3, frequency_penalty=0.5, penalty_window=w),
+            [rng.randrange(VOCAB) for _ in range(rng.randint(0, 12))],
+            [],
+        )
+        for w in windows
+    ]
+
+
+def test_counts_follow_appends_and_tokens_in_flight_under_every_window() -> None:
+    """The engine's pattern under async scheduling: each step one token in flight on the device, which is
+    on the host (appended) by the next step; windows smaller than one step's slide, than the prompt, and
+    none at all."""
+    rng = random.Random(0)
+    counts = PenaltyCounts()
+    rows = make_rows(rng, [None, -1, 1, 2, 3, 7, 30])
+    in_flight: list[int | None] = [None] * len(rows)
+    for step in range(25):
+        for i, row in enumerate(rows):
+            if in_flight[i] is not None:
+                row.output_token_ids.append(in_flight[i])
+        in_flight = [rng.randrange(VOCAB) if step % 5 != 4 else None for _ in rows]  # some sync steps
+        check(counts, rows, in_flight)
+
+
+def test_rewinds_replaced_tokens_new_lists_and_jumps_rebuild() -> None:
+    rng = random.Random(1)
+    counts = PenaltyCounts()
+    rows = make_rows(rng, [None, 4, 2, 6])
+    for row in rows:
+        row.output_token_ids.extend(rng.randrange(VOCAB) for _ in range(8))
+    check(counts, rows, [None] * 4)
+    del rows[0].output_token_ids[-3:]  # rewound in place
+    rows[1].output_token_ids[-1] = (rows[1].output_token_ids[-1] + 1) % VOCAB  # newest token replaced
+    rows[2].output_token_ids = list(rows[2].output_token_ids) + [5]  # a new list object
+    rows[3].output_token_ids.extend(rng.randrange(VOCAB) for _ in range(20))  # a jump past the window
+    check(counts, rows, [None, 3, None, 9])
+    rows[1].output_token_ids.append(3)
+    rows[3].output_token_ids.append(9)
+    check(counts, rows, [None] * 4)
+
+
+def test_out_of_vocab_ids_are_skipped_and_empty_rows_count_nothing() -> None:
+    counts = PenaltyCounts()
+    rows = [
+        SamplingRow(SamplingParams(repetition_penalty=1.2), [VOCAB + 5, 3, -1, 3], [VOCAB]),
+        SamplingRow(SamplingParams(presence_penalty=0.4), [], []),
+    ]
+    check(counts, rows, [None, None])
+    rows[1].output_token_ids.append(VOCAB + 1)
+    check(counts, rows, [None, None])
+
+
+def test_slots_are_given_back_reused_and_the_tables_grow() -> None:
+    """Sequences missing from a step (finished, preempted) give their slot back; a new sequence reusing it
+    starts from zero; more sequences than the tables hold grow them without losing any counts."""
+    rng = random.Random(2)
+    counts = PenaltyCounts()
+    first = make_rows(rng, [None] * 8)
+    for row in first:
+        row.output_token_ids.extend(rng.randrange(VOCAB) for _ in range(6))
+    check(counts, first, [None] * 8)
+    capacity = counts.window_counts.shape[0]
+    assert capacity == 8  # full: new sequences below must take finished ones' slots
+    later = [first[0], first[2], *make_rows(rng, [3] * 3)]  # six finished; three new ones arrive
+    check(counts, later, [None] * 5)
+    assert counts.window_counts.shape[0] == capacity  # the new ones took the finished ones' slots
+    crowd = later + make_rows(rng, [None, 5] * 10)
+    for _ in range(3):
+        for row in crowd:
+            row.output_token_ids.append(rng.randrange(VOCAB))
+        check(counts, crowd, [None] * len(crowd))
+    assert counts.window_counts.shape[0] >= len(crowd)
+    preempted_and_back = crowd[:3]
+    check(counts, crowd[3:], [None] * (len(crowd) - 3))
+    preempted_and_back[0].output_token_ids.append(1)
+    check(counts, preempted_and_back, [None] * 3)
+
+
+def test_a_new_vocabulary_starts_new_tables() -> None:
+    counts = PenaltyCounts()
+    row = SamplingRow(SamplingParams(repetition_penalty=1.2), [1, 2, 3], [4])
+    counts.update([row], VOCAB, torch.device("cpu"))
+    slots = counts.update([row], 2 * VOCAB, torch.device("cpu"))
+    assert counts.window_counts.shape[1] == 2 * VOCAB
+    assert counts.window_counts[slots[0], :5].tolist() == [0, 1, 1, 1, 1]

@@ -34,6 +34,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     # a served workload may ask, and what async scheduling must overlap too.
     p.add_argument("--logprobs", type=int, default=None, help="top logprobs returned per token")
     p.add_argument("--repetition-penalty", type=float, default=1.0)
+    # Greedy by default (the figures in benchmarks/README.md); vllm bench throughput samples at temperature 1.
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--attention-backend", default="auto", choices=["auto", "torch", "triton"])
     p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
     add_async_scheduling_argument(p)
@@ -111,7 +115,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     prompts = [{"prompt_token_ids": token_ids} for token_ids, _ in requests]
     params = [
         SamplingParams(
-            temperature=0.0,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            top_k=args.top_k,
             max_tokens=n_out,
             ignore_eos=True,
             logprobs=args.logprobs,
@@ -140,6 +146,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "kv_cache_dtype": args.kv_cache_dtype,
         "logprobs": args.logprobs,
         "repetition_penalty": args.repetition_penalty,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "top_k": args.top_k,
         "kv_blocks": llm.llm_engine.kv.num_blocks,
         "preemptions": llm.llm_engine.scheduler.num_preemptions,
         "tensor_parallel_size": args.tensor_parallel_size,

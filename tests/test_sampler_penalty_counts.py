@@ -134,3 +134,18 @@ def test_a_new_vocabulary_starts_new_tables() -> None:
     slots = counts.update([row], 2 * VOCAB, torch.device("cpu"))
     assert counts.window_counts.shape[1] == 2 * VOCAB
     assert counts.window_counts[slots[0], :5].tolist() == [0, 1, 1, 1, 1]
+
+
+def test_reserved_tables_hold_that_many_sequences_without_growing() -> None:
+    """The engine reserves max_num_seqs rows before it sizes the KV pool: they must then never grow."""
+    rng = random.Random(3)
+    counts = PenaltyCounts()
+    counts.reserve(300, VOCAB, torch.device("cpu"))
+    assert counts.window_counts.shape == (300, VOCAB)
+    assert counts.nbytes == 2 * 300 * VOCAB * 4
+    tables = counts.window_counts
+    rows = make_rows(rng, [None, 2] * 150)
+    check(counts, rows, [None] * 300)
+    later = rows[:100] + make_rows(rng, [5] * 200)
+    check(counts, later, [None] * 300)
+    assert counts.window_counts is tables

@@ -166,6 +166,8 @@ class LLMEngine:
         for the CUDA graphs' private memory pool (it holds a decode step's activations)."""
         cfg = self.config
         dev = self.device
+        # The penalties' tables persist between steps: allocated first, they are part of what is in use.
+        penalty_tables = self.sampler.reserve_penalty_counts(cfg.max_num_seqs, self.arch.vocab_size, dev)
         torch.cuda.synchronize(dev)
         torch.cuda.empty_cache()
         before = torch.cuda.memory_allocated(dev)
@@ -181,7 +183,8 @@ class LLMEngine:
         self.memory_profile = {
             "total_gib": total / 2**30,
             "used_before_kv_gib": used / 2**30,
-            "weights_gib": before / 2**30,
+            "weights_gib": (before - penalty_tables) / 2**30,
+            "penalty_tables_gib": penalty_tables / 2**30,
             "peak_activations_gib": peak / 2**30,
             "graph_reserve_gib": graph_reserve / 2**30,
             "kv_budget_gib": budget / 2**30,
@@ -190,8 +193,10 @@ class LLMEngine:
         return budget
 
     def _profile_sampling(self, logits: torch.Tensor) -> None:
-        # The most memory-hungry sampling settings (temperature, top-k and top-p on every row).
-        params = SamplingParams(temperature=1.0, top_p=0.9, top_k=50)
+        # The most memory-hungry sampling settings (penalties, temperature, top-k and top-p on every row).
+        params = SamplingParams(
+            temperature=1.0, top_p=0.9, top_k=50, repetition_penalty=1.1, frequency_penalty=0.1
+        )
         rows = [SamplingRow(params=params, prompt_token_ids=[1], output_token_ids=[]) for _ in logits]
         self.sampler(logits, rows)
 

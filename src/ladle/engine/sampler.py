@@ -120,6 +120,11 @@ class Sampler:
     def __init__(self) -> None:
         self._penalty_counts = PenaltyCounts()
 
+    def reserve_penalty_counts(self, num_seqs: int, vocab_size: int, device: torch.device) -> int:
+        """Allocate the penalties' per-sequence tables for num_seqs sequences now; returns their bytes."""
+        self._penalty_counts.reserve(num_seqs, vocab_size, device)
+        return self._penalty_counts.nbytes
+
     def __call__(
         self,
         logits: torch.Tensor,

@@ -59,6 +59,9 @@ class PenaltyCounts:
         and return their table rows [len(rows)] int64 on `device`, queued without a host sync."""
         self._ensure_tables(vocab_size, device)
         self._release_all_but(rows)
+        arriving = sum(1 for row in rows if id(row.output_token_ids) not in self._slots)
+        if arriving > len(self._free):
+            self._grow(len(self._slots) + arriving)
         plan = _UpdatePlan(vocab_size)
         slots: list[int] = []
         for row in rows:
@@ -84,9 +87,20 @@ class PenaltyCounts:
         for key in [k for k in self._slots if k not in present]:
             self._free.append(self._slots.pop(key).index)
 
+    def reserve(self, num_slots: int, vocab_size: int, device: torch.device) -> None:
+        """Allocate the tables for num_slots sequences now (the engine does so before it sizes the KV pool
+        on a GPU, so that they never grow into memory the pool took)."""
+        self._ensure_tables(vocab_size, device)
+        assert self.window_counts is not None
+        if self.window_counts.shape[0] < num_slots:
+            self._grow(num_slots)
+
+    @property
+    def nbytes(self) -> int:
+        tables = (self.window_counts, self.output_counts)
+        return sum(t.numel() * t.element_size() for t in tables if t is not None)
+
     def _new_slot(self, row: SamplingRow) -> _Slot:
-        if not self._free:
-            self._grow()
         return _Slot(self._free.pop(), row.prompt_token_ids, row.output_token_ids, 0, -1, None)
 
     def _ensure_tables(self, vocab_size: int, device: torch.device) -> None:
@@ -96,11 +110,12 @@ class PenaltyCounts:
             self.window_counts, self.output_counts = empty, empty.clone()
             self._slots, self._free = {}, []
 
-    def _grow(self) -> None:
-        """Double the tables (rare: their size follows the most penalized sequences seen at once)."""
+    def _grow(self, needed: int) -> None:
+        """At least `needed` rows, and at least double (rare: the size follows the most penalized sequences
+        seen at once, at most max_num_seqs)."""
         assert self.window_counts is not None and self.output_counts is not None
         old = self.window_counts.shape[0]
-        new = max(8, 2 * old)
+        new = max(needed, 8, 2 * old)
         grown = []
         for table in (self.window_counts, self.output_counts):
             bigger = torch.zeros(new, table.shape[1], dtype=table.dtype, device=table.device)

@@ -87,26 +87,58 @@ def apply_penalties(
     # Work on the penalized rows only: in a mixed batch the others would pay for [rows, vocab] temporaries.
     index = _to(penalized, device) if subset else None
     x = logits[index] if index is not None else logits
-    sub_rows = [rows[i].params for i in penalized]
+    params = [rows[i].params for i in penalized]
     slots = counts.update([rows[i] for i in penalized], logits.shape[1], device, pending_tokens)
-    assert counts.window_counts is not None and counts.output_counts is not None
-
-    if any(p.repetition_penalty != 1.0 for p in sub_rows):
-        seen = counts.window_counts.index_select(0, slots) > 0
-        penalty = _column([p.repetition_penalty for p in sub_rows], device)
-        # Dividing a positive logit and multiplying a negative one both make the token less likely.
-        factor = torch.where(x > 0, 1.0 / penalty, penalty).masked_fill_(~seen, 1.0)
-        x.mul_(factor)
-
-    if any(p.frequency_penalty != 0.0 or p.presence_penalty != 0.0 for p in sub_rows):
-        output = counts.output_counts.index_select(0, slots).float()
-        frequency = _column([p.frequency_penalty for p in sub_rows], device)
-        presence = _column([p.presence_penalty for p in sub_rows], device)
-        x.sub_(output * frequency + (output > 0) * presence)
-
+    repetition = any(p.repetition_penalty != 1.0 for p in params)
+    counted = any(p.frequency_penalty != 0.0 or p.presence_penalty != 0.0 for p in params)
+    if counts.dense:
+        _apply_dense(x, params, counts, device_tensor(slots, torch.long, device), repetition, counted)
+    else:
+        _apply_sparse(x, params, counts.sparse(slots), repetition, counted)
     if index is not None:
         logits[index] = x
     return logits
+
+
+def _apply_dense(
+    x: torch.Tensor,
+    params: list[SamplingParams],
+    counts: PenaltyCounts,
+    slots: torch.Tensor,
+    repetition: bool,
+    counted: bool,
+) -> None:
+    """[rows, vocab] passes over the tables' rows: on a GPU cheaper than finding the few tokens."""
+    assert counts.window_counts is not None and counts.output_counts is not None
+    device = x.device
+    if repetition:
+        seen = counts.window_counts.index_select(0, slots) > 0
+        penalty = _column([p.repetition_penalty for p in params], device)
+        # Dividing a positive logit and multiplying a negative one both make the token less likely.
+        factor = torch.where(x > 0, 1.0 / penalty, penalty).masked_fill_(~seen, 1.0)
+        x.mul_(factor)
+    if counted:
+        output = counts.output_counts.index_select(0, slots).float()
+        frequency = _column([p.frequency_penalty for p in params], device)
+        presence = _column([p.presence_penalty for p in params], device)
+        x.sub_(output * frequency + (output > 0) * presence)
+
+
+def _apply_sparse(
+    x: torch.Tensor, params: list[SamplingParams], entries: tuple, repetition: bool, counted: bool
+) -> None:
+    """The same arithmetic as _apply_dense (bit for bit), on the counted tokens only (host counts)."""
+    window_rows, window_tokens, output_rows, output_tokens, output_counts = (
+        torch.from_numpy(a).to(x.device) for a in entries
+    )
+    if repetition and len(window_rows):
+        penalty = _column([p.repetition_penalty for p in params], x.device)[window_rows, 0]
+        values = x[window_rows, window_tokens]
+        x[window_rows, window_tokens] = values * torch.where(values > 0, 1.0 / penalty, penalty)
+    if counted and len(output_rows):
+        frequency = _column([p.frequency_penalty for p in params], x.device)[output_rows, 0]
+        presence = _column([p.presence_penalty for p in params], x.device)[output_rows, 0]
+        x[output_rows, output_tokens] -= output_counts * frequency + presence
 
 
 # Host lists reach the device through pinned memory: a pageable copy would wait for the GPU to drain, and

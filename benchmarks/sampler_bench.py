@@ -1,4 +1,6 @@
-"""Micro-benchmark of the Sampler: the greedy fast path and a full-featured batch.
+"""Micro-benchmark of the Sampler: the greedy fast path, a repetition-penalized greedy batch (Ollama's
+repeat_penalty / repeat_last_n, one token appended to every row per call, as steps do) and a full-featured
+batch.
 
     PYTHONPATH=src python benchmarks/sampler_bench.py [--rows 256] [--vocab 32768] [--device cpu|cuda]
 
@@ -56,6 +58,8 @@ def make_rows(kind: str, num_rows: int, vocab: int, device: torch.device, prompt
             params = SamplingParams(temperature=0.8)
         elif kind == "typical":  # a common chat setting: temperature + top-p + top-k
             params = SamplingParams(temperature=0.7, top_p=0.9, top_k=40)
+        elif kind == "penalized":  # Ollama's repeat_penalty 1.1 over repeat_last_n 64, greedy
+            params = SamplingParams(temperature=0.0, repetition_penalty=1.1, penalty_window=64)
         else:  # everything at once, half the rows seeded
             params = SamplingParams(
                 temperature=0.8,
@@ -76,6 +80,11 @@ def make_rows(kind: str, num_rows: int, vocab: int, device: torch.device, prompt
             generator = torch.Generator(device=device).manual_seed(params.seed)
         rows.append(SamplingRow(params, prompt, output, generator=generator, eos_token_ids=[1]))
     return rows
+
+
+def _append_one(rows: list[SamplingRow]) -> None:
+    for i, row in enumerate(rows):
+        row.output_token_ids.append((len(row.output_token_ids) * 31 + i) % 1000)
 
 
 def main() -> None:
@@ -102,9 +111,12 @@ def main() -> None:
     baseline = timed(lambda: logits.argmax(dim=-1).tolist(), device, args.iters)
     print(f"  {'ms per call':<34} {'median':>8} {'best':>8}")
     print(f"  {'bare argmax + tolist (floor)':<34} {baseline[0]:8.3f} {baseline[1]:8.3f}")
-    for kind in ("greedy", "random", "typical", "full"):
+    for kind in ("greedy", "penalized", "random", "typical", "full"):
         rows = make_rows(kind, args.rows, args.vocab, device, args.prompt_len, args.output_len)
-        ms = timed(lambda rows=rows: sampler(logits, rows), device, args.iters)
+        if kind == "penalized":
+            ms = timed(lambda rows=rows: (_append_one(rows), sampler(logits, rows)), device, args.iters)
+        else:
+            ms = timed(lambda rows=rows: sampler(logits, rows), device, args.iters)
         print(f"  {kind:<34} {ms[0]:8.3f} {ms[1]:8.3f}")
     if args.profile:
         activities = [torch.profiler.ProfilerActivity.CPU]

@@ -198,3 +198,16 @@ def test_penalties_applied_from_either_kind_of_counts_follow_the_rules_and_agree
         assert not torch.equal(from_dicts, logits)
         for row in rows:
             row.output_token_ids.append(rng.randrange(VOCAB))
+
+
+@DENSE
+def test_tables_first_made_under_inference_mode_take_later_steps(dense: bool) -> None:
+    """The engine's profile step samples under inference mode; the steps after it do not."""
+    counts = PenaltyCounts(dense=dense)
+    row = SamplingRow(SamplingParams(repetition_penalty=1.2), [1, 2], [3])
+    with torch.inference_mode():
+        apply_penalties(torch.zeros(1, VOCAB), [row], counts)
+    row.output_token_ids.append(4)
+    out = apply_penalties(torch.ones(1, VOCAB), [row], counts)
+    assert counts.counted(0)[0] == {1: 1, 2: 1, 3: 1, 4: 1}
+    assert out[0, :6].tolist() == pytest.approx([1, 1 / 1.2, 1 / 1.2, 1 / 1.2, 1 / 1.2, 1])

@@ -143,6 +143,7 @@ class PenaltyCounts:
         return _Slot(self._free.pop(), row.prompt_token_ids, row.output_token_ids, 0, -1, None)
 
     def _ensure_tables(self, vocab_size: int, device: torch.device) -> None:
+        device = _resolved(device)  # "cuda" and "cuda:0" are one device: don't start over between them
         if vocab_size == self._vocab_size and device == self._device:
             return
         self._vocab_size, self._device = vocab_size, device
@@ -151,7 +152,10 @@ class PenaltyCounts:
         self._window_dicts, self._output_dicts = [], []
         self.window_counts = self.output_counts = None
         if self.dense:
-            empty = torch.zeros(0, vocab_size, dtype=torch.int32, device=device)
+            # Normal tensors even when first made under inference mode (the engine's profile step): the
+            # tables are edited in place by every later step, which an inference tensor refuses.
+            with torch.inference_mode(False):
+                empty = torch.zeros(0, vocab_size, dtype=torch.int32, device=device)
             self.window_counts, self.output_counts = empty, empty.clone()
 
     @property
@@ -166,15 +170,23 @@ class PenaltyCounts:
         new = max(needed, 8, 2 * old)
         if self.window_counts is not None and self.output_counts is not None:
             grown = []
-            for table in (self.window_counts, self.output_counts):
-                bigger = torch.zeros(new, table.shape[1], dtype=table.dtype, device=table.device)
-                bigger[:old] = table
-                grown.append(bigger)
+            with torch.inference_mode(False):
+                for table in (self.window_counts, self.output_counts):
+                    bigger = torch.zeros(new, table.shape[1], dtype=table.dtype, device=table.device)
+                    bigger[:old] = table
+                    grown.append(bigger)
             self.window_counts, self.output_counts = grown
         else:
             self._window_dicts.extend({} for _ in range(new - old))
             self._output_dicts.extend({} for _ in range(new - old))
         self._free.extend(range(new - 1, old - 1, -1))
+
+
+def _resolved(device: torch.device) -> torch.device:
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 def _still_valid(slot: _Slot, row: SamplingRow) -> bool:

@@ -218,6 +218,21 @@ def test_top_k_keeps_ties() -> None:
     assert torch.isfinite(actual).tolist() == [False, True, True, True, True, False]
 
 
+@pytest.mark.parametrize(("tied", "top_p"), [(0, 0.9), (2, 0.5), (30, 0.25)])
+def test_top_p_after_top_k_counts_tokens_tied_past_the_head(tied: int, top_p: float) -> None:
+    """top-k 3, then top-p: the 3rd largest value tied by `tied` more tokens far past it (the head read for
+    top-k holds k + 1 values). All of them are in the top-p normaliser: leaving them out would make token 0
+    alone reach top_p, where with them the nucleus is tokens 0 and 1 (as the float64 reference has it)."""
+    logits_row = torch.full((60,), -4.0)
+    logits_row[:3] = torch.tensor([3.0, 2.5, 1.0])
+    logits_row[10 : 10 + tied] = 1.0
+    params = SamplingParams(temperature=1.0, top_k=3, top_p=top_p)
+    actual = Sampler().processed_logprobs(logits_row.unsqueeze(0), [SamplingRow(params, [], [])])[0]
+    expected = reference_for(logits_row, params)
+    assert_log_distributions_close(actual, expected)
+    assert torch.isfinite(actual).nonzero().flatten().tolist() == [0, 1]
+
+
 def test_min_tokens_masks_eos_and_stop_ids() -> None:
     params = SamplingParams(min_tokens=2, stop_token_ids=[5])
     logits = torch.zeros(1, 8)
@@ -270,6 +285,29 @@ def test_unseeded_sampling_frequencies(case: int) -> None:
     # Many identical rows in one call: each row is an independent draw from the same distribution.
     rows = [SamplingRow(params, prompt, output) for _ in range(num_draws)]
     tokens = Sampler()(logits_row.expand(num_draws, FREQ_VOCAB).contiguous(), rows).token_ids
+    assert_frequencies_match(tokens, expected)
+
+
+TRUNCATED_CASES = [
+    SamplingParams(temperature=0.9, top_k=12),
+    SamplingParams(temperature=1.3, top_p=0.6),
+    SamplingParams(temperature=1.0, min_p=0.3),
+    SamplingParams(temperature=0.7, top_k=40, top_p=0.9),  # Ollama's defaults
+]
+
+
+@pytest.mark.parametrize("case", range(len(TRUNCATED_CASES)))
+def test_unseeded_frequencies_when_truncation_keeps_few_of_a_large_vocabulary(case: int) -> None:
+    """Truncation that keeps a few of 300 tokens: on the CPU the race then runs over the kept ones only
+    (draw_tokens' compact path); the frequencies must still be the documented distribution's."""
+    params = TRUNCATED_CASES[case]
+    logits_row = make_logits(1, vocab=300, seed=7, scale=1.5)[0]
+    expected = np.exp(reference_log_distribution(logits_row.numpy(), params, [], [], []))
+    assert 3 <= (expected > 0).sum() < 150  # under half kept: the compact race is the one that runs
+    num_draws = 20_000
+    torch.manual_seed(99)
+    rows = [SamplingRow(params, [], []) for _ in range(num_draws)]
+    tokens = Sampler()(logits_row.expand(num_draws, 300).contiguous(), rows).token_ids
     assert_frequencies_match(tokens, expected)
 
 

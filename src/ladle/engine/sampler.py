@@ -112,6 +112,7 @@ class _Processed:
     random_rows: list[int]
     # [len(random_rows), vocab] logits after steps 1-9, ready to sample (None when every row is greedy).
     random_logits: torch.Tensor | None
+    truncated: bool = False  # some random row went through top-k, top-p or min-p
 
 
 class Sampler:
@@ -236,7 +237,7 @@ class Sampler:
         if min_p_rows:
             min_p = device_tensor([random[j].min_p for j in min_p_rows], torch.float32, device)
             work = _on_rows(work, min_p_rows, lambda x: apply_min_p(x, min_p))
-        return _Processed(greedy_tokens, plan.random_rows, work)
+        return _Processed(greedy_tokens, plan.random_rows, work, bool(truncated or min_p_rows))
 
     @staticmethod
     def _choose(processed: _Processed, rows: list[SamplingRow]) -> torch.Tensor:
@@ -244,7 +245,7 @@ class Sampler:
             assert processed.greedy_tokens is not None
             return processed.greedy_tokens
         generators = [rows[i].generator for i in processed.random_rows]
-        sampled = draw_tokens(processed.random_logits, generators)
+        sampled = draw_tokens(processed.random_logits, generators, processed.truncated)
         if processed.greedy_tokens is None:
             return sampled
         tokens = processed.greedy_tokens.clone()

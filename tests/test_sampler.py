@@ -486,3 +486,20 @@ def test_penalties_follow_growing_and_rewound_outputs_across_steps() -> None:
             rows[1].output_token_ids = list(rows[1].output_token_ids)  # a new list object
             rows[2].output_token_ids[-1] = 49  # in-place edit of the newest token: penalty_window=3 sees it
     assert len(set(rows[0].output_token_ids)) > 3
+
+
+def test_head_values_from_chunk_maxima_equal_topk() -> None:
+    """The CPU's topk for long rows (only values >= the head-th largest chunk maximum can be in the head)
+    must give torch's topk values exactly: random rows, rows of ties, a row mostly -inf, an all--inf row."""
+    from ladle.engine.sampling.truncation import _head_values
+
+    g = torch.Generator().manual_seed(5)
+    vocab = 70_001  # not a multiple of the chunk count
+    rows = torch.randn(6, vocab, generator=g)
+    rows[1] = torch.randint(0, 4, (vocab,), generator=g).float()  # few distinct values: ties everywhere
+    rows[2] = float("-inf")
+    rows[2, torch.randperm(vocab, generator=g)[:30]] = torch.randn(30, generator=g)  # fewer finite than head
+    rows[3] = float("-inf")
+    rows[4, :500] += 10.0  # the whole head packed into the first chunks
+    for head in (1, 41, 257, 1025):
+        assert torch.equal(_head_values(rows, head), rows.topk(head, dim=-1).values), head

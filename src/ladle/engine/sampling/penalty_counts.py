@@ -33,7 +33,8 @@ from ladle.engine.sampling.types import SamplingRow, device_tensor, host_to_devi
 @dataclass
 class _Slot:
     index: int  # row of the tables
-    prompt: list[int]  # the row's own list objects: identity says it is the same sequence
+    prompt: list[int]  # the row's prompt list: a new one means a new sequence
+    # The output list, whose id keys the slot: holding it keeps that id from going to another list.
     output: list[int]
     num_positions: int  # prompt + output positions counted so far (a token in flight included)
     # The newest counted host output token and its position: an in-place replacement of it is seen.
@@ -49,15 +50,34 @@ class PenaltyCounts:
 
     def __init__(self, dense: bool | None = None) -> None:
         self._dense_choice = dense
-        self.dense = True
+        self._store: _DenseTables | _HostDicts | None = None
         self._slots: dict[int, _Slot] = {}  # id(output list) -> slot
         self._free: list[int] = []
-        self.window_counts: torch.Tensor | None = None  # dense: [capacity, vocab] int32
-        self.output_counts: torch.Tensor | None = None
-        self._window_dicts: list[dict[int, int]] = []  # not dense: token -> count (> 0), per slot
-        self._output_dicts: list[dict[int, int]] = []
         self._vocab_size: int | None = None
         self._device: torch.device | None = None
+
+    @property
+    def dense(self) -> bool:
+        return isinstance(self._store, _DenseTables)
+
+    @property
+    def window_counts(self) -> torch.Tensor | None:
+        """dense: [capacity, vocab] int32, the window's count of each token."""
+        return self._store.window if isinstance(self._store, _DenseTables) else None
+
+    @property
+    def output_counts(self) -> torch.Tensor | None:
+        """dense: [capacity, vocab] int32, the window's count of each output token."""
+        return self._store.output if isinstance(self._store, _DenseTables) else None
+
+    @property
+    def capacity(self) -> int:
+        """How many sequences the tables hold now."""
+        return self._store.capacity if self._store is not None else 0
+
+    @property
+    def nbytes(self) -> int:
+        return self._store.nbytes if self._store is not None else 0
 
     def update(
         self,
@@ -78,27 +98,177 @@ class PenaltyCounts:
         for row in rows:
             slot = self._slots.get(id(row.output_token_ids))
             fresh = slot is None or not _still_valid(slot, row)
+            if slot is None:
+                slot = _Slot(self._free.pop(), row.prompt_token_ids, row.output_token_ids, 0, -1, None)
+                self._slots[id(row.output_token_ids)] = slot
             if fresh:
-                if slot is None:
-                    slot = self._new_slot(row)
-                    self._slots[id(row.output_token_ids)] = slot
-                slot.prompt, slot.output = row.prompt_token_ids, row.output_token_ids
+                slot.prompt = row.prompt_token_ids
                 plan.reset.append(slot.index)
-            assert slot is not None
             plan.add_row(slot, row, fresh)
             slots.append(slot.index)
-        if self.dense:
-            assert self.window_counts is not None and self.output_counts is not None
-            plan.apply(self.window_counts, self.output_counts, pending_tokens, device)
-        else:
-            plan.apply_to_dicts(self._window_dicts, self._output_dicts, pending_tokens)
+        if plan.pending and pending_tokens is None:
+            raise ValueError("rows with a pending_index need the pending_tokens they index")
+        assert self._store is not None
+        self._store.apply(plan, pending_tokens)
         return slots
 
     def sparse(self, slots: list[int]) -> tuple[np.ndarray, ...]:
         """Not dense: the counted tokens of the given slots as (rows, tokens) of the window, and (rows,
         tokens, counts) of its output, rows numbering `slots`' positions."""
+        assert isinstance(self._store, _HostDicts)
+        return self._store.sparse(slots)
+
+    def counted(self, slot: int) -> tuple[dict[int, int], dict[int, int]]:
+        """The slot's (window, output) counts as token -> count dicts (for tests and debugging)."""
+        assert self._store is not None
+        return self._store.counted(slot)
+
+    def reserve(self, num_slots: int, vocab_size: int, device: torch.device) -> None:
+        """Allocate the tables for num_slots sequences now (the engine does so before it sizes the KV pool
+        on a GPU, so that they never grow into memory the pool took)."""
+        self._ensure_tables(vocab_size, device)
+        if self.capacity < num_slots:
+            self._grow(num_slots)
+
+    def _release_all_but(self, rows: Sequence[SamplingRow]) -> None:
+        """Give back the slots of sequences this step's penalized rows don't include (finished, preempted),
+        before any new sequence needs one."""
+        present = {id(row.output_token_ids) for row in rows}
+        for key in [k for k in self._slots if k not in present]:
+            self._free.append(self._slots.pop(key).index)
+
+    def _ensure_tables(self, vocab_size: int, device: torch.device) -> None:
+        device = _resolved(device)  # "cuda" and "cuda:0" are one device: don't start over between them
+        if vocab_size == self._vocab_size and device == self._device:
+            return
+        self._vocab_size, self._device = vocab_size, device
+        dense = self._dense_choice if self._dense_choice is not None else device.type != "cpu"
+        self._store = _DenseTables(vocab_size, device) if dense else _HostDicts()
+        self._slots, self._free = {}, []
+
+    def _grow(self, needed: int) -> None:
+        """At least `needed` rows, and at least double (rare: the size follows the most penalized sequences
+        seen at once, at most max_num_seqs)."""
+        assert self._store is not None
+        old = self._store.capacity
+        new = max(needed, 8, 2 * old)
+        self._store.grow(new)
+        self._free.extend(range(new - 1, old - 1, -1))
+
+
+class _DenseTables:
+    """The counts as two [capacity, vocab] int32 tables on the logits' device, edited by scatters."""
+
+    def __init__(self, vocab_size: int, device: torch.device) -> None:
+        # Normal tensors even when first made under inference mode (the engine's profile step): the tables
+        # are edited in place by every later step, which an inference tensor refuses.
+        with torch.inference_mode(False):
+            empty = torch.zeros(0, vocab_size, dtype=torch.int32, device=device)
+        self.window, self.output = empty, empty.clone()
+
+    @property
+    def capacity(self) -> int:
+        return self.window.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.window, self.output))
+
+    def grow(self, new: int) -> None:
+        old = self.capacity
+        grown = []
+        with torch.inference_mode(False):
+            for table in (self.window, self.output):
+                bigger = torch.zeros(new, table.shape[1], dtype=table.dtype, device=table.device)
+                bigger[:old] = table
+                grown.append(bigger)
+        self.window, self.output = grown
+
+    def apply(self, plan: _UpdatePlan, pending_tokens: torch.Tensor | None) -> None:
+        device = self.window.device
+        if plan.reset:
+            index = device_tensor(plan.reset, torch.long, device)
+            self.window.index_fill_(0, index, 0)
+            self.output.index_fill_(0, index, 0)
+        pending_flat = None
+        if plan.pending:  # slot * vocab + token of the tokens in flight, on the device (never read back)
+            assert pending_tokens is not None
+            slots = device_tensor([s for s, _ in plan.pending], torch.long, device)
+            index = device_tensor([i for _, i in plan.pending], torch.long, device)
+            pending_flat = slots * plan.vocab_size + pending_tokens.index_select(0, index).long()
+        for table, flat, delta, arrays in (
+            (self.window, plan.window_flat, plan.window_delta, plan.window_arrays),
+            (self.output, plan.output_flat, plan.output_delta, plan.output_arrays),
+        ):
+            host_flat = np.concatenate([np.asarray(flat, dtype=np.int64), *arrays])
+            host_delta = np.concatenate(
+                [np.asarray(delta, dtype=np.int32), np.ones(len(host_flat) - len(flat), dtype=np.int32)]
+            )
+            index = host_to_device(torch.from_numpy(host_flat), device)
+            values = host_to_device(torch.from_numpy(host_delta), device)
+            if pending_flat is not None:
+                index = torch.cat((index, pending_flat))
+                values = torch.cat((values, torch.ones(len(pending_flat), dtype=torch.int32, device=device)))
+            if index.numel():
+                table.view(-1).index_add_(0, index, values)
+
+    def counted(self, slot: int) -> tuple[dict[int, int], dict[int, int]]:
+        result = []
+        for table in (self.window, self.output):
+            row = table[slot].cpu()
+            tokens = row.nonzero().flatten().tolist()
+            result.append(dict(zip(tokens, row[tokens].tolist(), strict=True)))
+        return result[0], result[1]
+
+
+class _HostDicts:
+    """The counts as token -> count dicts per slot (only counts > 0), for applying to the counted tokens."""
+
+    def __init__(self) -> None:
+        self.window: list[dict[int, int]] = []
+        self.output: list[dict[int, int]] = []
+
+    @property
+    def capacity(self) -> int:
+        return len(self.window)
+
+    nbytes = 0
+
+    def grow(self, new: int) -> None:
+        old = self.capacity
+        self.window.extend({} for _ in range(new - old))
+        self.output.extend({} for _ in range(new - old))
+
+    def apply(self, plan: _UpdatePlan, pending_tokens: torch.Tensor | None) -> None:
+        for slot in plan.reset:
+            self.window[slot].clear()
+            self.output[slot].clear()
+        vocab = plan.vocab_size
+        pending = []
+        if plan.pending:  # a host tensor on the CPU: reading it costs no sync
+            assert pending_tokens is not None
+            tokens = pending_tokens.cpu().tolist()
+            pending = [(s * vocab + tokens[i], 1) for s, i in plan.pending]
+        for dicts, flat, delta, arrays in (
+            (self.window, plan.window_flat, plan.window_delta, plan.window_arrays),
+            (self.output, plan.output_flat, plan.output_delta, plan.output_arrays),
+        ):
+            edits = list(zip(flat, delta, strict=True)) + pending
+            for array in arrays:
+                values, counts = np.unique(array, return_counts=True)
+                edits.extend(zip(values.tolist(), counts.tolist(), strict=True))
+            for f, d in edits:
+                counts_of = dicts[f // vocab]
+                token = f % vocab
+                count = counts_of.get(token, 0) + d
+                if count:
+                    counts_of[token] = count
+                else:
+                    del counts_of[token]
+
+    def sparse(self, slots: list[int]) -> tuple[np.ndarray, ...]:
         arrays = []
-        for dicts, with_counts in ((self._window_dicts, False), (self._output_dicts, True)):
+        for dicts, with_counts in ((self.window, False), (self.output, True)):
             chosen = [dicts[s] for s in slots]
             lengths = [len(d) for d in chosen]
             arrays.append(np.repeat(np.arange(len(slots), dtype=np.int64), lengths))
@@ -109,77 +279,7 @@ class PenaltyCounts:
         return tuple(arrays)
 
     def counted(self, slot: int) -> tuple[dict[int, int], dict[int, int]]:
-        """The slot's (window, output) counts as token -> count dicts (for tests and debugging)."""
-        if not self.dense:
-            return dict(self._window_dicts[slot]), dict(self._output_dicts[slot])
-        assert self.window_counts is not None and self.output_counts is not None
-        result = []
-        for table in (self.window_counts, self.output_counts):
-            row = table[slot].cpu()
-            tokens = row.nonzero().flatten().tolist()
-            result.append(dict(zip(tokens, row[tokens].tolist(), strict=True)))
-        return result[0], result[1]
-
-    def _release_all_but(self, rows: Sequence[SamplingRow]) -> None:
-        """Give back the slots of sequences this step's penalized rows don't include (finished, preempted),
-        before any new sequence needs one."""
-        present = {id(row.output_token_ids) for row in rows}
-        for key in [k for k in self._slots if k not in present]:
-            self._free.append(self._slots.pop(key).index)
-
-    def reserve(self, num_slots: int, vocab_size: int, device: torch.device) -> None:
-        """Allocate the tables for num_slots sequences now (the engine does so before it sizes the KV pool
-        on a GPU, so that they never grow into memory the pool took)."""
-        self._ensure_tables(vocab_size, device)
-        if self.capacity < num_slots:
-            self._grow(num_slots)
-
-    @property
-    def nbytes(self) -> int:
-        tables = (self.window_counts, self.output_counts)
-        return sum(t.numel() * t.element_size() for t in tables if t is not None)
-
-    def _new_slot(self, row: SamplingRow) -> _Slot:
-        return _Slot(self._free.pop(), row.prompt_token_ids, row.output_token_ids, 0, -1, None)
-
-    def _ensure_tables(self, vocab_size: int, device: torch.device) -> None:
-        device = _resolved(device)  # "cuda" and "cuda:0" are one device: don't start over between them
-        if vocab_size == self._vocab_size and device == self._device:
-            return
-        self._vocab_size, self._device = vocab_size, device
-        self.dense = self._dense_choice if self._dense_choice is not None else device.type != "cpu"
-        self._slots, self._free = {}, []
-        self._window_dicts, self._output_dicts = [], []
-        self.window_counts = self.output_counts = None
-        if self.dense:
-            # Normal tensors even when first made under inference mode (the engine's profile step): the
-            # tables are edited in place by every later step, which an inference tensor refuses.
-            with torch.inference_mode(False):
-                empty = torch.zeros(0, vocab_size, dtype=torch.int32, device=device)
-            self.window_counts, self.output_counts = empty, empty.clone()
-
-    @property
-    def capacity(self) -> int:
-        """How many sequences the tables hold now."""
-        return self.window_counts.shape[0] if self.window_counts is not None else len(self._window_dicts)
-
-    def _grow(self, needed: int) -> None:
-        """At least `needed` rows, and at least double (rare: the size follows the most penalized sequences
-        seen at once, at most max_num_seqs)."""
-        old = self.capacity
-        new = max(needed, 8, 2 * old)
-        if self.window_counts is not None and self.output_counts is not None:
-            grown = []
-            with torch.inference_mode(False):
-                for table in (self.window_counts, self.output_counts):
-                    bigger = torch.zeros(new, table.shape[1], dtype=table.dtype, device=table.device)
-                    bigger[:old] = table
-                    grown.append(bigger)
-            self.window_counts, self.output_counts = grown
-        else:
-            self._window_dicts.extend({} for _ in range(new - old))
-            self._output_dicts.extend({} for _ in range(new - old))
-        self._free.extend(range(new - 1, old - 1, -1))
+        return dict(self.window[slot]), dict(self.output[slot])
 
 
 def _resolved(device: torch.device) -> torch.device:
@@ -190,9 +290,9 @@ def _resolved(device: torch.device) -> torch.device:
 
 
 def _still_valid(slot: _Slot, row: SamplingRow) -> bool:
-    """Whether the counts can be carried forward: same lists, nothing rewound, the newest counted host token
-    unchanged."""
-    if slot.prompt is not row.prompt_token_ids or slot.output is not row.output_token_ids:
+    """Whether the counts can be carried forward: the same prompt list, nothing rewound, the newest counted
+    host token unchanged. (The output list is the same: the slot was found by its id.)"""
+    if slot.prompt is not row.prompt_token_ids:
         return False
     if slot.num_positions > len(row.prompt_token_ids) + row.num_output_tokens:
         return False
@@ -210,7 +310,8 @@ def _window_start(num_positions: int, window: int | None) -> int:
 
 
 class _UpdatePlan:
-    """One step's edits to the tables, gathered on the host and applied in a few device ops."""
+    """One step's edits to the counts, gathered on the host; the store applies them (on the device, a few
+    scatters)."""
 
     def __init__(self, vocab_size: int) -> None:
         self.vocab_size = vocab_size
@@ -266,84 +367,6 @@ class _UpdatePlan:
             self.window_arrays.append(part)
             if is_output:
                 self.output_arrays.append(part)
-
-    def apply(
-        self,
-        window_counts: torch.Tensor,
-        output_counts: torch.Tensor,
-        pending_tokens: torch.Tensor | None,
-        device: torch.device,
-    ) -> None:
-        if self.reset:
-            index = device_tensor(self.reset, torch.long, device)
-            window_counts.index_fill_(0, index, 0)
-            output_counts.index_fill_(0, index, 0)
-        pending_flat = self._pending_flat(pending_tokens)
-        for table, flat, delta, arrays in (
-            (window_counts, self.window_flat, self.window_delta, self.window_arrays),
-            (output_counts, self.output_flat, self.output_delta, self.output_arrays),
-        ):
-            host_flat = np.concatenate([np.asarray(flat, dtype=np.int64), *arrays])
-            host_delta = np.concatenate(
-                [np.asarray(delta, dtype=np.int32), np.ones(len(host_flat) - len(flat), dtype=np.int32)]
-            )
-            index = host_to_device(torch.from_numpy(host_flat), device)
-            values = host_to_device(torch.from_numpy(host_delta), device)
-            if pending_flat is not None:
-                index = torch.cat((index, pending_flat))
-                values = torch.cat((values, torch.ones(len(pending_flat), dtype=torch.int32, device=device)))
-            if index.numel():
-                table.view(-1).index_add_(0, index, values)
-
-    def apply_to_dicts(
-        self,
-        window_dicts: list[dict[int, int]],
-        output_dicts: list[dict[int, int]],
-        pending_tokens: torch.Tensor | None,
-    ) -> None:
-        for slot in self.reset:
-            window_dicts[slot].clear()
-            output_dicts[slot].clear()
-        vocab = self.vocab_size
-        pending = [
-            s * vocab + int(t) for s, t in zip(*self._pending_slots_tokens(pending_tokens), strict=True)
-        ]
-        for dicts, flat, delta, arrays in (
-            (window_dicts, self.window_flat, self.window_delta, self.window_arrays),
-            (output_dicts, self.output_flat, self.output_delta, self.output_arrays),
-        ):
-            edits = list(zip(flat, delta, strict=True)) + [(f, 1) for f in pending]
-            for array in arrays:
-                values, counts = np.unique(array, return_counts=True)
-                edits.extend(zip(values.tolist(), counts.tolist(), strict=True))
-            for f, d in edits:
-                counts_of = dicts[f // vocab]
-                token = f % vocab
-                count = counts_of.get(token, 0) + d
-                if count:
-                    counts_of[token] = count
-                else:
-                    del counts_of[token]
-
-    def _pending_slots_tokens(self, pending_tokens: torch.Tensor | None) -> tuple[list[int], list[int]]:
-        """Not dense: the tokens in flight, read from pending_tokens (a host tensor on the CPU)."""
-        if not self.pending:
-            return [], []
-        if pending_tokens is None:
-            raise ValueError("rows with a pending_index need the pending_tokens they index")
-        tokens = pending_tokens.cpu().tolist()
-        return [s for s, _ in self.pending], [tokens[i] for _, i in self.pending]
-
-    def _pending_flat(self, pending_tokens: torch.Tensor | None) -> torch.Tensor | None:
-        """slot * vocab + token for the tokens in flight, computed on the device (never read back)."""
-        if not self.pending:
-            return None
-        if pending_tokens is None:
-            raise ValueError("rows with a pending_index need the pending_tokens they index")
-        device = pending_tokens.device
-        slots = device_tensor([s for s, _ in self.pending], torch.long, device)
-        index = device_tensor([i for _, i in self.pending], torch.long, device)
-        return slots * self.vocab_size + pending_tokens.index_select(0, index).long()
 
 
 def _token_at(prompt: list[int], output: list[int], pos: int) -> int:

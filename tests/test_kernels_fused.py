@@ -96,3 +96,55 @@ def test_silu_mul(tokens):
     gate_up = torch.randn(tokens, 2 * 14336, device="cuda").to(torch.bfloat16) * 4
     gate, up = gate_up.chunk(2, dim=-1)
     torch.testing.assert_close(silu_mul(gate_up), F.silu(gate) * up, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("cache", ["same", "fp8"])
+@pytest.mark.parametrize("heads", [(32, 8, 128), (4, 1, 256), (6, 2, 64)])
+@pytest.mark.parametrize("tokens", [1, 41])
+def test_rotary_with_kv_write_stores_what_the_two_kernels_store(dtype, cache, heads, tokens):
+    from ladle.kernels.fused_ops import rotary_
+    from ladle.kernels.triton_attention import write_kv_cache
+
+    h, kvh, d = heads
+    rope = RotaryEmbedding(d, RopeConfig(theta=500000.0))
+    rope.cos_sin = rope.build_table(4096, torch.device("cuda"))
+    positions = torch.randint(0, 4096, (tokens,), device="cuda")
+    qkv = torch.randn(tokens, (h + 2 * kvh) * d, device="cuda").to(dtype)
+    cache_dtype = torch.float8_e4m3fn if cache == "fp8" else dtype
+    blocks, block_size = 8, 16
+    # Distinct slots in random blocks; every third token is CUDA-graph padding (slot -1: nothing stored).
+    slots = torch.randperm(blocks * block_size, device="cuda")[:tokens]
+    slots[::3] = -1
+
+    def views(t):
+        q, k, v = t.split([h * d, kvh * d, kvh * d], dim=-1)
+        return q.view(tokens, h, d), k.view(tokens, kvh, d), v.view(tokens, kvh, d)
+
+    def empty_cache():
+        # Filled with a pattern, not zeros, so that a skipped slot that was written would show.
+        return torch.full((blocks, block_size, kvh, d), 0.5, device="cuda").to(cache_dtype)
+
+    ref_qkv = qkv.clone()
+    ref_q, ref_k, ref_v = views(ref_qkv)
+    rotary_(_adjacent_heads(ref_q, ref_k), rope.cos_sin, positions)
+    ref_caches = empty_cache(), empty_cache()
+    write_kv_cache(ref_k, ref_v, *ref_caches, slots)
+
+    q, k, v = views(qkv)
+    caches = empty_cache(), empty_cache()
+    assert rope.rotate_and_write_kv(positions, q, k, v, *caches, slots)
+    assert torch.equal(qkv, ref_qkv)  # q and k rotated in place as rotary_ does; v untouched
+    for got, ref in zip(caches, ref_caches):
+        assert torch.equal(got.view(torch.uint8), ref.view(torch.uint8))
+
+
+def test_rotary_with_kv_write_declines_separate_q_and_k():
+    rope = RotaryEmbedding(64, RopeConfig(theta=10000.0))
+    rope.cos_sin = rope.build_table(128, torch.device("cuda"))
+    q, k, v = (torch.randn(3, heads, 64, device="cuda") for heads in (4, 2, 2))
+    cache = torch.zeros(2, 16, 2, 64, device="cuda")
+    before = q.clone(), k.clone()
+    slots = torch.arange(3, device="cuda")
+    assert not rope.rotate_and_write_kv(torch.arange(3, device="cuda"), q, k, v, cache, cache.clone(), slots)
+    assert torch.equal(q, before[0]) and torch.equal(k, before[1]) and not cache.any()

@@ -1,5 +1,5 @@
-"""Fused elementwise Triton kernels for the GPU: RMSNorm (alone or after the residual add), rotary embedding,
-SiLU-and-multiply.
+"""Fused elementwise Triton kernels for the GPU: RMSNorm (alone or after the residual add), rotary embedding
+(optionally with the KV-cache write of the rotated keys and the values), SiLU-and-multiply.
 
 At decode batch sizes these ops move kilobytes, so their cost is the number of kernels, not bytes: torch's
 RMSNorm is ~6 kernels, rotary ~16, SiLU*up 2; here each is one. Results match the torch versions in
@@ -96,18 +96,27 @@ def add_rms_norm(
     return out.view(x.shape), total.view(x.shape)
 
 
-@triton.jit(do_not_specialize_on_alignment=["pos_ptr"])
+@triton.jit(do_not_specialize_on_alignment=["pos_ptr", "slot_ptr"])
 def _rotary_kernel(
     x_ptr,
     cos_sin_ptr,
     pos_ptr,
+    v_ptr,
+    k_cache_ptr,
+    v_cache_ptr,
+    slot_ptr,
     stride_t,
     stride_h,
     stride_cs,
+    stride_v_t,
     NUM_HEADS: tl.constexpr,
     HALF: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_HALF: tl.constexpr,
+    WRITE_KV: tl.constexpr,  # x is [T, q heads + KV heads, D]: also store k (rotated) and v in the cache
+    NUM_Q_HEADS: tl.constexpr,
+    KV_ROW: tl.constexpr,  # KV heads * D: one token's K (or V) in the cache
+    BLOCK_KV: tl.constexpr,
 ):
     t = tl.program_id(0)
     pos = tl.load(pos_ptr + t).to(tl.int64)
@@ -122,31 +131,83 @@ def _rotary_kernel(
     x2 = tl.load(base + HALF, mask=mask, other=0.0)
     f1 = x1.to(tl.float32)
     f2 = x2.to(tl.float32)
-    o1 = f1 * cos[None, :] - f2 * sin[None, :]
-    o2 = f2 * cos[None, :] + f1 * sin[None, :]
-    tl.store(base, o1.to(x1.dtype), mask=mask)
-    tl.store(base + HALF, o2.to(x1.dtype), mask=mask)
+    o1 = (f1 * cos[None, :] - f2 * sin[None, :]).to(x1.dtype)
+    o2 = (f2 * cos[None, :] + f1 * sin[None, :]).to(x1.dtype)
+    tl.store(base, o1, mask=mask)
+    tl.store(base + HALF, o2, mask=mask)
+    if WRITE_KV:
+        # What write_kv_cache would store after this kernel: the rounded k, converted to the cache's dtype.
+        slot = tl.load(slot_ptr + t).to(tl.int64)
+        if slot >= 0:
+            kh = h - NUM_Q_HEADS
+            k_mask = mask & (kh >= 0)[:, None]
+            k_dst = k_cache_ptr + slot * KV_ROW + kh[:, None] * (2 * HALF) + j[None, :]
+            cache_dtype = k_cache_ptr.dtype.element_ty
+            tl.store(k_dst, o1.to(cache_dtype), mask=k_mask)
+            tl.store(k_dst + HALF, o2.to(cache_dtype), mask=k_mask)
+            offs = tl.arange(0, BLOCK_KV)
+            v_mask = offs < KV_ROW
+            v = tl.load(v_ptr + t.to(tl.int64) * stride_v_t + offs, mask=v_mask)
+            tl.store(v_cache_ptr + slot * KV_ROW + offs, v.to(v_cache_ptr.dtype.element_ty), mask=v_mask)
+
+
+def _launch_rotary(x: torch.Tensor, cos_sin: torch.Tensor, positions: torch.Tensor, kv_write=None) -> None:
+    tokens, heads, dim = x.shape
+    if not tokens:
+        return
+    half = dim // 2
+    if kv_write is None:
+        v = k_cache = v_cache = slots = x  # not read without WRITE_KV
+        q_heads, kv_row, stride_v = heads, 1, 0
+    else:
+        v, k_cache, v_cache, slots = kv_write
+        q_heads, kv_row, stride_v = heads - v.shape[1], v.shape[1] * dim, v.stride(0)
+    _rotary_kernel[(tokens,)](
+        x,
+        cos_sin,
+        positions,
+        v,
+        k_cache,
+        v_cache,
+        slots,
+        x.stride(0),
+        x.stride(1),
+        cos_sin.stride(0),
+        stride_v,
+        NUM_HEADS=heads,
+        HALF=half,
+        BLOCK_H=triton.next_power_of_2(heads),
+        BLOCK_HALF=triton.next_power_of_2(half),
+        WRITE_KV=kv_write is not None,
+        NUM_Q_HEADS=q_heads,
+        KV_ROW=kv_row,
+        BLOCK_KV=triton.next_power_of_2(kv_row),
+        num_warps=4,
+    )
 
 
 def rotary_(x: torch.Tensor, cos_sin: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """In place on x [T, H, D] (head_dim contiguous); cos_sin [max_pos, D] float32 = [cos | sin]."""
-    tokens, heads, dim = x.shape
-    if tokens:
-        half = dim // 2
-        _rotary_kernel[(tokens,)](
-            x,
-            cos_sin,
-            positions,
-            x.stride(0),
-            x.stride(1),
-            cos_sin.stride(0),
-            NUM_HEADS=heads,
-            HALF=half,
-            BLOCK_H=triton.next_power_of_2(heads),
-            BLOCK_HALF=triton.next_power_of_2(half),
-            num_warps=4,
-        )
+    _launch_rotary(x, cos_sin, positions)
     return x
+
+
+def rotary_and_write_kv_(
+    qk: torch.Tensor,
+    v: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slots: torch.Tensor,
+    cos_sin: torch.Tensor,
+    positions: torch.Tensor,
+) -> None:
+    """rotary_ on qk [T, H + KVH, D] (q's heads, then k's), and in the same launch what
+    triton_attention.write_kv_cache(k, v, ...) does after it: token t's rotated k and its v [T, KVH, D]
+    (each token's heads one contiguous row) stored at cache slot slots[t], skipped where slots[t] < 0. One
+    launch instead of two: at decode batch sizes each costs more to launch than its bytes."""
+    if v.stride(2) != 1 or v.stride(1) != v.shape[2]:
+        raise ValueError("v's heads must be one contiguous row per token")
+    _launch_rotary(qk, cos_sin, positions, (v, k_cache, v_cache, slots))
 
 
 @triton.jit

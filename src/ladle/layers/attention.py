@@ -46,6 +46,9 @@ class AttentionBackend:
     CPU and GPU) and the Triton kernels (GPU)."""
 
     name = "base"
+    # True where the cache write is write_kv_cache's slot store, which the rotary kernel can do instead
+    # (RotaryEmbedding.rotate_and_write_kv); forward is then called with kv_written=True.
+    kv_write_in_rotary = False
 
     def forward(
         self,
@@ -57,6 +60,7 @@ class AttentionBackend:
         meta: AttentionMetadata,
         scale: float,
         sliding_window: int | None,
+        kv_written: bool = False,  # k and v are in the cache already
     ) -> torch.Tensor:  # [T, H, D]
         raise NotImplementedError
 
@@ -103,8 +107,9 @@ class TorchAttentionBackend(AttentionBackend):
 
     name = "torch"
 
-    def forward(self, q, k, v, k_cache, v_cache, meta, scale, sliding_window):
-        write_kv_cache(k, v, k_cache, v_cache, meta.slot_mapping)
+    def forward(self, q, k, v, k_cache, v_cache, meta, scale, sliding_window, kv_written=False):
+        if not kv_written:
+            write_kv_cache(k, v, k_cache, v_cache, meta.slot_mapping)
         if meta.is_decode_only and len(meta.seq_lens_host) > 1:
             return self._decode_batched(q, k_cache, v_cache, meta, scale, sliding_window)
         out = torch.empty_like(q)

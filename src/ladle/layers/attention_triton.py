@@ -23,6 +23,7 @@ def triton_available() -> bool:
 
 class TritonAttentionBackend(AttentionBackend):
     name = "triton"
+    kv_write_in_rotary = True
 
     def __init__(self) -> None:
         from ladle.kernels import triton_attention
@@ -30,9 +31,12 @@ class TritonAttentionBackend(AttentionBackend):
         self._kernels = triton_attention
         self._num_sms: int | None = None
 
-    def forward(self, q, k, v, k_cache, v_cache, meta: AttentionMetadata, scale, sliding_window):
+    def forward(
+        self, q, k, v, k_cache, v_cache, meta: AttentionMetadata, scale, sliding_window, kv_written=False
+    ):
         ops = self._kernels
-        ops.write_kv_cache(k, v, k_cache, v_cache, meta.slot_mapping)
+        if not kv_written:
+            ops.write_kv_cache(k, v, k_cache, v_cache, meta.slot_mapping)
         out = torch.empty_like(q)
         if meta.is_decode_only:
             if self._num_sms is None:

@@ -66,6 +66,31 @@ class RotaryEmbedding(nn.Module):
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         return _rotate(q, cos, sin), _rotate(k, cos, sin)
 
+    def rotate_and_write_kv(
+        self,
+        positions: torch.Tensor,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        slots: torch.Tensor,
+    ) -> bool:
+        """Rotates q and k in place and writes k and v to the cache slots, in one launch, when that kernel
+        applies: CUDA, q and k views of one QKV projection output, v's heads one row per token, a cache of
+        [blocks, block_size, KVH, D]. Returns False, having done nothing, otherwise."""
+        if not (fused_ops_enabled(q) and q.stride(-1) == 1 and v.stride(-1) == 1):
+            return False
+        if v.stride(1) != v.shape[2] or k_cache.dim() != 4 or not k_cache.is_contiguous():
+            return False
+        both = _adjacent_heads(q, k)
+        if both is None:
+            return False
+        from ladle.kernels.fused_ops import rotary_and_write_kv_
+
+        rotary_and_write_kv_(both, v, k_cache, v_cache, slots, self.cos_sin, positions)
+        return True
+
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.float().chunk(2, dim=-1)

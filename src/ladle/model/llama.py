@@ -76,8 +76,15 @@ class Attention(nn.Module):
             v = self.v_proj(x).view(tokens, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = self.rotary(positions, q, k)
-        out = self.backend.forward(q, k, v, kv_cache[0], kv_cache[1], meta, self.scale, self.sliding_window)
+        # Backends whose cache write is a plain slot store let the rotary kernel do it (one launch less).
+        kv_written = self.backend.kv_write_in_rotary and self.rotary.rotate_and_write_kv(
+            positions, q, k, v, kv_cache[0], kv_cache[1], meta.slot_mapping
+        )
+        if not kv_written:
+            q, k = self.rotary(positions, q, k)
+        out = self.backend.forward(
+            q, k, v, kv_cache[0], kv_cache[1], meta, self.scale, self.sliding_window, kv_written=kv_written
+        )
         return self.o_proj(out.reshape(tokens, self.num_heads * self.head_dim))
 
 

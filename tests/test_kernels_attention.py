@@ -143,6 +143,17 @@ def test_decode_matches_reference(heads, window, splits):
     _run_both([1] * num_seqs, seq_lens, num_heads, num_kv_heads, head_dim, 16, window, seed=2, splits=splits)
 
 
+def test_split_decode_combines_in_its_last_split_and_rearms_the_counters():
+    """Every split holds keys (32 splits of 64 keys), the last to finish combines them, and each launch leaves
+    the arrival counters at 0: a CUDA graph replays the launch against the same counters."""
+    from ladle.kernels.triton_attention import _SPLIT_COUNTERS
+
+    for seed in (5, 6):
+        _run_both([1, 1], [32 * 64 + 9, 70], 4, 2, 64, 16, None, seed=seed, splits=32)
+        counters = _SPLIT_COUNTERS.get(torch.device(DEVICE), 0)
+        assert not counters.any(), "a split launch left its counters armed"
+
+
 @pytest.mark.skipif(not ON_GPU, reason="long contexts: GPU only")
 def test_decode_long_context_batch_one():
     for seq_len in (1, 17, 4096, 32768):

@@ -1,5 +1,6 @@
 """Triton kernels for paged attention: the KV-cache write, attention for mixed batches (chunked prefills and
-decodes together, over K/V already in the paged cache), and split-K decode attention with its reduce.
+decodes together, over K/V already in the paged cache), and split-K decode attention, whose last split to
+finish combines the splits (one launch).
 
 Layouts (see ladle.layers.attention): q [T, H, D]; caches [num_blocks, block_size, KVH, D], contiguous;
 block_tables [S, max_blocks] int32; seq_lens [S] int32; query_start [S + 1] int32; slot_mapping [T] int64,
@@ -337,6 +338,8 @@ def _decode_kernel(
     v_cache_ptr,
     out_ptr,  # [S, H, D] when not SPLIT, else partial outputs [S, H, MAX_SPLITS, D] float32
     lse_ptr,  # [S, H, MAX_SPLITS] float32 (log-sum-exp, base 2), when SPLIT
+    final_ptr,  # [S, H, D]: where the last split to finish writes the combined output, when SPLIT
+    counter_ptr,  # [>= S * KVH] int32 arrival counters, 0 between launches, when SPLIT
     block_tables_ptr,
     seq_lens_ptr,
     stride_q_t,
@@ -350,6 +353,7 @@ def _decode_kernel(
     NUM_KV_HEADS: tl.constexpr,
     GROUP: tl.constexpr,
     BLOCK_H: tl.constexpr,  # GROUP padded to a power of two >= 16 (the tensor cores' smallest M)
+    GROUP_PAD: tl.constexpr,  # GROUP padded to a power of two (the combine's rows)
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -357,8 +361,10 @@ def _decode_kernel(
     USE_WINDOW: tl.constexpr,
     SPLIT: tl.constexpr,
     MAX_SPLITS: tl.constexpr,
+    SPLIT_CHUNK: tl.constexpr,  # splits the combine reads at once
     DOT_PRECISION: tl.constexpr,
     F16_DOTS: tl.constexpr,  # e4m3 caches: K/V widened to fp16, q pre-scaled to fp16 (_e4m3_to_f16)
+    INTERPRETED: tl.constexpr,  # TRITON_INTERPRET=1: programs run one by one on the CPU, no inline asm
 ):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -427,6 +433,23 @@ def _decode_kernel(
         tl.store(out_ptr + part[:, None] * HEAD_DIM + d[None, :], out, mask=mask)
         lse = tl.where(l_i == 0.0, float("-inf"), m_i + tl.math.log2(tl.where(l_i == 0.0, 1.0, l_i)))
         tl.store(lse_ptr + part, lse, mask=row_valid)
+        # The last of this (sequence, KV head)'s splits to get here combines them all: no second launch.
+        # Every thread fences its own stores at GPU scope, the program syncs, then its arrival (acq_rel)
+        # publishes them; the last arrival's acquire makes every split's stores visible to it.
+        if not INTERPRETED:
+            _fence_gpu()
+        tl.debug_barrier()
+        counter = counter_ptr + seq * NUM_KV_HEADS + kv_head
+        arrived = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
+        if arrived == num_splits - 1:
+            active = tl.where(per_split > 0, tl.cdiv(span, tl.maximum(per_split, 1)), 0)
+            first = (seq * (NUM_KV_HEADS * GROUP) + kv_head * GROUP).to(tl.int64) * MAX_SPLITS
+            out_row = final_ptr + seq.to(tl.int64) * stride_o_t + (kv_head * GROUP) * stride_o_h
+            _combine_splits(
+                out_ptr, lse_ptr, out_row, first, stride_o_h, active,
+                GROUP, GROUP_PAD, HEAD_DIM, BLOCK_D, MAX_SPLITS, SPLIT_CHUNK,
+            )  # fmt: skip
+            tl.atomic_xchg(counter, 0)  # re-armed for the next launch (the next layer, the next replay)
     else:
         tl.store(
             out_ptr + seq.to(tl.int64) * stride_o_t + head[:, None] * stride_o_h + d[None, :],
@@ -435,43 +458,98 @@ def _decode_kernel(
         )
 
 
-@triton.jit(do_not_specialize=["num_splits"])
-def _decode_reduce_kernel(
+@triton.jit
+def _fence_gpu():
+    # A one-element tensor is held by every thread, so every thread runs the fence.
+    tl.inline_asm_elementwise(
+        "fence.acq_rel.gpu; mov.u32 $0, $1;",
+        "=r,r",
+        [tl.zeros([1], tl.int32)],
+        dtype=tl.int32,
+        is_pure=False,
+        pack=1,
+    )
+
+
+@triton.jit
+def _combine_splits(
     part_ptr,  # [S, H, MAX_SPLITS, D] float32
     lse_ptr,  # [S, H, MAX_SPLITS] float32
-    out_ptr,
-    stride_o_t,
+    out_row,  # the output of the group's first head
+    first,  # index of (sequence, first head of the group, split 0) in lse
     stride_o_h,
-    num_splits,
-    NUM_HEADS: tl.constexpr,
+    active,  # splits that were given keys; the rest hold lse -inf
+    GROUP: tl.constexpr,
+    GROUP_PAD: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
     MAX_SPLITS: tl.constexpr,
+    SPLIT_CHUNK: tl.constexpr,
 ):
-    seq = tl.program_id(0)
-    head = tl.program_id(1)
-    base = (seq * NUM_HEADS + head).to(tl.int64) * MAX_SPLITS
-    splits = tl.arange(0, MAX_SPLITS)
-    split_valid = splits < num_splits
-    lse = tl.load(lse_ptr + base + splits, mask=split_valid, other=float("-inf"))
-    m = tl.max(lse, 0)
-    m_shift = tl.where(m == float("-inf"), 0.0, m)
-    w = tl.math.exp2(lse - m_shift)  # empty splits (lse = -inf) weigh 0
-    total = tl.sum(w, 0)
-    w = w / tl.where(total == 0.0, 1.0, total)
+    """The group's heads' outputs from their splits' partial outputs, weighted by exp2(lse) (splits that
+    saw no key weigh 0; a sequence with none gets zeros), SPLIT_CHUNK splits at a time with a running max:
+    up to SPLIT_CHUNK active splits are one round of loads, lse and partials together. Loads bypass L1
+    (.cg): other SMs wrote them, and this SM's L1 may hold an earlier launch's values."""
+    g = tl.arange(0, GROUP_PAD)
+    g_valid = g < GROUP
     d = tl.arange(0, BLOCK_D)
     d_valid = d < HEAD_DIM
-    part = tl.load(
-        part_ptr + (base + splits)[:, None] * HEAD_DIM + d[None, :],
-        mask=(split_valid & (w > 0.0))[:, None] & d_valid[None, :],
-        other=0.0,
-    )
-    out = tl.sum(part * w[:, None], 0)
+    c = tl.arange(0, SPLIT_CHUNK)
+    m = tl.full([GROUP_PAD], float("-inf"), dtype=tl.float32)
+    total = tl.zeros([GROUP_PAD], dtype=tl.float32)
+    acc = tl.zeros([GROUP_PAD, BLOCK_D], dtype=tl.float32)
+    for start in range(0, active, SPLIT_CHUNK):
+        valid = g_valid[:, None] & ((start + c) < active)[None, :]
+        row = first + g[:, None] * MAX_SPLITS + (start + c)[None, :]  # [GROUP_PAD, SPLIT_CHUNK]
+        lse = tl.load(lse_ptr + row, mask=valid, other=float("-inf"), cache_modifier=".cg")
+        part = tl.load(
+            part_ptr + row[:, :, None] * HEAD_DIM + d[None, None, :],
+            mask=valid[:, :, None] & d_valid[None, None, :],
+            other=0.0,
+            cache_modifier=".cg",
+        )
+        m_new = tl.maximum(m, tl.max(lse, 1))
+        m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.math.exp2(m - m_shift)
+        w = tl.math.exp2(lse - m_shift[:, None])  # empty splits (lse -inf) weigh 0; their partials are 0
+        total = total * alpha + tl.sum(w, 1)
+        acc = acc * alpha[:, None] + tl.sum(part * w[:, :, None], 1)
+        m = m_new
+    out = acc / tl.where(total == 0.0, 1.0, total)[:, None]
     tl.store(
-        out_ptr + seq.to(tl.int64) * stride_o_t + head * stride_o_h + d,
-        out.to(out_ptr.dtype.element_ty),
-        mask=d_valid,
+        out_row + g[:, None] * stride_o_h + d[None, :],
+        out.to(out_row.dtype.element_ty),
+        mask=g_valid[:, None] & d_valid[None, :],
     )
+
+
+class _SplitCounters:
+    """Per-device int32 arrival counters of split decode launches, one per (sequence, KV head); each
+    launch leaves them at 0. Launches on one stream run one after another, so they can share one buffer
+    (not launches on two streams of one device at once). Grows only outside CUDA-graph capture and never
+    frees a buffer it replaces: a graph captured earlier still points at it."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[torch.device, torch.Tensor] = {}
+        self._retired: list[torch.Tensor] = []
+
+    def get(self, device: torch.device, needed: int) -> torch.Tensor:
+        buf = self._buffers.get(device)
+        if buf is not None and buf.numel() >= needed:
+            return buf
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(
+                "decode_attention: its split counters would have to grow during CUDA-graph capture; run "
+                "the batch size once before capturing it"
+            )
+        if buf is not None:
+            self._retired.append(buf)
+        size = max(needed, 1024, 2 * buf.numel() if buf is not None else 0)
+        self._buffers[device] = torch.zeros(size, dtype=torch.int32, device=device)
+        return self._buffers[device]
+
+
+_SPLIT_COUNTERS = _SplitCounters()
 
 
 def decode_num_splits(num_seqs: int, num_kv_heads: int, max_seq_len: int | None, num_sms: int) -> int:
@@ -523,14 +601,17 @@ def decode_attention(
             num_seqs, num_heads, MAX_DECODE_SPLITS, head_dim, dtype=torch.float32, device=q.device
         )
         lse = torch.empty(num_seqs, num_heads, MAX_DECODE_SPLITS, dtype=torch.float32, device=q.device)
+        counters = _SPLIT_COUNTERS.get(q.device, num_seqs * num_kv_heads)
     else:
-        part, lse = out, out  # unused
+        part, lse, counters = out, out, seq_lens  # unused
     _decode_kernel[(num_seqs, num_kv_heads, num_splits)](
         q,
         k_cache,
         v_cache,
         part if split else out,
         lse,
+        out,
+        counters,
         block_tables,
         seq_lens,
         q.stride(0),
@@ -544,6 +625,7 @@ def decode_attention(
         NUM_KV_HEADS=num_kv_heads,
         GROUP=group,
         BLOCK_H=max(16, triton.next_power_of_2(group)),
+        GROUP_PAD=triton.next_power_of_2(group),
         HEAD_DIM=head_dim,
         BLOCK_D=block_d,
         BLOCK_N=block_n,
@@ -551,22 +633,10 @@ def decode_attention(
         USE_WINDOW=sliding_window is not None,
         SPLIT=split,
         MAX_SPLITS=MAX_DECODE_SPLITS,
+        SPLIT_CHUNK=16,
         DOT_PRECISION=_dot_precision(q),
         F16_DOTS=_f16_dots(q, k_cache),
+        INTERPRETED=os.environ.get("TRITON_INTERPRET") == "1",
         num_warps=warps,
         num_stages=stages,
     )
-    if split:
-        _decode_reduce_kernel[(num_seqs, num_heads)](
-            part,
-            lse,
-            out,
-            out.stride(0),
-            out.stride(1),
-            num_splits,
-            NUM_HEADS=num_heads,
-            HEAD_DIM=head_dim,
-            BLOCK_D=block_d,
-            MAX_SPLITS=MAX_DECODE_SPLITS,
-            num_warps=4,
-        )

@@ -193,7 +193,8 @@ def test_bad_names_missing_models_and_registry_errors_are_one_line(pulled: Ladle
         (("pull", "../x"), "looks like a file path"),
         (("pull", ""), "model"),
         (("pull", long_name), "too long"),
-        (("show", "../x"), "looks like a file path"),
+        # a path is a model reference to show or run: a missing one is not found, not a bad name
+        (("show", "../x"), "no such file"),
         (("show", long_name), "too long"),
         (("rm", ""), "model"),
         (("cp", "stories", "../evil"), "looks like a file path"),
@@ -201,7 +202,7 @@ def test_bad_names_missing_models_and_registry_errors_are_one_line(pulled: Ladle
         (("show", "nothing-here"), "not found"),
         (("stop", "nothing-here"), "couldn't find model"),
         (("pull", "nothing-here"), "not found"),
-        (("run", "../x", "hi"), "looks like a file path"),
+        (("run", "../x", "hi"), "no such file"),
         # nothing listens on port 9: the pull fails at once with the reason
         (("pull", "127.0.0.1:9/library/x:latest"), "cannot reach the registry"),
         (("run", "127.0.0.1:9/library/x", "hi"), "connection refused"),
@@ -224,7 +225,7 @@ def test_bad_names_missing_models_and_registry_errors_are_one_line(pulled: Ladle
 def test_http_errors_are_400_or_404_with_an_error_field(pulled: Ladle) -> None:
     url = pulled.url
     cases = [
-        ("POST", "/api/show", {"model": "../x"}, 400),
+        ("POST", "/api/show", {"model": "../x"}, 404),
         ("POST", "/api/show", {"model": ""}, 400),
         ("POST", "/api/show", {"model": "a" * 300}, 400),
         ("POST", "/api/show", {"model": "nothing-here"}, 404),
@@ -250,3 +251,31 @@ def test_http_errors_are_400_or_404_with_an_error_field(pulled: Ladle) -> None:
         assert isinstance(error, str) and error and "\n" not in error
     unreachable = httpx.post(url + "/api/pull", json={"model": "127.0.0.1:9/library/x"}, timeout=30)
     assert unreachable.status_code == 404 and "connection refused" in unreachable.json()["error"]
+
+
+def test_a_broken_gguf_path_says_what_is_wrong_with_it(pulled: Ladle, tmp_path) -> None:
+    """`ladle show` and `ladle run` of a truncated or non-GGUF file name the problem, not "not found" alone
+    or "invalid model name"."""
+    truncated = tmp_path / "truncated.gguf"
+    truncated.write_bytes(STORIES.read_bytes()[:600_000])
+    not_gguf = tmp_path / "notes.gguf"
+    not_gguf.write_text("hello")
+    for path, fragment in [(truncated, "truncated"), (not_gguf, "not a GGUF file")]:
+        assert_one_line_error(pulled.call("show", str(path)), fragment)
+        assert_one_line_error(pulled.call("run", str(path), "hi"), fragment)
+
+
+def test_bench_serve_on_a_store_model(pulled: Ladle, tmp_path) -> None:
+    """`ladle bench serve --model NAME` for a model in the store (whose GGUF has no llama.vocab_size key:
+    /api/show gives the vocabulary's size from its token list), and a one-line error for an unknown one."""
+    shown = httpx.post(pulled.url + "/api/show", json={"model": "stories"}, timeout=30).json()
+    assert shown["model_info"]["llama.vocab_size"] == 512
+    out = tmp_path / "serve.json"
+    args = ["bench", "serve", "--base-url", pulled.url, "--model", "stories", "--num-prompts", "2"]
+    args += ["--input-len", "4", "8", "--output-len", "2", "4", "--output-json", str(out)]
+    done = pulled.call(*args)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    assert (result["completed"], result["failed"], result["vocab_size"]) == (2, 0, 512)
+    args[args.index("stories")] = "nothing-here"
+    assert_one_line_error(pulled.call(*args), "--model", "nothing-here", "not found")

@@ -113,14 +113,17 @@ async def _run(args: argparse.Namespace) -> tuple[list[RequestResult], float, st
     ) as client:
         model = args.model
         if model is None:
-            ids = [m["id"] for m in (await client.get("/v1/models")).raise_for_status().json()["data"]]
+            ids = [m["id"] for m in _json_or_error(await client.get("/v1/models"), "--base-url")["data"]]
             if len(ids) != 1:
                 raise ValueError(f"--model: the server serves {ids}; name one")
             model = ids[0]
         vocab = args.vocab_size
         if vocab is None:
-            info = (await client.post("/api/show", json={"model": model})).raise_for_status().json()
-            vocab = next(v for k, v in info["model_info"].items() if k.endswith(".vocab_size"))
+            info = _json_or_error(await client.post("/api/show", json={"model": model}), "--model")
+            sizes = [v for k, v in (info.get("model_info") or {}).items() if k.endswith(".vocab_size")]
+            if not sizes:
+                raise ValueError(f"--vocab-size: the server does not say the vocabulary size of {model!r}")
+            vocab = sizes[0]
         requests = make_requests(args.num_prompts, args.input_len, args.output_len, vocab, args.seed)
         # Warm-up, as `bench throughput` does, so one-time costs stay out of the figures.
         await _one(client, model, [11, 12, 13], 4)
@@ -142,6 +145,20 @@ async def _run(args: argparse.Namespace) -> tuple[list[RequestResult], float, st
                 await asyncio.sleep(rng.expovariate(args.request_rate))
         results = await asyncio.gather(*tasks)
         return list(results), time.perf_counter() - start, model, vocab
+
+
+def _json_or_error(response, flag: str) -> dict[str, Any]:
+    """The answer's JSON, or a one-line error naming the flag and what the server said."""
+    if response.is_success:
+        return response.json()
+    try:
+        error = response.json().get("error")
+        message = error.get("message") if isinstance(error, dict) else error
+    except ValueError:
+        message = None
+    raise ValueError(
+        f"{flag}: HTTP {response.status_code} from {response.url}: {message or response.text[:200]}"
+    )
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from typing import Any
 
 from ladle.cli.client import Client, ClientError
 from ladle.cli.models import connect, format_show, pull_model, save_request
+from ladle.models_hub.resolve import looks_like_path
 
 HELP = """Available Commands:
   /set            Set session variables
@@ -139,7 +140,7 @@ def ensure_model(client: Client, model: str, insecure: bool = False) -> dict[str
     try:
         return client.post("/api/show", {"model": model})
     except ClientError as exc:
-        if exc.status != 404:
+        if exc.status != 404 or looks_like_path(model):  # a missing or broken file: nothing to pull
             raise
     pull_model(client, model, insecure)
     return client.post("/api/show", {"model": model})

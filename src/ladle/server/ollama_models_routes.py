@@ -111,8 +111,8 @@ async def show(body: ShowRequest, request: Request) -> dict[str, Any]:
     name = body.model_name()
     try:
         model = await manager.get(name)
-    except LookupError:
-        raise ApiError(404, f"model '{name}' not found") from None
+    except LookupError as exc:  # ModelNotFoundError's message says why: no such file, truncated, ...
+        raise ApiError(404, str(exc)) from None
     arch = model.engine.engine.arch
     family = details(model)["family"]
     model_info = {

@@ -23,7 +23,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from ladle.models_hub.resolve import path_exists
+from ladle.models_hub.resolve import looks_like_path, path_exists
 from ladle.server.errors import ApiError, bad_request
 from ladle.server.state import server_state
 from ladle.server.streams import ndjson
@@ -157,6 +157,12 @@ def _gguf_model_info(path: str, mtime: float, verbose: bool) -> dict[str, Any]:
     gguf_file = read_gguf(path)  # ladle's reader: ~15x faster than gguf.GGUFReader on large vocabularies
     try:
         info: dict[str, Any] = {}
+        # Most GGUF files leave <arch>.vocab_size out (the token list is the vocabulary); clients such as
+        # `ladle bench serve` read it from here, so give it as the loader counts it.
+        tokens = gguf_file.metadata.get("tokenizer.ggml.tokens")
+        arch = gguf_file.metadata.get("general.architecture")
+        if isinstance(tokens, list) and isinstance(arch, str):
+            info[f"{arch}.vocab_size"] = len(tokens)
         for key, value in gguf_file.metadata.items():
             if key.startswith("GGUF."):
                 continue
@@ -497,7 +503,8 @@ async def show(body: ShowRequest, request: Request) -> Any:
         from ladle.server import ollama_models_routes
 
         return await ollama_models_routes.show(ollama_models_routes.ShowRequest(model=name), request)
-    if not path_exists(name):
+    # A path (existing or not) is shown by loading it, which says what is wrong with a missing or broken one.
+    if not (path_exists(name) or looks_like_path(name)):
         try:
             local = await asyncio.to_thread(manager.store.resolve, name)
         except (StoreError, ValueError) as exc:

@@ -156,3 +156,25 @@ def test_template_override(client, ladle_server, reference_llm):
         keep_alive="5m",
     )
     assert resp.response == expected
+
+
+def test_template_override_in_ollamas_go_syntax(client, ladle_server, reference_llm):
+    """Ollama clients send `template` as a Go template, as Ollama's own Modelfiles write it: the simple form
+    is translated (as a store model's TEMPLATE is), anything richer is a 400 naming `template`."""
+    ids = reference_llm.get_tokenizer().encode("<s>Be brief. Lily!", add_special_tokens=False)
+    expected = reference_llm.generate([{"prompt_token_ids": ids}], _greedy())[0].outputs[0].text
+    resp = client.generate(
+        model=ladle_server.model,
+        prompt="Lily",
+        system="Be brief.",
+        template="{{ if .System }}{{ .System }} {{ end }}{{ .Prompt }}!",
+        options=GREEDY,
+    )
+    assert resp.response == expected
+    body = {
+        "model": ladle_server.model,
+        "prompt": "x",
+        "template": "{{ range .Messages }}{{ .Content }}{{ end }}",
+    }
+    r = httpx.post(ladle_server.url + "/api/generate", json=body)
+    assert r.status_code == 400 and r.json()["error"].startswith("template: "), r.text

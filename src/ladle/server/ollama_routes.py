@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from ladle.models_hub.keep_alive import parse_keep_alive
 from ladle.models_hub.manager import LoadedModel
-from ladle.models_hub.model_options import fill_options
+from ladle.models_hub.model_options import fill_options, template_as_jinja
 from ladle.outputs import RequestOutput
 from ladle.server import prompts
 from ladle.server import structured as so
@@ -178,6 +178,21 @@ def _load_only(model_name: str, timing: _Timing, extra: dict[str, Any]) -> dict[
 
 
 # -- /api/generate -----------------------------------------------------------------------------------------
+def _request_template(template: str | None) -> str | None:
+    """A request's `template` as a Jinja chat template: Ollama's Go syntax is translated as a store model's
+    TEMPLATE is (a Jinja one is used as it is). None: the model's own."""
+    if not template:
+        return None
+    jinja = template_as_jinja(template)
+    if jinja is None:
+        raise bad_request(
+            "template: only {{ .System }}, {{ .Prompt }}, {{ .Response }} and {{ if }}/{{ else }}/{{ end }} "
+            "are supported in an Ollama template (or send a Jinja chat template)",
+            "template",
+        )
+    return jinja
+
+
 @router.post("/api/generate")
 async def generate(body: GenerateRequest, request: Request) -> Response:
     body.check_unsupported()
@@ -198,7 +213,11 @@ async def generate(body: GenerateRequest, request: Request) -> Response:
         messages = ([{"role": "system", "content": body.system}] if body.system else []) + [
             {"role": "user", "content": prompt}
         ]
-        text, ids = await prompts.render_chat(model, messages, chat_template=body.template, param="prompt")
+        template = _request_template(body.template)
+        param = "template" if template else "prompt"
+        text, ids = await prompts.render_chat(
+            model, messages, chat_template=template, param=param, template_param=param
+        )
     ids = list(body.context or []) + ids
 
     def shape(text: str, out: RequestOutput, final: bool, tool_calls=None) -> dict[str, Any]:

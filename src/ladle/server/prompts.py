@@ -38,6 +38,7 @@ async def render_chat(
     template_kwargs: dict[str, Any] | None = None,
     param: str = "messages",
     tools: list[dict[str, Any]] | None = None,
+    template_param: str = "chat_template",
 ) -> tuple[str, list[int]]:
     """The chat template's text and its token ids (the template writes BOS itself, so none is added)."""
     tokenizer = _tokenizer(model)
@@ -59,7 +60,7 @@ async def render_chat(
     except ValueError as exc:  # no template, or the template raised (e.g. roles must alternate)
         raise bad_request(f"{param}: {exc}", param) from None
     except Exception as exc:  # noqa: BLE001 - a user-supplied template can fail in any way
-        raise bad_request(f"chat_template: could not render: {exc}", "chat_template") from None
+        raise bad_request(f"{template_param}: could not render: {exc}", template_param) from None
     ids = await _maybe_in_thread(size, tokenizer.encode, text, add_special_tokens=False)
     return text, ids
 

@@ -279,3 +279,16 @@ def test_bench_serve_on_a_store_model(pulled: Ladle, tmp_path) -> None:
     assert (result["completed"], result["failed"], result["vocab_size"]) == (2, 0, 512)
     args[args.index("stories")] = "nothing-here"
     assert_one_line_error(pulled.call(*args), "--model", "nothing-here", "not found")
+
+
+def test_v1_models_retrieves_a_loaded_model_by_the_name_requests_use(pulled: Ladle) -> None:
+    """`model: "stories"` works on /v1/completions, so GET /v1/models/stories finds that model too."""
+    done = httpx.post(
+        pulled.url + "/v1/completions", json={"model": "stories", "prompt": "x", "max_tokens": 1}
+    )
+    assert done.status_code == 200 and done.json()["model"] == "stories:latest"
+    for name in ("stories", "stories:latest"):
+        card = httpx.get(f"{pulled.url}/v1/models/{name}")
+        assert card.status_code == 200 and card.json()["id"] == "stories:latest", card.text
+    missing = httpx.get(f"{pulled.url}/v1/models/nothing-here")
+    assert missing.status_code == 404 and missing.json()["error"]["param"] == "model"

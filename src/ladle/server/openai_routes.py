@@ -446,7 +446,7 @@ async def list_models(request: Request) -> dict[str, Any]:
 @router.get("/v1/models/{model_id:path}")
 async def retrieve_model(model_id: str, request: Request) -> dict[str, Any]:
     manager = server_state(request).manager
-    model = manager.models.get(model_id)
+    model = manager.find(model_id)  # `demo` is `demo:latest`, as in a request's model field
     if model is None:
         raise ApiError(404, f"model {model_id!r} not found", "model")
     return _model_card(model)

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from ladle.cli.main import main
+from shared_models import stories_gguf
 
 
 def test_bench_throughput_with_logprobs_a_penalty_and_sampling(tmp_path, capsys):
@@ -22,3 +25,39 @@ def test_bench_throughput_with_logprobs_a_penalty_and_sampling(tmp_path, capsys)
     assert (result["temperature"], result["top_p"], result["top_k"]) == (0.8, 0.9, 20)
     assert result["output_tokens_per_s"] > 0
     assert "Throughput" in capsys.readouterr().out
+
+
+def _exit_code(argv: list[str]) -> int:
+    try:
+        return main(argv)
+    except SystemExit as exc:  # argparse's usage errors
+        return exc.code
+
+
+@pytest.mark.parametrize(
+    "argv,fragments",
+    [
+        (["throughput", "--preset", "tiny-llama", "--num-prompts", "-1"], ["--num-prompts", "at least 1"]),
+        (["throughput", "--preset", "tiny-llama", "--input-len", "9", "3"], ["--input-len", "9 > 3"]),
+        (["throughput", "--preset", "tiny-llama", "--output-len", "0", "3"], ["--output-len", "at least 1"]),
+        (["latency", "--preset", "tiny-llama", "--batch-sizes", "0"], ["--batch-sizes", "at least 1"]),
+        (["latency", "--preset", "tiny-llama", "--output-len", "1"], ["--output-len", "at least 2"]),
+        (["serve", "--num-prompts", "0"], ["--num-prompts", "at least 1"]),
+    ],
+)
+def test_bad_bench_arguments_are_one_line_errors(argv, fragments, capsys):
+    """A bad count or length is refused before anything loads: one line naming the flag, no Python error."""
+    assert _exit_code(["bench", *argv] + (["--device", "cpu"] if argv[0] != "serve" else [])) != 0
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("Error: ") and "\n" not in err, err
+    for fragment in fragments:
+        assert fragment in err, err
+
+
+@pytest.mark.parametrize("bench", ["throughput", "latency"])
+def test_default_lengths_beyond_a_small_models_context_name_the_flags(bench, capsys):
+    """stories260K has a 512-token context: the default lengths do not fit, and the error says which flags
+    to lower (it said "prompt: 964 tokens is too long" from deep inside the run)."""
+    assert _exit_code(["bench", bench, "--model", str(stories_gguf()), "--device", "cpu"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("Error: --input-len") and "--output-len" in err and "512" in err, err

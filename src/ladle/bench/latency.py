@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ladle.bench.throughput import add_async_scheduling_argument, build_warm_engine, model_arguments
+from ladle.bench.workload import at_least, check_fits
 from ladle.config import KV_CACHE_DTYPES
 
 
@@ -28,12 +29,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="auto")
     p.add_argument("--kv-cache-dtype", default="auto", choices=list(KV_CACHE_DTYPES), help="fp8: CUDA only")
     p.add_argument("--device", default="auto")
-    p.add_argument("--input-len", type=int, default=512, help="prompt tokens (TTFT is measured on one)")
-    p.add_argument("--output-len", type=int, default=128, help="new tokens per request")
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32], help="decode-latency batches")
+    p.add_argument(
+        "--input-len", type=at_least(1), default=512, help="prompt tokens (TTFT is measured on one)"
+    )
+    # The decode phase is the tokens after the first, so at least one of them.
+    p.add_argument("--output-len", type=at_least(2), default=128, help="new tokens per request")
+    p.add_argument(
+        "--batch-sizes", type=at_least(1), nargs="+", default=[1, 8, 32], help="decode-latency batches"
+    )
     p.add_argument(
         "--throughput-batch-sizes",
-        type=int,
+        type=at_least(1),
         nargs="+",
         default=[1, 8, 32, 64, 128, 256],
         help="static batches for output tokens/s by batch size (the plot)",
@@ -48,7 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attention-backend", default="auto", choices=["auto", "torch", "triton"])
     p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
     add_async_scheduling_argument(p)
-    p.add_argument("--max-num-seqs", type=int, default=256)
+    p.add_argument("--max-num-seqs", type=at_least(1), default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output-json", default=None, help="default: benchmarks/results/latency-<time>.json")
 
@@ -121,6 +127,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rng = random.Random(args.seed)
     llm, ready_s = build_warm_engine(args, model, load_format)
     engine = llm.llm_engine
+    check_fits(engine.max_model_len, args.input_len, args.output_len)
     vocab = engine.arch.vocab_size
 
     weight_bytes, kv_per_token = _model_bytes(engine)

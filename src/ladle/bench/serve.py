@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ladle.bench.workload import make_requests
+from ladle.bench.workload import at_least, check_range, make_requests
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,13 +29,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--model", default=None, help="served model id (default: the only one the server lists)")
     p.add_argument("--api-key", default=os.environ.get("LADLE_API_KEY"))
-    p.add_argument("--num-prompts", type=int, default=256)
-    p.add_argument("--input-len", type=int, nargs=2, default=[100, 1024], metavar=("MIN", "MAX"))
-    p.add_argument("--output-len", type=int, nargs=2, default=[100, 1024], metavar=("MIN", "MAX"))
+    p.add_argument("--num-prompts", type=at_least(1), default=256)
+    p.add_argument("--input-len", type=at_least(1), nargs=2, default=[100, 1024], metavar=("MIN", "MAX"))
+    p.add_argument("--output-len", type=at_least(1), nargs=2, default=[100, 1024], metavar=("MIN", "MAX"))
     p.add_argument(
         "--request-rate", type=float, default=float("inf"), help="requests/s (default: all at once)"
     )
-    p.add_argument("--max-concurrency", type=int, default=None, help="at most this many requests in flight")
+    p.add_argument(
+        "--max-concurrency", type=at_least(1), default=None, help="at most this many requests in flight"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--vocab-size", type=int, default=None, help="default: asked from the server (/api/show)")
     p.add_argument("--output-json", default=None, help="where to write the JSON result")
@@ -164,6 +166,8 @@ def _json_or_error(response, flag: str) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from ladle.bench.results import write_result
 
+    check_range("--input-len", args.input_len)
+    check_range("--output-len", args.output_len)
     results, elapsed, model, vocab = asyncio.run(_run(args))
     ok = [r for r in results if r.ok]
     failed = [r for r in results if not r.ok]

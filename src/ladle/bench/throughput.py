@@ -10,7 +10,7 @@ import argparse
 import time
 from typing import Any
 
-from ladle.bench.workload import make_requests
+from ladle.bench.workload import at_least, check_fits, check_range, make_requests
 from ladle.config import KV_CACHE_DTYPES
 
 
@@ -20,13 +20,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--preset", help="a config shipped with ladle (dummy weights), e.g. llama-3.1-8b, tiny-llama"
     )
     p.add_argument("--load-format", default=None, help="auto or dummy (default: dummy with --preset)")
-    p.add_argument("--num-prompts", type=int, default=256)
-    p.add_argument("--input-len", type=int, nargs=2, default=[100, 1024], metavar=("MIN", "MAX"))
-    p.add_argument("--output-len", type=int, nargs=2, default=[100, 1024], metavar=("MIN", "MAX"))
+    p.add_argument("--num-prompts", type=at_least(1), default=256)
+    p.add_argument("--input-len", type=at_least(1), nargs=2, default=[100, 1024], metavar=("MIN", "MAX"))
+    p.add_argument("--output-len", type=at_least(1), nargs=2, default=[100, 1024], metavar=("MIN", "MAX"))
     p.add_argument("--dtype", default="auto")
     p.add_argument("--kv-cache-dtype", default="auto", choices=list(KV_CACHE_DTYPES), help="fp8: CUDA only")
     p.add_argument("--device", default="auto")
-    p.add_argument("--max-num-seqs", type=int, default=256)
+    p.add_argument("--max-num-seqs", type=at_least(1), default=256)
     p.add_argument("--max-num-batched-tokens", type=int, default=2048)
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
@@ -101,6 +101,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from ladle.bench.results import write_result
 
     model, load_format = model_arguments(args)
+    check_range("--input-len", args.input_len)
+    check_range("--output-len", args.output_len)
     llm, engine_ready_s = build_warm_engine(
         args,
         model,
@@ -110,6 +112,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         tensor_parallel_size=args.tensor_parallel_size,
         distributed_executor_backend=args.distributed_executor_backend,
     )
+    check_fits(llm.llm_engine.max_model_len, args.input_len[1], args.output_len[1])
     vocab = llm.llm_engine.arch.vocab_size
     requests = make_requests(args.num_prompts, args.input_len, args.output_len, vocab, args.seed)
     prompts = [{"prompt_token_ids": token_ids} for token_ids, _ in requests]

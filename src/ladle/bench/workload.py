@@ -6,7 +6,39 @@ served figures measure one workload; benchmarks/throughput_roofline.py replays i
 
 from __future__ import annotations
 
+import argparse
 import random
+
+
+def at_least(minimum: int):
+    """An argparse type: a whole number >= minimum (a count or a length), else a usage error naming it."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def check_range(flag: str, bounds: list[int]) -> None:
+    """A MIN MAX pair (--input-len, --output-len) must not be reversed."""
+    if bounds[0] > bounds[1]:
+        raise ValueError(f"{flag}: MIN must not exceed MAX ({bounds[0]} > {bounds[1]})")
+
+
+def check_fits(max_model_len: int, input_len: int, output_len: int) -> None:
+    """The longest prompt plus its output must fit the model's context, or the run would fail midway."""
+    if input_len + output_len > max_model_len:
+        raise ValueError(
+            f"--input-len/--output-len: prompts of up to {input_len} tokens and outputs of up to {output_len} "
+            f"do not fit this model's context of {max_model_len} tokens; lower them to add up to at most "
+            f"{max_model_len}"
+        )
 
 
 def make_requests(

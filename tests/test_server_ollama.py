@@ -129,11 +129,14 @@ def test_errors(client, ladle_server):
         ({"model": ladle_server.model, "prompt": "x", "options": {"top_p": 5}}, "top_p"),
         ({"model": ladle_server.model, "prompt": "x", "context": [999999]}, "context"),
         ({"prompt": "x"}, "model"),
+        ({"model": ladle_server.model, "prompt": "x", "options": "fast"}, "options: "),
     ]
     for body, field in cases:
         r = httpx.post(url + "/api/generate", json=body)
         assert r.status_code == 400, (body, r.text)
         assert field in r.json()["error"] and set(r.json()) == {"error"}
+    r = httpx.post(url + "/api/generate", content=b"")
+    assert r.status_code == 400 and "the body is empty" in r.json()["error"], r.text
     r = httpx.post(url + "/api/chat", content=b"{oops")
     assert r.status_code == 400 and "JSON" in r.json()["error"]
     r = httpx.post(url + "/api/chat", json={"model": ladle_server.model, "messages": [{"role": "robot"}]})

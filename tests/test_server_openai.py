@@ -218,6 +218,7 @@ def test_errors_are_typed(client, ladle_server):
     "body,field",
     [
         ("{not json", "JSON"),
+        ("", "the body is empty"),
         ('["a list"]', "object"),
         ('{"prompt": 5}', "prompt"),
         ('{"prompt": "x", "max_tokens": "many"}', "max_tokens"),

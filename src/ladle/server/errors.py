@@ -83,7 +83,9 @@ def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
         msg = err.get("msg", "invalid value")
         if err.get("type") == "json_invalid":
             messages.append(f"the body is not valid JSON: {err.get('ctx', {}).get('error', msg)}")
-        elif err.get("type") == "model_attributes_type" or (name is None and "dict" in msg):
+        elif name is None and err.get("type") == "missing":
+            messages.append("the body is empty (send a JSON object)")
+        elif name is None and (err.get("type") == "model_attributes_type" or "dict" in msg):
             messages.append("the body must be a JSON object")
         else:
             messages.append(f"{name}: {msg}" if name else msg)

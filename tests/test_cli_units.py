@@ -62,6 +62,27 @@ def test_bad_ladle_host_is_a_one_line_error() -> None:
         parse_host("localhost:http")
 
 
+def test_a_bad_ladle_host_or_port_is_one_line_for_serve_and_no_bother_elsewhere(monkeypatch, capsys) -> None:
+    """LADLE_HOST=foo:bar made every command (`ladle --version`, `ladle list`) print a traceback, as the serve
+    parser read it when built; `ladle serve --port 99999` said it was running on that port."""
+    from ladle.cli.main import main
+
+    monkeypatch.setenv("LADLE_HOST", "foo:bar")
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert main(["serve"]) == 1
+    assert capsys.readouterr().err.strip() == "Error: LADLE_HOST: 'foo:bar' is not host:port"
+    monkeypatch.setenv("LADLE_HOST", "127.0.0.1:99999")
+    assert main(["serve"]) == 1
+    assert "LADLE_HOST" in capsys.readouterr().err
+    monkeypatch.delenv("LADLE_HOST")
+    with pytest.raises(SystemExit) as done:
+        main(["serve", "--port", "99999"])
+    assert done.value.code == 2
+    assert "argument --port: 99999 is not a port (1-65535)" in capsys.readouterr().err
+
+
 def test_sizes_and_times_print_like_ollama() -> None:
     assert [human_bytes(n) for n in (512, 1_185_536, 38_000_000, 2_019_393_189, 4_000_000_000)] == [
         "512 B",

@@ -21,20 +21,32 @@ def parse_host(value: str | None) -> tuple[str, int]:
     if not sep or "]" in port:
         return value or DEFAULT_HOST, DEFAULT_PORT
     try:
-        return host.strip("[]") or DEFAULT_HOST, int(port)
+        number = int(port)
     except ValueError:
         raise ValueError(f"LADLE_HOST: {value!r} is not host:port") from None
+    if not 1 <= number <= 65535:
+        raise ValueError(f"LADLE_HOST: {value!r}: port {number} is out of range (1-65535)")
+    return host.strip("[]") or DEFAULT_HOST, number
+
+
+def _port(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if not 1 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"{text} is not a port (1-65535)")
+    return number
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    env_host, env_port = parse_host(os.environ.get("LADLE_HOST"))
+    # LADLE_HOST is read when serve runs (see run), so a bad value is serve's one-line error, not a
+    # traceback from every other command that builds this parser.
     p.add_argument(
         "models", nargs="*", metavar="MODEL", help="models to load at start (others load on demand)"
     )
-    p.add_argument(
-        "--host", default=env_host, help=f"address to bind (default {DEFAULT_HOST}, or LADLE_HOST)"
-    )
-    p.add_argument("--port", type=int, default=env_port, help=f"port (default {DEFAULT_PORT}, or LADLE_HOST)")
+    p.add_argument("--host", default=None, help=f"address to bind (default {DEFAULT_HOST}, or LADLE_HOST)")
+    p.add_argument("--port", type=_port, default=None, help=f"port (default {DEFAULT_PORT}, or LADLE_HOST)")
     p.add_argument(
         "--api-key", default=os.environ.get("LADLE_API_KEY"), help="require Authorization: Bearer KEY"
     )
@@ -79,6 +91,9 @@ def run(args: argparse.Namespace) -> None:
     from ladle.server.app import build_app
     from ladle.server.state import ServerConfig
 
+    env_host, env_port = parse_host(os.environ.get("LADLE_HOST"))
+    args.host = env_host if args.host is None else args.host
+    args.port = env_port if args.port is None else args.port
     for name in args.models:
         resolve_model_path(name)  # a typo fails now, with the resolver's message, not later in a log
     logging.basicConfig(

@@ -3,6 +3,8 @@ equal ladle.LLM's for the same prompt and model."""
 
 from __future__ import annotations
 
+import itertools
+
 import httpx
 import openai
 import pytest
@@ -168,6 +170,65 @@ def test_logprobs(client, ladle_server, reference_llm):
     assert [e.logprob for e in streamed] == pytest.approx([e.logprob for e in content], abs=1e-4)
 
 
+def _transformers_scores(tiny_model_factory, prompt: str, num_new: int):
+    """transformers' view of the served tiny llama: the prompt's ids (with BOS, as served), its greedy
+    continuation, and log_softmax over the whole sequence."""
+    import torch
+    from transformers import AutoTokenizer
+
+    folder, model = tiny_model_factory("llama")
+    ids = AutoTokenizer.from_pretrained(folder)(prompt).input_ids
+    with torch.no_grad():
+        seq = model.generate(
+            torch.tensor([ids]), max_new_tokens=num_new, min_new_tokens=num_new, do_sample=False
+        )[0].tolist()
+        logprobs = torch.log_softmax(model(torch.tensor([seq])).logits[0].float(), dim=-1)
+    return ids, seq, logprobs
+
+
+def test_echo_with_logprobs_scores_the_prompt_like_transformers(client, ladle_server, tiny_model_factory):
+    """What evaluation harnesses send to score a text: echo + logprobs, the prompt's tokens scored too."""
+    ids, seq, ref = _transformers_scores(tiny_model_factory, PROMPT, 3)
+    kwargs = dict(model=ladle_server.model, prompt=PROMPT, max_tokens=3, temperature=0, echo=True, logprobs=2)
+    choice = client.completions.create(**kwargs).choices[0]
+    assert choice.text.startswith(PROMPT)
+    lp = choice.logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(seq)
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None  # nothing predicts the first token
+    want = [float(ref[p - 1, seq[p]]) for p in range(1, len(seq))]
+    assert lp.token_logprobs[1:] == pytest.approx(want, abs=2e-4)
+    assert all(len(top) == 2 for top in lp.top_logprobs[1:])
+    # As in vLLM, offsets add up the tokens' texts (the BOS's "<s>" included).
+    assert lp.text_offset == list(itertools.accumulate([0] + [len(t) for t in lp.tokens[:-1]]))
+    # Streamed, the first chunk carries the prompt's part: the same lists, chunk after chunk.
+    streamed = {"tokens": [], "token_logprobs": [], "text_offset": []}
+    for event in client.completions.create(stream=True, **kwargs):
+        if event.choices and event.choices[0].logprobs:
+            for key in streamed:
+                streamed[key] += getattr(event.choices[0].logprobs, key)
+    assert streamed == {
+        "tokens": lp.tokens,
+        "token_logprobs": lp.token_logprobs,
+        "text_offset": lp.text_offset,
+    }
+
+
+def test_prompt_logprobs_field_like_vllm(ladle_server, tiny_model_factory):
+    ids, _, ref = _transformers_scores(tiny_model_factory, PROMPT, 1)
+    body = {"model": ladle_server.model, "prompt": PROMPT, "max_tokens": 1, "prompt_logprobs": 3}
+    r = httpx.post(ladle_server.url + "/v1/completions", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    entries = r.json()["choices"][0]["prompt_logprobs"]
+    assert len(entries) == len(ids) and entries[0] is None
+    for pos in range(1, len(ids)):
+        entry = entries[pos]
+        assert entry[str(ids[pos])]["logprob"] == pytest.approx(float(ref[pos - 1, ids[pos]]), abs=2e-4)
+        ranks = sorted(e["rank"] for e in entry.values())
+        assert ranks[:3] == [1, 2, 3]  # the top 3, and the prompt's own token (which may be one of them)
+        best = max(entry.values(), key=lambda e: e["logprob"])
+        assert best["rank"] == 1 and best["logprob"] == pytest.approx(float(ref[pos - 1].max()), abs=2e-4)
+
+
 def test_vllm_extra_fields(client, ladle_server, reference_llm):
     expected = reference_llm.generate(PROMPT, _greedy(10, ignore_eos=True, min_tokens=10))[0].outputs[0]
     resp = client.completions.create(
@@ -229,6 +290,8 @@ def test_errors_are_typed(client, ladle_server):
         ('{"prompt": "x", "stop_token_ids": [99999]}', "stop_token_ids"),
         ('{"prompt": "x", "seed": 99999999999999999999999}', "seed"),
         ('{"prompt": "x", "min_tokens": 9, "max_tokens": 2}', "min_tokens"),
+        ('{"prompt": "x", "stream": true, "prompt_logprobs": 1}', "prompt_logprobs"),
+        ('{"prompt": "x", "prompt_logprobs": 21}', "prompt_logprobs"),
     ],
 )
 def test_bad_completion_bodies_name_the_field(ladle_server, body, field):

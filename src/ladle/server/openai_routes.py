@@ -64,19 +64,63 @@ def chat_logprobs(token_ids: list[int], entries: list[dict[int, Logprob]], k: in
 
 
 def completion_logprobs(
-    token_ids: list[int], entries: list[dict[int, Logprob]], k: int, offset: int
+    token_ids: list[int], entries: list[dict[int, Logprob] | None], k: int, offset: int, first_text: str = ""
 ) -> dict[str, Any]:
-    """OpenAI's legacy completions shape: parallel lists, text_offset counted from `offset`."""
+    """OpenAI's legacy completions shape: parallel lists, text_offset counted from `offset`. An entry of
+    None (an echoed prompt's first token: nothing predicts it) has a null logprob and null top_logprobs;
+    its token's text is first_text."""
     tokens, token_logprobs, tops, offsets = [], [], [], []
     for token, entry in zip(token_ids, entries):
-        chosen = entry[token]
-        text = _token_text(chosen)
+        if entry is None:
+            text, value, top = first_text, None, None
+        else:
+            chosen = entry[token]
+            text, value = _token_text(chosen), _logprob(chosen.logprob)
+            top = {_token_text(lp): _logprob(lp.logprob) for _, lp in _top(entry, k)} if k else None
         tokens.append(text)
-        token_logprobs.append(_logprob(chosen.logprob))
-        tops.append({_token_text(lp): _logprob(lp.logprob) for _, lp in _top(entry, k)} if k else None)
+        token_logprobs.append(value)
+        tops.append(top)
         offsets.append(offset)
         offset += len(text)
     return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": tops, "text_offset": offsets}
+
+
+def _echo_logprobs(
+    model: LoadedModel,
+    prompt: tuple[str | None, list[int]],  # (text, token ids)
+    out: RequestOutput,
+    k: int,
+    completion: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """echo with logprobs: the prompt's tokens first (its first one without a logprob), then the
+    completion's (already in `completion`, offsets counted from 0). As in vLLM, text_offset adds up the
+    tokens' texts all along, a BOS's text included."""
+    _, ids = prompt
+    entries = out.prompt_logprobs or [None] * len(ids)
+    first = model.tokenizer.decode(ids[:1], skip_special_tokens=False) if model.tokenizer else ""
+    echoed = completion_logprobs(ids, entries, k, 0, first_text=first)
+    if completion is not None:
+        shift = sum(len(t) for t in echoed["tokens"])
+        for key in ("tokens", "token_logprobs", "top_logprobs"):
+            echoed[key] += completion[key]
+        echoed["text_offset"] += [o + shift for o in completion["text_offset"]]
+    return echoed
+
+
+def prompt_logprobs_json(entries: list[dict[int, Logprob] | None] | None) -> list[Any] | None:
+    """vLLM's `prompt_logprobs` of a choice: per prompt token, None (the first) or {token id: {logprob, rank,
+    decoded_token}} for the token and the top ones."""
+    if entries is None:
+        return None
+    return [
+        None
+        if entry is None
+        else {
+            str(tid): {"logprob": _logprob(lp.logprob), "rank": lp.rank, "decoded_token": lp.decoded_token}
+            for tid, lp in entry.items()
+        }
+        for entry in entries
+    ]
 
 
 def _delta_entries(c: CompletionOutput, ids: list[int]) -> list[dict[int, Logprob]]:
@@ -127,7 +171,9 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     params_list = []
     for _, ids in inputs:
         max_tokens = prompts.check_context(model, len(ids), body.max_tokens or defaults.get("max_tokens"))
-        params_list.append(body.sampling_params(defaults, max_tokens, body.logprobs))
+        params = body.sampling_params(defaults, max_tokens, body.logprobs)
+        params.prompt_logprobs = body.engine_prompt_logprobs()
+        params_list.append(params)
     spec = so.openai_constraint(body.constraint_fields())
     if spec is not None:
         params_list = [so.constrain(p, spec, None) for p in params_list]
@@ -143,7 +189,7 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
         return StreamingResponse(
             _completion_stream(
                 body,
-                model.name,
+                model,
                 request_id,
                 created,
                 inputs,
@@ -154,7 +200,7 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
             media_type="text/event-stream",
         )
     result = await cancel_on_disconnect(
-        request, _completion_full(body, model.name, request_id, created, inputs, outputs)
+        request, _completion_full(body, model, request_id, created, inputs, outputs)
     )
     return JSONResponse(result) if result is not None else Response(status_code=499)
 
@@ -169,7 +215,7 @@ async def _collect(outputs: AsyncIterator[tuple[int, RequestOutput]], count: int
     return finals  # type: ignore[return-value]
 
 
-async def _completion_full(body, model_name, request_id, created, inputs, outputs) -> dict[str, Any]:
+async def _completion_full(body, model, request_id, created, inputs, outputs) -> dict[str, Any]:
     finals = await _collect(outputs, len(inputs))
     choices, completion_tokens = [], 0
     for i, out in enumerate(finals):
@@ -179,21 +225,24 @@ async def _completion_full(body, model_name, request_id, created, inputs, output
             logprobs = None
             if body.logprobs is not None and c.logprobs is not None:
                 logprobs = completion_logprobs(c.token_ids, c.logprobs, body.logprobs, 0)
-            choices.append(
-                {
-                    "index": i * body.n + c.index,
-                    "text": (prompt_text if body.echo else "") + c.text,
-                    "logprobs": logprobs,
-                    "finish_reason": c.finish_reason,
-                    "stop_reason": c.stop_reason,
-                }
-            )
+            if body.echo and body.logprobs is not None:
+                logprobs = _echo_logprobs(model, inputs[i], out, body.logprobs, logprobs)
+            choice = {
+                "index": i * body.n + c.index,
+                "text": (prompt_text if body.echo else "") + c.text,
+                "logprobs": logprobs,
+                "finish_reason": c.finish_reason,
+                "stop_reason": c.stop_reason,
+            }
+            if body.prompt_logprobs is not None:
+                choice["prompt_logprobs"] = prompt_logprobs_json(out.prompt_logprobs)
+            choices.append(choice)
     prompt_tokens = sum(len(ids) for _, ids in inputs)
     return {
         "id": request_id,
         "object": "text_completion",
         "created": created,
-        "model": model_name,
+        "model": model.name,
         "system_fingerprint": SYSTEM_FINGERPRINT,
         "choices": choices,
         "usage": _usage(prompt_tokens, completion_tokens),
@@ -201,7 +250,7 @@ async def _completion_full(body, model_name, request_id, created, inputs, output
 
 
 async def _completion_stream(
-    body, model_name, request_id, created, inputs, outputs, path, no_text: bool
+    body, model, request_id, created, inputs, outputs, path, no_text: bool
 ) -> AsyncIterator[str]:
     # A model served without a tokenizer (dummy-weight benchmarks) makes no text: send each step's
     # tokens anyway, so streaming clients still see every step.
@@ -217,7 +266,7 @@ async def _completion_stream(
             "id": request_id,
             "object": "text_completion",
             "created": created,
-            "model": model_name,
+            "model": model.name,
             "system_fingerprint": SYSTEM_FINGERPRINT,
             "choices": [choice],
         }
@@ -231,7 +280,8 @@ async def _completion_stream(
                 index = i * n + c.index
                 if index in done:
                     continue
-                if body.echo and index not in echoed:
+                echo_now = body.echo and index not in echoed
+                if echo_now:
                     echoed.add(index)
                     text = (inputs[i][0] or "") + text
                 finished = c.finish_reason is not None
@@ -241,9 +291,14 @@ async def _completion_stream(
                 logprobs = None
                 if body.logprobs is not None and c.logprobs is not None and ids:
                     logprobs = completion_logprobs(
-                        ids, _delta_entries(c, ids), body.logprobs, offsets.get(index, 0)
+                        ids, _delta_entries(c, ids), body.logprobs, 0 if echo_now else offsets.get(index, 0)
                     )
-                offsets[index] = offsets.get(index, 0) + len(text)
+                if echo_now and body.logprobs is not None:
+                    logprobs = _echo_logprobs(model, inputs[i], out, body.logprobs, logprobs)
+                if logprobs is not None and logprobs["tokens"]:  # the next chunk's offsets go on from here
+                    offsets[index] = logprobs["text_offset"][-1] + len(logprobs["tokens"][-1])
+                else:
+                    offsets[index] = offsets.get(index, 0) + len(text)
                 if finished:
                     done.add(index)
                 yield chunk(
@@ -262,7 +317,7 @@ async def _completion_stream(
                     "id": request_id,
                     "object": "text_completion",
                     "created": created,
-                    "model": model_name,
+                    "model": model.name,
                     "system_fingerprint": SYSTEM_FINGERPRINT,
                     "choices": [],
                     "usage": _usage(prompt_tokens, completion_tokens),

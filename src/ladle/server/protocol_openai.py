@@ -115,6 +115,8 @@ class CompletionRequest(_SamplingFields):
     prompt: str | list[str] | list[int] | list[list[int]]
     logprobs: int | None = Field(None, ge=0, le=20)
     echo: bool = False
+    # vLLM's extra field: each choice gets `prompt_logprobs`, per prompt token its logprob and the top ones.
+    prompt_logprobs: int | None = Field(None, ge=0, le=20)
     best_of: int | None = Field(None, ge=1, le=MAX_N)
     suffix: str | None = None
     add_special_tokens: bool = True
@@ -125,8 +127,16 @@ class CompletionRequest(_SamplingFields):
             raise bad_request("suffix: is not supported", "suffix")
         if self.best_of is not None and self.best_of != self.n:
             raise bad_request("best_of: only best_of == n is supported", "best_of")
-        if self.echo and self.logprobs is not None:
-            raise bad_request("echo: echo together with logprobs is not supported yet", "echo")
+        if self.stream and self.prompt_logprobs is not None:
+            raise bad_request(
+                "prompt_logprobs: not available with stream=true (as in vLLM)", "prompt_logprobs"
+            )
+
+    def engine_prompt_logprobs(self) -> int | None:
+        """SamplingParams.prompt_logprobs: what prompt_logprobs asks for, and what echo with logprobs needs
+        (the echoed prompt's tokens get logprobs too, as in OpenAI's legacy completions)."""
+        wanted = [n for n in (self.prompt_logprobs, self.logprobs if self.echo else None) if n is not None]
+        return max(wanted) if wanted else None
 
     def prompts(self) -> list[str | list[int]]:
         p = self.prompt

@@ -265,6 +265,20 @@ def test_a_broken_gguf_path_says_what_is_wrong_with_it(pulled: Ladle, tmp_path) 
         assert_one_line_error(pulled.call("run", str(path), "hi"), fragment)
 
 
+def test_serve_stops_when_a_model_given_at_start_cannot_load(pulled: Ladle, tmp_path) -> None:
+    """`ladle serve BROKEN.gguf` exits non-zero with the loader's reason (as vLLM does), instead of going on
+    without the model while /health answers "ok"."""
+    from cli_helpers import free_port
+
+    truncated = tmp_path / "truncated.gguf"
+    truncated.write_bytes(STORIES.read_bytes()[:600_000])
+    result = pulled.run("serve", str(truncated), "--port", str(free_port()), timeout=90)
+    assert result.returncode == 1, result
+    last = [line for line in result.stderr.splitlines() if line.strip()][-1]
+    assert last.startswith("Error: ") and "truncated" in last and "the server stopped" in last, last
+    assert "Traceback" not in result.stderr
+
+
 def test_bench_serve_on_a_store_model(pulled: Ladle, tmp_path) -> None:
     """`ladle bench serve --model NAME` for a model in the store (whose GGUF has no llama.vocab_size key:
     /api/show gives the vocabulary's size from its token list), and a one-line error for an unknown one."""

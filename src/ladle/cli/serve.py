@@ -99,12 +99,21 @@ def run(args: argparse.Namespace) -> None:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    failures: list[str] = []
+
+    def stop_on_start_failure(name: str, error: BaseException) -> None:
+        # As vLLM does: a server that cannot serve the model it was started for exits (non-zero), rather
+        # than answering /health "ok" without it.
+        failures.append(str(error) if name in str(error) else f"could not load {name}: {error}")
+        server.should_exit = True
+
     config = ServerConfig(
         host=args.host,
         port=args.port,
         api_key=args.api_key or None,
         allowed_origins=list(args.allowed_origins or []),
         models=list(args.models),
+        on_start_failure=stop_on_start_failure,
     )
     options = EngineOptions(
         dtype=args.dtype,
@@ -127,3 +136,5 @@ def run(args: argparse.Namespace) -> None:
         )
     )
     server.run()
+    if failures:
+        raise RuntimeError(f"{failures[0]} (a model given at start: the server stopped)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import logging
 from collections.abc import AsyncIterator
@@ -66,8 +67,8 @@ def build_app(config: ServerConfig | None = None, options: EngineOptions | None 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Start listening at once; /health says 503 until the models given on the command line are loaded.
         loads = [manager.start_load(name) for name in config.models]
-        for task in loads:
-            task.add_done_callback(_log_load_failure)
+        for name, task in zip(config.models, loads):
+            task.add_done_callback(functools.partial(_start_load_done, name, config.on_start_failure))
         try:
             yield
         finally:
@@ -97,9 +98,12 @@ def build_app(config: ServerConfig | None = None, options: EngineOptions | None 
     return app
 
 
-def _log_load_failure(task: asyncio.Future) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        logger.error("could not load a model given at start: %s", task.exception())
+def _start_load_done(name: str, on_failure, task: asyncio.Future) -> None:
+    if task.cancelled() or task.exception() is None:
+        return
+    logger.error("could not load %s, given at start: %s", name, task.exception())
+    if on_failure is not None:
+        on_failure(name, task.exception())
 
 
 class JsonBodyMiddleware:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fastapi import Request
@@ -18,6 +19,8 @@ class ServerConfig:
     api_key: str | None = None
     allowed_origins: list[str] = field(default_factory=list)
     models: list[str] = field(default_factory=list)  # loaded at start
+    # Called with (model, error) when a model given at start fails to load; `ladle serve` stops then.
+    on_start_failure: Callable[[str, BaseException], None] | None = None
 
 
 @dataclass

@@ -11,11 +11,12 @@ dest="${OUT:-benchmarks/results}"
 out=$(mktemp -d)
 mkdir -p "$dest"
 source benchmarks/gpu_device_setup.sh "$out/device.log"
-# The served async test needs fastapi/uvicorn/openai, which the device lacks (CI runs it on the CPU).
+# Two async tests need fastapi/uvicorn/openai or xgrammar, which the device lacks (CI runs them on the CPU).
 [ "${SKIP_TESTS:-0}" = 1 ] || timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_attention.py \
   tests/test_kernels_fused.py tests/test_kernels_weight_fusion.py tests/test_gpu_engine.py tests/test_sampler_gpu.py \
-  tests/test_kv_cache_dtype.py tests/test_async_scheduling.py \
+  tests/test_kv_cache_dtype.py tests/test_async_scheduling.py tests/test_sampler.py tests/test_sampler_penalty_counts.py \
   --deselect tests/test_async_scheduling.py::test_served_with_async_scheduling_streams_transformers_tokens \
+  --deselect tests/test_async_scheduling.py::test_rows_that_need_host_tokens_mixed_with_overlapped_ones \
   2>&1 | tail -n 80 | tee "$out/gpu-tests.log"
 for kv in fp8 auto; do
   timeout 120 python3 -m ladle.cli.main bench throughput --preset llama-3.1-8b --kv-cache-dtype $kv \

@@ -214,3 +214,34 @@ def test_short_memory_unloads_the_idle_model_that_expires_soonest(folders, tmp_p
         assert asyncio.run(scenario()) == {a, third}
     finally:
         manager.shutdown()
+
+
+def test_a_request_without_a_model_names_the_field_when_none_is_the_default(folders, tmp_path) -> None:
+    """No `model` in a request: the only loaded model serves it; with none (or several) loaded it is a bad
+    request naming `model` (a 400 from the routes), not a missing model."""
+    from ladle.models_hub import manager as manager_module
+    from ladle.store import Store
+
+    manager = manager_module.ModelManager(
+        manager_module.EngineOptions(max_num_seqs=4), store=Store(tmp_path, ollama_dirs=[])
+    )
+    a, b = str(folders["tiny-a"]), str(folders["tiny-b"])
+
+    async def scenario() -> list[str]:
+        errors = []
+        for load in ([], [a], [b]):  # none loaded, then one, then two
+            for name in load:
+                await manager.get(name)
+            try:
+                errors.append(f"served by {(await manager.get(None)).name}")
+            except ValueError as exc:
+                errors.append(str(exc))
+        return errors
+
+    try:
+        none, one, two = asyncio.run(scenario())
+    finally:
+        manager.shutdown()
+    assert none.startswith("model: the request names no model") and "0 loaded" in none
+    assert one == f"served by {a}"
+    assert two.startswith("model: ") and a in two and b in two

@@ -286,8 +286,12 @@ class ModelManager:
         seconds = parse_keep_alive(keep_alive, self.default_keep_alive)
         if not name:
             default = self.default_model()
-            if default is None:
-                raise ModelNotFoundError("", "the request names no model")
+            if default is None:  # a bad request (400 naming `model`), not a missing model
+                served = sorted(self.models)
+                raise ValueError(
+                    f"model: the request names no model, and the server has {len(served)} loaded"
+                    + (f" ({', '.join(served)}): name one" if served else ": name the model to load")
+                )
             name = default
         key = self.key(name)
         self._ensure_reaper()

@@ -4,6 +4,8 @@ Runs on CUDA; skipped elsewhere."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -98,6 +100,37 @@ def test_silu_mul(tokens):
     torch.testing.assert_close(silu_mul(gate_up), F.silu(gate) * up, rtol=1e-2, atol=1e-2)
 
 
+@dataclass
+class _RotaryCase:
+    """A fused-QKV projection output of `tokens` tokens, its rotary table and positions, and cache slots in
+    8 blocks of 16 (some -1: CUDA-graph padding, nothing stored)."""
+
+    heads: tuple[int, int, int]
+    tokens: int
+    dtype: torch.dtype
+    theta: float
+    scale: float = 1.0
+
+    def __post_init__(self):
+        h, kvh, d = self.heads
+        self.rope = RotaryEmbedding(d, RopeConfig(theta=self.theta))
+        self.rope.cos_sin = self.rope.build_table(4096, torch.device("cuda"))
+        self.positions = torch.randint(0, 4096, (self.tokens,), device="cuda")
+        self.qkv = (torch.randn(self.tokens, (h + 2 * kvh) * d, device="cuda") * self.scale).to(self.dtype)
+        self.slots = torch.randperm(8 * 16, device="cuda")[: self.tokens]
+        self.slots[::3] = -1
+
+    def views(self, t: torch.Tensor):
+        h, kvh, d = self.heads
+        q, k, v = t.split([h * d, kvh * d, kvh * d], dim=-1)
+        return q.view(self.tokens, h, d), k.view(self.tokens, kvh, d), v.view(self.tokens, kvh, d)
+
+    def caches(self, dtype: torch.dtype):
+        # Filled with a pattern, not zeros, so that a skipped slot that was written would show.
+        _, kvh, d = self.heads
+        return tuple(torch.full((8, 16, kvh, d), 0.5, device="cuda").to(dtype) for _ in range(2))
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("cache", ["same", "fp8"])
 @pytest.mark.parametrize("heads", [(32, 8, 128), (4, 1, 256), (6, 2, 64)])
@@ -106,35 +139,18 @@ def test_rotary_with_kv_write_stores_what_the_two_kernels_store(dtype, cache, he
     from ladle.kernels.fused_ops import rotary_
     from ladle.kernels.triton_attention import write_kv_cache
 
-    h, kvh, d = heads
-    rope = RotaryEmbedding(d, RopeConfig(theta=500000.0))
-    rope.cos_sin = rope.build_table(4096, torch.device("cuda"))
-    positions = torch.randint(0, 4096, (tokens,), device="cuda")
-    qkv = torch.randn(tokens, (h + 2 * kvh) * d, device="cuda").to(dtype)
+    case = _RotaryCase(heads, tokens, dtype, theta=500000.0)
     cache_dtype = torch.float8_e4m3fn if cache == "fp8" else dtype
-    blocks, block_size = 8, 16
-    # Distinct slots in random blocks; every third token is CUDA-graph padding (slot -1: nothing stored).
-    slots = torch.randperm(blocks * block_size, device="cuda")[:tokens]
-    slots[::3] = -1
+    ref_qkv = case.qkv.clone()
+    ref_q, ref_k, ref_v = case.views(ref_qkv)
+    rotary_(_adjacent_heads(ref_q, ref_k), case.rope.cos_sin, case.positions)
+    ref_caches = case.caches(cache_dtype)
+    write_kv_cache(ref_k, ref_v, *ref_caches, case.slots)
 
-    def views(t):
-        q, k, v = t.split([h * d, kvh * d, kvh * d], dim=-1)
-        return q.view(tokens, h, d), k.view(tokens, kvh, d), v.view(tokens, kvh, d)
-
-    def empty_cache():
-        # Filled with a pattern, not zeros, so that a skipped slot that was written would show.
-        return torch.full((blocks, block_size, kvh, d), 0.5, device="cuda").to(cache_dtype)
-
-    ref_qkv = qkv.clone()
-    ref_q, ref_k, ref_v = views(ref_qkv)
-    rotary_(_adjacent_heads(ref_q, ref_k), rope.cos_sin, positions)
-    ref_caches = empty_cache(), empty_cache()
-    write_kv_cache(ref_k, ref_v, *ref_caches, slots)
-
-    q, k, v = views(qkv)
-    caches = empty_cache(), empty_cache()
-    assert rope.rotate_and_write_kv(positions, q, k, v, *caches, slots)
-    assert torch.equal(qkv, ref_qkv)  # q and k rotated in place as rotary_ does; v untouched
+    q, k, v = case.views(case.qkv)
+    caches = case.caches(cache_dtype)
+    assert case.rope.rotate_and_write_kv(case.positions, q, k, v, *caches, case.slots)
+    assert torch.equal(case.qkv, ref_qkv)  # q and k rotated in place as rotary_ does; v untouched
     for got, ref in zip(caches, ref_caches):
         assert torch.equal(got.view(torch.uint8), ref.view(torch.uint8))
 
@@ -148,3 +164,33 @@ def test_rotary_with_kv_write_declines_separate_q_and_k():
     slots = torch.arange(3, device="cuda")
     assert not rope.rotate_and_write_kv(torch.arange(3, device="cuda"), q, k, v, cache, cache.clone(), slots)
     assert torch.equal(q, before[0]) and torch.equal(k, before[1]) and not cache.any()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("unit_offset", [False, True])  # Qwen3's q/k norms, Gemma 3's
+@pytest.mark.parametrize("heads", [(32, 8, 128), (4, 1, 256), (16, 8, 128)])
+@pytest.mark.parametrize("tokens", [1, 41])
+def test_rotary_with_kv_write_and_head_norms_matches_the_five_kernels(dtype, unit_offset, heads, tokens):
+    from ladle.kernels.triton_attention import write_kv_cache
+
+    case = _RotaryCase(heads, tokens, dtype, theta=1000000.0, scale=3.0)
+    d = heads[2]
+    q_norm, k_norm = (RMSNorm(d, 1e-6, unit_offset=unit_offset) for _ in range(2))
+    for norm in (q_norm, k_norm):
+        norm.set_weight((torch.rand(d, device="cuda") * 2).to(dtype))
+    # Unfused, as Attention.forward runs without the fused kernel: two norms, two rotary launches, a write.
+    ref_q, ref_k, ref_v = case.views(case.qkv.clone())
+    ref_q, ref_k = case.rope(case.positions, q_norm(ref_q), k_norm(ref_k))
+    ref_caches = case.caches(dtype)
+    write_kv_cache(ref_k, ref_v, *ref_caches, case.slots)
+
+    q, k, v = case.views(case.qkv)
+    caches = case.caches(dtype)
+    assert case.rope.rotate_and_write_kv(case.positions, q, k, v, *caches, case.slots, q_norm, k_norm)
+    # The sum of squares is added in another order than rms_norm's: in bf16 a norm output can round the
+    # other way (one unit in the last place, ~0.06 at 8), and the rotation carries that on.
+    rtol, atol = (1e-5, 1e-5) if dtype == torch.float32 else (2e-2, 0.1)
+    torch.testing.assert_close(q, ref_q, rtol=rtol, atol=atol)
+    torch.testing.assert_close(k, ref_k, rtol=rtol, atol=atol)
+    for got, ref in zip(caches, ref_caches):
+        torch.testing.assert_close(got, ref, rtol=rtol, atol=atol)

@@ -105,10 +105,13 @@ def _rotary_kernel(
     k_cache_ptr,
     v_cache_ptr,
     slot_ptr,
+    q_norm_ptr,
+    k_norm_ptr,
     stride_t,
     stride_h,
     stride_cs,
     stride_v_t,
+    eps,
     NUM_HEADS: tl.constexpr,
     HALF: tl.constexpr,
     BLOCK_H: tl.constexpr,
@@ -117,6 +120,8 @@ def _rotary_kernel(
     NUM_Q_HEADS: tl.constexpr,
     KV_ROW: tl.constexpr,  # KV heads * D: one token's K (or V) in the cache
     BLOCK_KV: tl.constexpr,
+    HEAD_NORM: tl.constexpr,  # RMSNorm each head first (Qwen3's and Gemma 3's q_norm / k_norm), as rms_norm
+    UNIT_OFFSET: tl.constexpr,
 ):
     t = tl.program_id(0)
     pos = tl.load(pos_ptr + t).to(tl.int64)
@@ -131,6 +136,29 @@ def _rotary_kernel(
     x2 = tl.load(base + HALF, mask=mask, other=0.0)
     f1 = x1.to(tl.float32)
     f2 = x2.to(tl.float32)
+    if HEAD_NORM:
+        # rms_norm's arithmetic on each head's row (its two halves), rounded to x's dtype as rms_norm's
+        # output is before the rotary reads it.
+        r = tl.math.rsqrt((tl.sum(f1 * f1, 1) + tl.sum(f2 * f2, 1)) / (2 * HALF) + eps)
+        is_q = (h < NUM_Q_HEADS)[:, None]
+        w1 = tl.where(
+            is_q,
+            tl.load(q_norm_ptr + j, mask=jm, other=0.0)[None, :],
+            tl.load(k_norm_ptr + j, mask=jm, other=0.0)[None, :],
+        ).to(tl.float32)
+        w2 = tl.where(
+            is_q,
+            tl.load(q_norm_ptr + HALF + j, mask=jm, other=0.0)[None, :],
+            tl.load(k_norm_ptr + HALF + j, mask=jm, other=0.0)[None, :],
+        ).to(tl.float32)
+        h1 = f1 * r[:, None]
+        h2 = f2 * r[:, None]
+        if UNIT_OFFSET:
+            f1 = (h1 * (1.0 + w1)).to(x1.dtype).to(tl.float32)
+            f2 = (h2 * (1.0 + w2)).to(x1.dtype).to(tl.float32)
+        else:
+            f1 = (w1 * h1.to(x1.dtype).to(tl.float32)).to(x1.dtype).to(tl.float32)
+            f2 = (w2 * h2.to(x1.dtype).to(tl.float32)).to(x1.dtype).to(tl.float32)
     o1 = (f1 * cos[None, :] - f2 * sin[None, :]).to(x1.dtype)
     o2 = (f2 * cos[None, :] + f1 * sin[None, :]).to(x1.dtype)
     tl.store(base, o1, mask=mask)
@@ -151,7 +179,9 @@ def _rotary_kernel(
             tl.store(v_cache_ptr + slot * KV_ROW + offs, v.to(v_cache_ptr.dtype.element_ty), mask=v_mask)
 
 
-def _launch_rotary(x: torch.Tensor, cos_sin: torch.Tensor, positions: torch.Tensor, kv_write=None) -> None:
+def _launch_rotary(
+    x: torch.Tensor, cos_sin: torch.Tensor, positions: torch.Tensor, kv_write=None, head_norm=None
+) -> None:
     tokens, heads, dim = x.shape
     if not tokens:
         return
@@ -162,6 +192,7 @@ def _launch_rotary(x: torch.Tensor, cos_sin: torch.Tensor, positions: torch.Tens
     else:
         v, k_cache, v_cache, slots = kv_write
         q_heads, kv_row, stride_v = heads - v.shape[1], v.shape[1] * dim, v.stride(0)
+    q_norm, k_norm, eps, unit_offset = head_norm if head_norm is not None else (x, x, 0.0, False)
     _rotary_kernel[(tokens,)](
         x,
         cos_sin,
@@ -170,10 +201,13 @@ def _launch_rotary(x: torch.Tensor, cos_sin: torch.Tensor, positions: torch.Tens
         k_cache,
         v_cache,
         slots,
+        q_norm,
+        k_norm,
         x.stride(0),
         x.stride(1),
         cos_sin.stride(0),
         stride_v,
+        eps,
         NUM_HEADS=heads,
         HALF=half,
         BLOCK_H=triton.next_power_of_2(heads),
@@ -182,6 +216,8 @@ def _launch_rotary(x: torch.Tensor, cos_sin: torch.Tensor, positions: torch.Tens
         NUM_Q_HEADS=q_heads,
         KV_ROW=kv_row,
         BLOCK_KV=triton.next_power_of_2(kv_row),
+        HEAD_NORM=head_norm is not None,
+        UNIT_OFFSET=unit_offset,
         num_warps=4,
     )
 
@@ -200,14 +236,18 @@ def rotary_and_write_kv_(
     slots: torch.Tensor,
     cos_sin: torch.Tensor,
     positions: torch.Tensor,
+    head_norm: tuple[torch.Tensor, torch.Tensor, float, bool] | None = None,
 ) -> None:
     """rotary_ on qk [T, H + KVH, D] (q's heads, then k's), and in the same launch what
     triton_attention.write_kv_cache(k, v, ...) does after it: token t's rotated k and its v [T, KVH, D]
     (each token's heads one contiguous row) stored at cache slot slots[t], skipped where slots[t] < 0. One
-    launch instead of two: at decode batch sizes each costs more to launch than its bytes."""
+    launch instead of two: at decode batch sizes each costs more to launch than its bytes.
+
+    head_norm (q_weight, k_weight, eps, unit_offset): first rms_norm each q head with q_weight and each
+    k head with k_weight (Qwen3, Gemma 3), in the same launch: one instead of five."""
     if v.stride(2) != 1 or v.stride(1) != v.shape[2]:
         raise ValueError("v's heads must be one contiguous row per token")
-    _launch_rotary(qk, cos_sin, positions, (v, k_cache, v_cache, slots))
+    _launch_rotary(qk, cos_sin, positions, (v, k_cache, v_cache, slots), head_norm)
 
 
 @triton.jit

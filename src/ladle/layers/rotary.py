@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ladle.kernels.availability import fused_ops_enabled
+from ladle.layers.norm import RMSNorm
 from ladle.model.config import RopeConfig
 
 
@@ -75,10 +76,13 @@ class RotaryEmbedding(nn.Module):
         k_cache: torch.Tensor,
         v_cache: torch.Tensor,
         slots: torch.Tensor,
+        q_norm: RMSNorm | None = None,
+        k_norm: RMSNorm | None = None,
     ) -> bool:
         """Rotates q and k in place and writes k and v to the cache slots, in one launch, when that kernel
         applies: CUDA, q and k views of one QKV projection output, v's heads one row per token, a cache of
-        [blocks, block_size, KVH, D]. Returns False, having done nothing, otherwise."""
+        [blocks, block_size, KVH, D]. With q_norm and k_norm, normalizes q's and k's heads first, in the
+        same launch. Returns False, having done nothing, otherwise."""
         if not (fused_ops_enabled(q) and q.stride(-1) == 1 and v.stride(-1) == 1):
             return False
         if v.stride(1) != v.shape[2] or k_cache.dim() != 4 or not k_cache.is_contiguous():
@@ -88,7 +92,12 @@ class RotaryEmbedding(nn.Module):
             return False
         from ladle.kernels.fused_ops import rotary_and_write_kv_
 
-        rotary_and_write_kv_(both, v, k_cache, v_cache, slots, self.cos_sin, positions)
+        head_norm = None
+        if q_norm is not None and k_norm is not None:
+            if (q_norm.eps, q_norm.unit_offset) != (k_norm.eps, k_norm.unit_offset):
+                return False
+            head_norm = (q_norm.weight, k_norm.weight, q_norm.eps, q_norm.unit_offset)
+        rotary_and_write_kv_(both, v, k_cache, v_cache, slots, self.cos_sin, positions, head_norm)
         return True
 
 

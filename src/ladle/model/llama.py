@@ -74,13 +74,14 @@ class Attention(nn.Module):
             q = self.q_proj(x).view(tokens, self.num_heads, self.head_dim)
             k = self.k_proj(x).view(tokens, self.num_kv_heads, self.head_dim)
             v = self.v_proj(x).view(tokens, self.num_kv_heads, self.head_dim)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        # Backends whose cache write is a plain slot store let the rotary kernel do it (one launch less).
+        # Backends whose cache write is a plain slot store let the rotary kernel do it, and the q/k norms
+        # (one launch for what is otherwise two to five).
         kv_written = self.backend.kv_write_in_rotary and self.rotary.rotate_and_write_kv(
-            positions, q, k, v, kv_cache[0], kv_cache[1], meta.slot_mapping
+            positions, q, k, v, kv_cache[0], kv_cache[1], meta.slot_mapping, self.q_norm, self.k_norm
         )
         if not kv_written:
+            if self.q_norm is not None:
+                q, k = self.q_norm(q), self.k_norm(k)
             q, k = self.rotary(positions, q, k)
         out = self.backend.forward(
             q, k, v, kv_cache[0], kv_cache[1], meta, self.scale, self.sliding_window, kv_written=kv_written

@@ -67,6 +67,19 @@ def test_completion_token_id_prompt_and_batch(client, ladle_server, reference_ll
     assert resp.choices[1].text == "Lily" + expected[1].outputs[0].text
 
 
+def test_echo_of_a_token_id_prompt_is_its_text(client, ladle_server, tiny_model_factory):
+    """As vLLM: echo of a token-id prompt returns the prompt decoded (it returned nothing of it)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_factory("llama")[0])
+    ids = tokenizer(PROMPT).input_ids
+    resp = client.completions.create(
+        model=ladle_server.model, prompt=ids, max_tokens=2, temperature=0, echo=True
+    )
+    assert resp.choices[0].text.startswith(tokenizer.decode(ids, skip_special_tokens=True))
+    assert resp.choices[0].text.startswith(PROMPT)
+
+
 def test_chat_greedy_equals_offline(client, ladle_server, reference_llm):
     expected = reference_llm.chat(MESSAGES, _greedy())[0]
     resp = client.chat.completions.create(

@@ -85,6 +85,14 @@ def completion_logprobs(
     return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": tops, "text_offset": offsets}
 
 
+def _echo_text(model: LoadedModel, prompt: tuple[str | None, list[int]]) -> str:
+    """The prompt as echo returns it: its text, or a token-id prompt decoded (as vLLM does)."""
+    text, ids = prompt
+    if text is not None:
+        return text
+    return model.tokenizer.decode(ids, skip_special_tokens=True) if model.tokenizer else ""
+
+
 def _echo_logprobs(
     model: LoadedModel,
     prompt: tuple[str | None, list[int]],  # (text, token ids)
@@ -219,7 +227,7 @@ async def _completion_full(body, model, request_id, created, inputs, outputs) ->
     finals = await _collect(outputs, len(inputs))
     choices, completion_tokens = [], 0
     for i, out in enumerate(finals):
-        prompt_text = inputs[i][0] or ""
+        prompt_text = _echo_text(model, inputs[i])
         for c in out.outputs:
             completion_tokens += len(c.token_ids)
             logprobs = None
@@ -283,7 +291,7 @@ async def _completion_stream(
                 echo_now = body.echo and index not in echoed
                 if echo_now:
                     echoed.add(index)
-                    text = (inputs[i][0] or "") + text
+                    text = _echo_text(model, inputs[i]) + text
                 finished = c.finish_reason is not None
                 completion_tokens += len(ids)
                 if not text and not finished and not (ids and (body.logprobs is not None or no_text)):

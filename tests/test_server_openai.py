@@ -242,6 +242,31 @@ def test_prompt_logprobs_field_like_vllm(ladle_server, tiny_model_factory):
         assert best["rank"] == 1 and best["logprob"] == pytest.approx(float(ref[pos - 1].max()), abs=2e-4)
 
 
+def test_chat_prompt_logprobs_score_the_rendered_prompt(ladle_server, tiny_model_factory):
+    """vLLM's chat `prompt_logprobs`: once per response, over the chat template's rendering of the
+    messages, scored as transformers scores those tokens."""
+    import torch
+    from transformers import AutoTokenizer
+
+    folder, model = tiny_model_factory("llama")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    rendered = tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, return_dict=True)
+    ids = list(rendered["input_ids"])
+    with torch.no_grad():
+        ref = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), dim=-1)
+    body = {"model": ladle_server.model, "messages": MESSAGES, "max_tokens": 1, "prompt_logprobs": 1}
+    r = httpx.post(ladle_server.url + "/v1/chat/completions", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    entries = r.json()["prompt_logprobs"]
+    assert len(entries) == len(ids) == r.json()["usage"]["prompt_tokens"] and entries[0] is None
+    for pos in range(1, len(ids)):
+        assert entries[pos][str(ids[pos])]["logprob"] == pytest.approx(
+            float(ref[pos - 1, ids[pos]]), abs=2e-4
+        )
+    streamed = httpx.post(ladle_server.url + "/v1/chat/completions", json=body | {"stream": True}, timeout=60)
+    assert streamed.status_code == 400 and streamed.json()["error"]["param"] == "prompt_logprobs"
+
+
 def test_vllm_extra_fields(client, ladle_server, reference_llm):
     expected = reference_llm.generate(PROMPT, _greedy(10, ignore_eos=True, min_tokens=10))[0].outputs[0]
     resp = client.completions.create(

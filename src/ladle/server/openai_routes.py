@@ -368,6 +368,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
         model, len(ids), body.requested_max_tokens() or defaults.get("max_tokens"), param
     )
     params = body.sampling_params(defaults, max_tokens, body.num_logprobs())
+    params.prompt_logprobs = body.prompt_logprobs
     params = so.constrain(params, spec, plan, body.constraint_source())
     await so.precompile(model, params, "tools" if spec is None else body.constraint_source())
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
@@ -418,7 +419,11 @@ async def _chat_full(body, model_name, request_id, created, outputs, plan=None) 
         "system_fingerprint": SYSTEM_FINGERPRINT,
         "choices": choices,
         "usage": _usage(len(out.prompt_token_ids), sum(len(c.token_ids) for c in out.outputs)),
-    }
+    } | (
+        {"prompt_logprobs": prompt_logprobs_json(out.prompt_logprobs)}
+        if body.prompt_logprobs is not None
+        else {}
+    )
 
 
 async def _chat_stream(

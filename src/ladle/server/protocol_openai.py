@@ -34,6 +34,9 @@ class _SamplingFields(_Body):
     n: int = Field(1, ge=1, le=MAX_N)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
+    # vLLM's extra field: per prompt token its logprob and the top ones (per choice in completions, once in
+    # a chat completion).
+    prompt_logprobs: int | None = Field(None, ge=0, le=20)
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
@@ -62,7 +65,10 @@ class _SamplingFields(_Body):
     spaces_between_special_tokens: bool = True  # accepted; the tokenizers library decides spacing
 
     def check_unsupported(self) -> None:
-        pass
+        if self.stream and self.prompt_logprobs is not None:
+            raise bad_request(
+                "prompt_logprobs: not available with stream=true (as in vLLM)", "prompt_logprobs"
+            )
 
     _CONSTRAINT_FIELDS = ("response_format", "guided_json", "guided_regex", "guided_choice", "guided_grammar")
 
@@ -115,8 +121,6 @@ class CompletionRequest(_SamplingFields):
     prompt: str | list[str] | list[int] | list[list[int]]
     logprobs: int | None = Field(None, ge=0, le=20)
     echo: bool = False
-    # vLLM's extra field: each choice gets `prompt_logprobs`, per prompt token its logprob and the top ones.
-    prompt_logprobs: int | None = Field(None, ge=0, le=20)
     best_of: int | None = Field(None, ge=1, le=MAX_N)
     suffix: str | None = None
     add_special_tokens: bool = True
@@ -127,10 +131,6 @@ class CompletionRequest(_SamplingFields):
             raise bad_request("suffix: is not supported", "suffix")
         if self.best_of is not None and self.best_of != self.n:
             raise bad_request("best_of: only best_of == n is supported", "best_of")
-        if self.stream and self.prompt_logprobs is not None:
-            raise bad_request(
-                "prompt_logprobs: not available with stream=true (as in vLLM)", "prompt_logprobs"
-            )
 
     def engine_prompt_logprobs(self) -> int | None:
         """SamplingParams.prompt_logprobs: what prompt_logprobs asks for, and what echo with logprobs needs

@@ -39,6 +39,19 @@ def _greedy(**kw):
         ("prompt_logprobs", -1),
         ("stop", [""]),
         ("logit_bias", {5: 500.0}),
+        # Wrong types and values the engine would only trip over later, deep inside a step.
+        ("temperature", float("nan")),
+        ("temperature", "0.5"),
+        ("top_p", "1"),
+        ("repetition_penalty", None),
+        ("logprobs", True),
+        ("max_tokens", True),
+        ("stop", 5),
+        ("stop_token_ids", 5),
+        ("logit_bias", {"abc": 1.0}),
+        ("logit_bias", [1, 2]),
+        ("seed", 2**70),
+        ("penalty_window", "8"),
     ],
 )
 def test_bad_sampling_params_name_the_field(field, value):

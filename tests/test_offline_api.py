@@ -75,6 +75,34 @@ def test_prompt_longer_than_the_context_is_rejected_before_work(llama):
     assert not llm.llm_engine.has_unfinished_requests()
 
 
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        None,
+        5,
+        ["hello", None],
+        {"text": "hello"},
+        {"prompt_token_ids": "abc"},
+        {"prompt_token_ids": [1.5]},
+        [1, None],
+    ],
+)
+def test_malformed_prompts_are_rejected_and_the_llm_stays_usable(llama, prompt):
+    _, _, llm = llama
+    with pytest.raises((TypeError, ValueError), match="prompt"):
+        llm.generate(prompt, _greedy(max_tokens=2))
+    assert not llm.llm_engine.has_unfinished_requests()
+    assert len(llm.generate("hello", _greedy(max_tokens=2))[0].outputs[0].token_ids) == 2
+
+
+@pytest.mark.parametrize("params", [{"max_tokens": 3}, "greedy", [None]])
+def test_sampling_params_of_the_wrong_type_are_rejected(llama, params):
+    _, _, llm = llama
+    with pytest.raises(TypeError, match="sampling_params"):
+        llm.generate(["hello"], params)
+    assert not llm.llm_engine.has_unfinished_requests()
+
+
 def test_prompt_forms_agree(llama):
     folder, model, llm = llama
     tokenizer = load_hf_tokenizer(folder)

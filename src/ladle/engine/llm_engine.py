@@ -4,6 +4,7 @@ model once, samples, detokenizes and returns the outputs of the requests that mo
 from __future__ import annotations
 
 import itertools
+import numbers
 import os
 import threading
 import time
@@ -220,13 +221,20 @@ class LLMEngine:
     def tokenize_prompt(self, prompt: str | list[int] | dict[str, Any]) -> tuple[str | None, list[int]]:
         if isinstance(prompt, dict):
             if "prompt_token_ids" in prompt:
-                return prompt.get("prompt"), list(prompt["prompt_token_ids"])
+                return prompt.get("prompt"), _token_ids(prompt["prompt_token_ids"])
+            if "prompt" not in prompt:
+                raise ValueError("prompt: a dict prompt needs a 'prompt' or a 'prompt_token_ids' key")
             prompt = prompt["prompt"]
         if isinstance(prompt, str):
             if self.tokenizer is None:
                 raise ValueError("prompt: this model was loaded without a tokenizer; pass prompt_token_ids")
             return prompt, self.tokenizer.encode(prompt)
-        return None, list(prompt)
+        if isinstance(prompt, (list, tuple)):
+            return None, _token_ids(prompt)
+        raise TypeError(
+            "prompt: must be a string, a list of token ids, or a dict with 'prompt' or 'prompt_token_ids'; "
+            f"got {type(prompt).__name__}"
+        )
 
     def add_request(
         self,
@@ -546,3 +554,14 @@ class LLMEngine:
             num_cached_tokens=metrics.num_cached_tokens,
             deltas=deltas,
         )
+
+
+def _token_ids(ids: Any) -> list[int]:
+    """A prompt's token ids as plain ints (numpy and torch integers too); anything else is a TypeError."""
+    if isinstance(ids, (str, bytes)) or not hasattr(ids, "__iter__"):
+        raise TypeError(f"prompt_token_ids: must be a list of integers, got {type(ids).__name__}")
+    ids = list(ids)
+    bad = [t for t in ids if isinstance(t, bool) or not isinstance(t, numbers.Integral)]
+    if bad:
+        raise TypeError(f"prompt_token_ids: must be integers, got {bad[0]!r}")
+    return [int(t) for t in ids]

@@ -72,7 +72,15 @@ class LLM:
         if isinstance(sampling_params, SamplingParams):
             params_list = [sampling_params] * len(prompt_list)
         else:
+            if isinstance(sampling_params, (str, bytes, dict)) or not hasattr(sampling_params, "__iter__"):
+                raise TypeError(
+                    "sampling_params: must be a SamplingParams or a list of them, "
+                    f"got {type(sampling_params).__name__}"
+                )
             params_list = list(sampling_params)
+            bad = [p for p in params_list if not isinstance(p, SamplingParams)]
+            if bad:
+                raise TypeError(f"sampling_params: each entry must be a SamplingParams, got {bad[0]!r}")
             if len(params_list) != len(prompt_list):
                 raise ValueError(
                     f"sampling_params: got {len(params_list)} for {len(prompt_list)} prompts (give one, or one per prompt)"
@@ -131,6 +139,11 @@ class LLM:
 def _as_prompt_list(prompts: PromptType | Sequence[PromptType]) -> list[PromptType]:
     if isinstance(prompts, (str, dict)):
         return [prompts]
+    if not hasattr(prompts, "__iter__"):
+        raise TypeError(
+            "prompts: must be a string, a dict, a list of token ids, or a list of those; "
+            f"got {type(prompts).__name__}"
+        )
     prompts = list(prompts)
     if prompts and isinstance(prompts[0], int):
         return [prompts]  # a single list of token ids

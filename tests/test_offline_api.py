@@ -185,6 +185,18 @@ def test_chat_renders_the_template_like_transformers(llama):
     assert len(out.outputs[0].token_ids) == 4
 
 
+def test_chat_reads_text_content_parts_and_rejects_malformed_messages(llama):
+    _, _, llm = llama
+    plain = llm.chat([{"role": "user", "content": "hi there"}], _greedy(max_tokens=2))[0]
+    parts = [{"type": "text", "text": "hi "}, {"type": "text", "text": "there"}]
+    by_parts = llm.chat([{"role": "user", "content": parts}], _greedy(max_tokens=2))[0]
+    assert by_parts.prompt == plain.prompt and by_parts.outputs[0].token_ids == plain.outputs[0].token_ids
+    for bad in ("hi", ["hi"], [{"content": "hi"}], [{"role": "user", "content": [{"type": "image_url"}]}]):
+        with pytest.raises((TypeError, ValueError), match="messages"):
+            llm.chat(bad, _greedy(max_tokens=2))
+    assert not llm.llm_engine.has_unfinished_requests()
+
+
 def test_abort_frees_blocks_at_once(llama):
     _, _, llm = llama
     engine = llm.llm_engine

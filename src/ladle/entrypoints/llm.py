@@ -107,12 +107,19 @@ class LLM:
         tools: list[dict[str, Any]] | None = None,
         chat_template_kwargs: dict[str, Any] | None = None,
     ) -> list[RequestOutput]:
+        if not isinstance(messages, (list, tuple)):
+            raise TypeError(f"messages: must be a list of message dicts, got {type(messages).__name__}")
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
         tokenizer = self.llm_engine.tokenizer
         prompts: list[PromptType] = []
         for conversation in conversations:
+            if not isinstance(conversation, (list, tuple)):
+                raise TypeError(
+                    "messages: must be a list of message dicts, or a list of such lists; "
+                    f"got an entry of type {type(conversation).__name__}"
+                )
             text = tokenizer.apply_chat_template(
-                conversation,  # type: ignore[arg-type]
+                [_template_message(m, i) for i, m in enumerate(conversation)],
                 add_generation_prompt=add_generation_prompt,
                 tools=tools,
                 chat_template=chat_template,
@@ -134,6 +141,22 @@ class LLM:
                     finished[out.request_id] = out
                     pending.discard(out.request_id)
         return [finished[i] for i in request_ids]
+
+
+def _template_message(message: Any, index: int) -> dict[str, Any]:
+    """A chat message as templates read it: OpenAI-style text parts joined into one string (as ladle's
+    chat route does), no content as ""."""
+    if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+        raise ValueError(f"messages[{index}]: must be a dict with a 'role' and a 'content', got {message!r}")
+    content = message.get("content")
+    if isinstance(content, list):
+        kinds = [p.get("type") if isinstance(p, dict) else type(p).__name__ for p in content]
+        if any(kind != "text" for kind in kinds):
+            raise ValueError(
+                f"messages[{index}].content: only text parts are supported by this text model, got {kinds}"
+            )
+        content = "".join(p.get("text") or "" for p in content)
+    return {**message, "content": content if content is not None else ""}
 
 
 def _as_prompt_list(prompts: PromptType | Sequence[PromptType]) -> list[PromptType]:

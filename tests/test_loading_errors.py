@@ -63,3 +63,6 @@ def test_bad_dtype_device_and_context(model_copy):
         LLM(str(model_copy), device="tpu")
     with pytest.raises(ValueError, match="max_model_len"):
         LLM(str(model_copy), max_model_len=100_000)
+    for bad in (0, -5):  # 0 used to mean "the model's length", -5 made every prompt "too long"
+        with pytest.raises(ValueError, match="max_model_len"):
+            LLM(str(model_copy), max_model_len=bad)

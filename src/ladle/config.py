@@ -58,6 +58,10 @@ class EngineConfig:
             raise ValueError(
                 f"load_format must be auto, dummy, safetensors or gguf, got {self.load_format!r}"
             )
+        if self.max_model_len is not None and self.max_model_len < 1:
+            raise ValueError(
+                f"max_model_len must be >= 1 (or None for the model's own), got {self.max_model_len}"
+            )
         if self.max_num_batched_tokens < 1 or self.max_num_seqs < 1:
             raise ValueError("max_num_batched_tokens and max_num_seqs must be >= 1")
         if self.tensor_parallel_size < 1:

@@ -243,3 +243,19 @@ def test_seeded_sampling_does_not_depend_on_the_batch(llama):
     assert again[3].outputs[0].token_ids == alone
     different = llm.generate("Once upon a time", seeded.clone(seed=4321))[0].outputs[0].token_ids
     assert different != alone
+
+
+def test_model_given_as_a_path_object_or_with_vllm_flags(tiny_model_factory):
+    """vLLM scripts pass pathlib paths and trust_remote_code=True; a non-string model names `model`."""
+    from transformers import AutoTokenizer
+
+    folder, model = tiny_model_factory("llama")
+    llm = LLM(model=folder, trust_remote_code=True)  # a pathlib.Path
+    ids = AutoTokenizer.from_pretrained(folder)("Once upon a time").input_ids
+    want = model.generate(torch.tensor([ids]), max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    out = llm.generate(
+        {"prompt_token_ids": ids}, SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True)
+    )
+    assert out[0].outputs[0].token_ids == want[0, len(ids) :].tolist()
+    with pytest.raises(TypeError, match="model"):
+        LLM(model=None)

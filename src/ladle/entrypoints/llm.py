@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,12 +32,17 @@ class LLM:
         seed: int = 0,
         tokenizer: str | None = None,
         kv_cache_dtype: str = "auto",
+        trust_remote_code: bool = False,
         **engine_options: Any,
     ) -> None:
+        """trust_remote_code is accepted for vLLM scripts that pass it and changes nothing: ladle runs its
+        own implementation of each architecture and never a repository's Python code."""
         from ladle.models_hub.resolve import resolve_model_path
 
+        if not isinstance(model, (str, os.PathLike)):
+            raise TypeError(f"model: must be a path or a model name (a string), got {type(model).__name__}")
         config = EngineConfig(
-            model=resolve_model_path(model),
+            model=resolve_model_path(os.fspath(model)),
             dtype=dtype,
             device=device,
             max_model_len=max_model_len,

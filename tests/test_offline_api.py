@@ -259,3 +259,14 @@ def test_model_given_as_a_path_object_or_with_vllm_flags(tiny_model_factory):
     assert out[0].outputs[0].token_ids == want[0, len(ids) :].tolist()
     with pytest.raises(TypeError, match="model"):
         LLM(model=None)
+
+
+def test_detokenize_false_gives_token_ids_only(llama):
+    """vLLM's SamplingParams.detokenize: the same tokens, no text; stop strings need the text."""
+    _, _, llm = llama
+    with_text = llm.generate("Once upon a time", _greedy(max_tokens=8))[0].outputs[0]
+    ids_only = llm.generate("Once upon a time", _greedy(max_tokens=8, detokenize=False))[0].outputs[0]
+    assert with_text.text and ids_only.text == ""
+    assert ids_only.token_ids == with_text.token_ids
+    with pytest.raises(ValueError, match="SamplingParams.stop"):
+        SamplingParams(stop=["."], detokenize=False)

@@ -119,6 +119,7 @@ class SamplingParams:
     logprobs: int | None = None
     prompt_logprobs: int | None = None
     skip_special_tokens: bool = True
+    detokenize: bool = True  # False: token ids only, text stays "" (as vLLM; no stop strings then)
     logit_bias: dict[int, float] | None = None
     # How many earlier tokens the repetition/presence/frequency penalties look at (Ollama's repeat_last_n);
     # None means the whole prompt and output, as vLLM does.
@@ -188,6 +189,8 @@ class SamplingParams:
                 raise bad(name, f"must be an integer in [0, 20], got {value!r}")
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise bad("stop", "must be non-empty strings")
+        if self.stop and not self.detokenize:
+            raise bad("stop", "strings need detokenize=True (they are matched in the text)")
         if any(not _is_int(t) or t < 0 for t in self.stop_token_ids):
             raise bad("stop_token_ids", "must be non-negative integers")
         if self.logit_bias and any(not -100.0 <= v <= 100.0 for v in self.logit_bias.values()):

@@ -268,7 +268,7 @@ class LLMEngine:
                     params=params,
                     eos_token_ids=self.arch.eos_token_ids,
                     detokenizer=IncrementalDetokenizer(
-                        self.tokenizer,
+                        self.tokenizer if params.detokenize else None,
                         token_ids,
                         params.skip_special_tokens,
                         params.stop,

@@ -28,6 +28,8 @@ _LOG2E = 1.4426950408889634
 # Decode splits: at most this many programs share one sequence's context. Fixed (not data-dependent) so a
 # CUDA graph captured once stays valid for every context length.
 MAX_DECODE_SPLITS = 32
+# Triton's CPU interpreter (TRITON_INTERPRET=1, set before Triton is imported) has no inline asm.
+_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -636,7 +638,7 @@ def decode_attention(
         SPLIT_CHUNK=16,
         DOT_PRECISION=_dot_precision(q),
         F16_DOTS=_f16_dots(q, k_cache),
-        INTERPRETED=os.environ.get("TRITON_INTERPRET") == "1",
+        INTERPRETED=_INTERPRETED,
         num_warps=warps,
         num_stages=stages,
     )

@@ -94,16 +94,11 @@ def _echo_text(model: LoadedModel, prompt: tuple[str | None, list[int]]) -> str:
 
 
 def _echo_logprobs(
-    model: LoadedModel,
-    prompt: tuple[str | None, list[int]],  # (text, token ids)
-    out: RequestOutput,
-    k: int,
-    completion: dict[str, Any] | None,
+    model: LoadedModel, ids: list[int], out: RequestOutput, k: int, completion: dict[str, Any] | None
 ) -> dict[str, Any]:
     """echo with logprobs: the prompt's tokens first (its first one without a logprob), then the
     completion's (already in `completion`, offsets counted from 0). As in vLLM, text_offset adds up the
     tokens' texts all along, a BOS's text included."""
-    _, ids = prompt
     entries = out.prompt_logprobs or [None] * len(ids)
     first = model.tokenizer.decode(ids[:1], skip_special_tokens=False) if model.tokenizer else ""
     echoed = completion_logprobs(ids, entries, k, 0, first_text=first)
@@ -234,7 +229,7 @@ async def _completion_full(body, model, request_id, created, inputs, outputs) ->
             if body.logprobs is not None and c.logprobs is not None:
                 logprobs = completion_logprobs(c.token_ids, c.logprobs, body.logprobs, 0)
             if body.echo and body.logprobs is not None:
-                logprobs = _echo_logprobs(model, inputs[i], out, body.logprobs, logprobs)
+                logprobs = _echo_logprobs(model, inputs[i][1], out, body.logprobs, logprobs)
             choice = {
                 "index": i * body.n + c.index,
                 "text": (prompt_text if body.echo else "") + c.text,
@@ -302,7 +297,7 @@ async def _completion_stream(
                         ids, _delta_entries(c, ids), body.logprobs, 0 if echo_now else offsets.get(index, 0)
                     )
                 if echo_now and body.logprobs is not None:
-                    logprobs = _echo_logprobs(model, inputs[i], out, body.logprobs, logprobs)
+                    logprobs = _echo_logprobs(model, inputs[i][1], out, body.logprobs, logprobs)
                 if logprobs is not None and logprobs["tokens"]:  # the next chunk's offsets go on from here
                     offsets[index] = logprobs["text_offset"][-1] + len(logprobs["tokens"][-1])
                 else:
@@ -411,7 +406,7 @@ async def _chat_full(body, model_name, request_id, created, outputs, plan=None) 
                 "stop_reason": c.stop_reason,
             }
         )
-    return {
+    result = {
         "id": request_id,
         "object": "chat.completion",
         "created": created,
@@ -419,11 +414,10 @@ async def _chat_full(body, model_name, request_id, created, outputs, plan=None) 
         "system_fingerprint": SYSTEM_FINGERPRINT,
         "choices": choices,
         "usage": _usage(len(out.prompt_token_ids), sum(len(c.token_ids) for c in out.outputs)),
-    } | (
-        {"prompt_logprobs": prompt_logprobs_json(out.prompt_logprobs)}
-        if body.prompt_logprobs is not None
-        else {}
-    )
+    }
+    if body.prompt_logprobs is not None:
+        result["prompt_logprobs"] = prompt_logprobs_json(out.prompt_logprobs)
+    return result
 
 
 async def _chat_stream(

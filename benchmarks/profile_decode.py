@@ -18,6 +18,7 @@ def main() -> None:
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 256])
     p.add_argument("--input-len", type=int, default=512)
     p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--rows", type=int, default=14, help="kernels listed per batch size")
     args = p.parse_args()
     llm = LLM(str(preset_path(args.preset)), load_format="dummy")
     eng = llm.llm_engine
@@ -43,7 +44,7 @@ def main() -> None:
         print(f"\n== batch {batch}: {total / args.steps / 1e3:.3f} ms of GPU kernels per decode step")
         print(
             prof.key_averages().table(
-                sort_by="self_device_time_total", row_limit=14, max_name_column_width=60
+                sort_by="self_device_time_total", row_limit=args.rows, max_name_column_width=60
             )
         )
         for request_id in list(eng.parents):

@@ -5,32 +5,15 @@ bench_decode_kv.py --sweep covers the large batches. python benchmarks/sweep_dec
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
-from bench_decode_kv import KVH, _case  # run as a script: benchmarks/ is on sys.path
-from triton.testing import do_bench_cudagraph
+from bench_attention_ab import KVH, _time_with_tiles  # run as a script: benchmarks/ is on sys.path
+from bench_decode_kv import _case
 
 from ladle.kernels import triton_attention as ops
 
 TILES = [None, (32, 1, 3), (32, 2, 3), (64, 2, 3), (64, 4, 3), (128, 4, 3), (16, 1, 3)]  # None: the default
 SHAPES = [(1, 512), (1, 2048), (8, 512), (8, 2048), (32, 512), (32, 1024), (64, 512)]  # batch x context
-
-
-def _time(fn, tiles) -> float | None:
-    if tiles is None:
-        os.environ.pop("LADLE_DECODE_TILES", None)
-    else:
-        os.environ["LADLE_DECODE_TILES"] = ",".join(map(str, tiles))
-    try:
-        fn()
-        torch.cuda.synchronize()
-        return do_bench_cudagraph(fn, rep=50, return_mode="median") * 1e3
-    except Exception as exc:  # a tile too big for shared memory
-        print(f"  {tiles}: failed ({type(exc).__name__})")
-        return None
-    finally:
-        os.environ.pop("LADLE_DECODE_TILES", None)
 
 
 def main() -> None:
@@ -44,7 +27,8 @@ def main() -> None:
         for tiles in TILES:
             for splits in sorted({1, 2, 4, 8, 16, 32, graph_splits}):
                 args = (q, k, v, out, tables, lens, q.shape[-1] ** -0.5, None, splits)
-                us = _time(functools.partial(ops.decode_attention, *args), tiles)
+                fn = functools.partial(ops.decode_attention, *args)
+                us = _time_with_tiles("LADLE_DECODE_TILES", tiles, fn, f"{batch}x{ctx} s{splits}")
                 if us is not None:
                     results.append((us, tiles, splits))
         default = next(us for us, tiles, splits in results if tiles is None and splits == graph_splits)

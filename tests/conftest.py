@@ -30,5 +30,7 @@ def tiny_model(request, tiny_model_factory):
     return request.param, folder, model
 
 
-# The server tests' fixtures (a `ladle serve` subprocess shared by the session).
-from server_helpers import ladle_server, reference_llm  # noqa: E402, F401
+# The server tests' fixtures: a `ladle serve` subprocess shared by the session, and transformers on the same
+# folder as the reference its output is checked against.
+from hf_reference import hf_reference  # noqa: E402, F401
+from server_helpers import ladle_server  # noqa: E402, F401

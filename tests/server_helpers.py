@@ -81,12 +81,3 @@ def ladle_server(tiny_model_factory, tmp_path_factory) -> Iterator[Server]:
     folder, _ = tiny_model_factory("llama")
     with run_server(folder, tmp_path_factory.mktemp("server-logs")) as server:
         yield server
-
-
-@pytest.fixture(scope="session")
-def reference_llm(tiny_model_factory):
-    """ladle.LLM on the same folder: what every API's greedy output must equal."""
-    from ladle import LLM
-
-    folder, _ = tiny_model_factory("llama")
-    return LLM(str(folder))

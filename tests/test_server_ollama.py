@@ -1,5 +1,5 @@
 """The Ollama routes through the official `ollama` client against a real `ladle serve`; greedy output must
-equal ladle.LLM's for the same prompt and model."""
+equal Hugging Face transformers' for the same prompt and model folder (tests/hf_reference.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ import json
 import httpx
 import ollama
 import pytest
-
-from ladle import SamplingParams
 
 GREEDY = {"temperature": 0, "num_predict": 12}
 MESSAGES = [{"role": "user", "content": "The quick brown fox"}]
@@ -20,17 +18,13 @@ def client(ladle_server):
     return ollama.Client(host=ladle_server.url)
 
 
-def _greedy(max_tokens: int = 12) -> SamplingParams:
-    return SamplingParams(temperature=0.0, max_tokens=max_tokens)
-
-
-def test_generate_raw_equals_offline(client, ladle_server, reference_llm):
-    expected = reference_llm.generate("Once upon a time", _greedy())[0]
+def test_generate_raw_equals_transformers(client, ladle_server, hf_reference):
+    expected = hf_reference.complete("Once upon a time", GREEDY["num_predict"])
     resp = client.generate(model=ladle_server.model, prompt="Once upon a time", raw=True, options=GREEDY)
-    assert resp.response == expected.outputs[0].text
-    assert resp.done and resp.done_reason == "length"
-    assert resp.eval_count == len(expected.outputs[0].token_ids)
-    assert resp.context == expected.prompt_token_ids + expected.outputs[0].token_ids
+    assert resp.response == expected.text
+    assert resp.done and resp.done_reason == expected.finish_reason
+    assert resp.eval_count == len(expected.token_ids)
+    assert resp.context == expected.prompt_token_ids + expected.token_ids
     for name in ("total_duration", "load_duration", "prompt_eval_duration", "eval_duration"):
         assert isinstance(getattr(resp, name), int)
     assert resp.total_duration >= resp.eval_duration > 0
@@ -40,31 +34,33 @@ def test_generate_raw_equals_offline(client, ladle_server, reference_llm):
             model=ladle_server.model, prompt="Once upon a time", raw=True, options=GREEDY, stream=True
         )
     )
-    assert "".join(p.response for p in parts) == expected.outputs[0].text
+    assert "".join(p.response for p in parts) == expected.text
     assert [p.done for p in parts].count(True) == 1 and parts[-1].done
-    assert parts[-1].prompt_eval_count >= 1 and parts[-1].eval_count == len(expected.outputs[0].token_ids)
+    assert parts[-1].prompt_eval_count == len(expected.prompt_token_ids)
+    assert parts[-1].eval_count == len(expected.token_ids)
 
 
-def test_generate_templated_equals_offline_chat(client, ladle_server, reference_llm):
-    expected = reference_llm.chat(
-        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Lily"}], _greedy()
-    )[0]
+def test_generate_templated_equals_transformers_chat(client, ladle_server, hf_reference):
+    """Without raw, /api/generate renders system + prompt through the folder's chat template."""
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Lily"}]
+    expected = hf_reference.chat(messages, GREEDY["num_predict"])
     resp = client.generate(model=ladle_server.model, prompt="Lily", system="Be brief.", options=GREEDY)
-    assert resp.response == expected.outputs[0].text
+    assert resp.response == expected.text
+    assert resp.prompt_eval_count == len(expected.prompt_token_ids)
 
 
-def test_chat_equals_offline(client, ladle_server, reference_llm):
-    expected = reference_llm.chat(MESSAGES, _greedy())[0].outputs[0].text
+def test_chat_equals_transformers(client, ladle_server, hf_reference):
+    expected = hf_reference.chat(MESSAGES, GREEDY["num_predict"])
     resp = client.chat(model=ladle_server.model, messages=MESSAGES, options=GREEDY)
-    assert resp.message.role == "assistant" and resp.message.content == expected
-    assert resp.done_reason == "length" and resp.eval_count == 12
+    assert resp.message.role == "assistant" and resp.message.content == expected.text
+    assert resp.done_reason == expected.finish_reason and resp.eval_count == len(expected.token_ids)
     parts = list(client.chat(model=ladle_server.model, messages=MESSAGES, options=GREEDY, stream=True))
-    assert "".join(p.message.content for p in parts) == expected
-    assert parts[-1].done and parts[-1].done_reason == "length"
+    assert "".join(p.message.content for p in parts) == expected.text
+    assert parts[-1].done and parts[-1].done_reason == expected.finish_reason
 
 
-def test_stop_and_seed_options(client, ladle_server, reference_llm):
-    full = reference_llm.generate("Once upon a time", _greedy(20))[0].outputs[0].text
+def test_stop_and_seed_options(client, ladle_server, hf_reference):
+    full = hf_reference.complete("Once upon a time", 20).text
     stop = full[4:6]
     resp = client.generate(
         model=ladle_server.model,
@@ -148,22 +144,15 @@ def test_version_and_root(ladle_server):
     assert httpx.get(ladle_server.url + "/api/version").json()["version"]
 
 
-def _transformers_continuation(tiny_model_factory, rendered: str) -> str:
+def _transformers_continuation(hf_reference, rendered: str) -> str:
     """transformers' greedy continuation (GREEDY's 12 tokens) of a rendered prompt on the served tiny llama:
-    what a template override must produce."""
-    import torch
-    from transformers import AutoTokenizer
-
-    folder, model = tiny_model_factory("llama")
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    ids = tokenizer.encode(rendered, add_special_tokens=False)
-    with torch.no_grad():
-        out = model.generate(torch.tensor([ids]), max_new_tokens=GREEDY["num_predict"], do_sample=False)
-    return tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True)
+    what a template override must produce. The rendering holds its own BOS, so none is added."""
+    ids = hf_reference.tokenizer.encode(rendered, add_special_tokens=False)
+    return hf_reference.complete(ids, GREEDY["num_predict"]).text
 
 
-def test_template_override(client, ladle_server, tiny_model_factory):
-    expected = _transformers_continuation(tiny_model_factory, "<s>Lily!")
+def test_template_override(client, ladle_server, hf_reference):
+    expected = _transformers_continuation(hf_reference, "<s>Lily!")
     resp = client.generate(
         model=ladle_server.model,
         prompt="Lily",
@@ -174,10 +163,10 @@ def test_template_override(client, ladle_server, tiny_model_factory):
     assert resp.response == expected
 
 
-def test_template_override_in_ollamas_go_syntax(client, ladle_server, tiny_model_factory):
+def test_template_override_in_ollamas_go_syntax(client, ladle_server, hf_reference):
     """Ollama clients send `template` as a Go template, as Ollama's own Modelfiles write it: the simple form
     is translated (as a store model's TEMPLATE is), anything richer is a 400 naming `template`."""
-    expected = _transformers_continuation(tiny_model_factory, "<s>Be brief. Lily!")
+    expected = _transformers_continuation(hf_reference, "<s>Be brief. Lily!")
     resp = client.generate(
         model=ladle_server.model,
         prompt="Lily",

@@ -1,5 +1,5 @@
 """The OpenAI routes through the official `openai` client against a real `ladle serve`; greedy output must
-equal ladle.LLM's for the same prompt and model."""
+equal Hugging Face transformers' for the same prompt and model folder (tests/hf_reference.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ import itertools
 import httpx
 import openai
 import pytest
-
-from ladle import SamplingParams
 
 PROMPT = "Once upon a time"
 MESSAGES = [{"role": "user", "content": "The quick brown fox"}]
@@ -20,24 +18,20 @@ def client(ladle_server):
     return openai.OpenAI(base_url=ladle_server.url + "/v1", api_key="unused", max_retries=0)
 
 
-def _greedy(max_tokens: int = 12, **kw) -> SamplingParams:
-    return SamplingParams(temperature=0.0, max_tokens=max_tokens, **kw)
-
-
-def test_completion_greedy_equals_offline(client, ladle_server, reference_llm):
-    expected = reference_llm.generate(PROMPT, _greedy())[0]
+def test_completion_greedy_equals_transformers(client, ladle_server, hf_reference):
+    expected = hf_reference.complete(PROMPT, 12)
     resp = client.completions.create(model=ladle_server.model, prompt=PROMPT, max_tokens=12, temperature=0)
     choice = resp.choices[0]
-    assert choice.text == expected.outputs[0].text
-    assert choice.finish_reason == expected.outputs[0].finish_reason
+    assert choice.text == expected.text
+    assert choice.finish_reason == expected.finish_reason
     assert resp.usage.prompt_tokens == len(expected.prompt_token_ids)
-    assert resp.usage.completion_tokens == len(expected.outputs[0].token_ids)
+    assert resp.usage.completion_tokens == len(expected.token_ids)
     assert resp.object == "text_completion" and resp.model == ladle_server.model
     assert resp.id.startswith("cmpl-") and resp.system_fingerprint and resp.created > 0
 
 
-def test_completion_streaming_equals_offline(client, ladle_server, reference_llm):
-    expected = reference_llm.generate(PROMPT, _greedy(16))[0].outputs[0]
+def test_completion_streaming_equals_transformers(client, ladle_server, hf_reference):
+    expected = hf_reference.complete(PROMPT, 16)
     stream = client.completions.create(
         model=ladle_server.model,
         prompt=PROMPT,
@@ -55,37 +49,38 @@ def test_completion_streaming_equals_offline(client, ladle_server, reference_llm
     assert all(c.usage is None for c in chunks[:-1])
 
 
-def test_completion_token_id_prompt_and_batch(client, ladle_server, reference_llm):
-    ids = reference_llm.get_tokenizer().encode(PROMPT)
-    expected = reference_llm.generate([PROMPT, "Lily"], _greedy(6))
+def test_completion_token_id_prompt_and_batch(client, ladle_server, hf_reference):
+    ids = hf_reference.encode(PROMPT)
+    expected = [hf_reference.complete(ids, 6), hf_reference.complete("Lily", 6)]
     resp = client.completions.create(model=ladle_server.model, prompt=[ids], max_tokens=6, temperature=0)
-    assert resp.choices[0].text == expected[0].outputs[0].text
+    assert resp.choices[0].text == expected[0].text
     resp = client.completions.create(
         model=ladle_server.model, prompt=[PROMPT, "Lily"], max_tokens=6, temperature=0, echo=True
     )
     assert [c.index for c in resp.choices] == [0, 1]
-    assert resp.choices[1].text == "Lily" + expected[1].outputs[0].text
+    assert resp.choices[0].text == PROMPT + expected[0].text
+    assert resp.choices[1].text == "Lily" + expected[1].text
 
 
-def test_echo_of_a_token_id_prompt_is_its_text(client, ladle_server, tiny_model_factory):
+def test_echo_of_a_token_id_prompt_is_its_text(client, ladle_server, hf_reference):
     """As vLLM: echo of a token-id prompt returns the prompt decoded (it returned nothing of it)."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_factory("llama")[0])
-    ids = tokenizer(PROMPT).input_ids
+    ids = hf_reference.encode(PROMPT)
+    expected = hf_reference.complete(ids, 2)
     resp = client.completions.create(
         model=ladle_server.model, prompt=ids, max_tokens=2, temperature=0, echo=True
     )
-    assert resp.choices[0].text.startswith(tokenizer.decode(ids, skip_special_tokens=True))
-    assert resp.choices[0].text.startswith(PROMPT)
+    prompt_text = hf_reference.tokenizer.decode(ids, skip_special_tokens=True)
+    assert prompt_text == PROMPT
+    assert resp.choices[0].text == prompt_text + expected.text
 
 
-def test_chat_greedy_equals_offline(client, ladle_server, reference_llm):
-    expected = reference_llm.chat(MESSAGES, _greedy())[0]
+def test_chat_greedy_equals_transformers(client, ladle_server, hf_reference):
+    expected = hf_reference.chat(MESSAGES, 12)
     resp = client.chat.completions.create(
         model=ladle_server.model, messages=MESSAGES, max_completion_tokens=12, temperature=0
     )
-    assert resp.choices[0].message.content == expected.outputs[0].text
+    assert resp.choices[0].message.content == expected.text
+    assert resp.choices[0].finish_reason == expected.finish_reason
     assert resp.choices[0].message.role == "assistant"
     assert resp.usage.prompt_tokens == len(expected.prompt_token_ids)
     assert resp.object == "chat.completion" and resp.id.startswith("chatcmpl-")
@@ -101,10 +96,8 @@ def test_chat_greedy_equals_offline(client, ladle_server, reference_llm):
     chunks = list(stream)
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert text == expected.outputs[0].text
-    assert chunks[-1].usage.total_tokens == len(expected.prompt_token_ids) + len(
-        expected.outputs[0].token_ids
-    )
+    assert text == expected.text
+    assert chunks[-1].usage.total_tokens == len(expected.prompt_token_ids) + len(expected.token_ids)
 
 
 def test_n_choices_and_seed(client, ladle_server):
@@ -128,15 +121,15 @@ def test_n_choices_and_seed(client, ladle_server):
     assert [texts[0], texts[1]] == [c.text for c in batch.choices]
 
 
-def test_stop_strings(client, ladle_server, reference_llm):
-    full = reference_llm.generate(PROMPT, _greedy(24))[0].outputs[0].text
+def test_stop_strings(client, ladle_server, hf_reference):
+    # A stop string ends the text just before its first occurrence in the unstopped greedy text.
+    full = hf_reference.complete(PROMPT, 24).text
     stop = full[5:7]
     cut = full.find(stop)
-    expected = reference_llm.generate(PROMPT, _greedy(24, stop=[stop]))[0].outputs[0]
     resp = client.completions.create(
         model=ladle_server.model, prompt=PROMPT, max_tokens=24, temperature=0, stop=[stop]
     )
-    assert resp.choices[0].text == expected.text == full[:cut]
+    assert resp.choices[0].text == full[:cut]
     assert resp.choices[0].finish_reason == "stop"
     stream = client.completions.create(
         model=ladle_server.model, prompt=PROMPT, max_tokens=24, temperature=0, stop=stop, stream=True
@@ -144,16 +137,23 @@ def test_stop_strings(client, ladle_server, reference_llm):
     assert "".join(c.choices[0].text for c in stream) == full[:cut]
 
 
-def test_logprobs(client, ladle_server, reference_llm):
-    expected = reference_llm.generate(PROMPT, _greedy(6, logprobs=3))[0].outputs[0]
+def _top_logprobs(logprobs, k: int) -> list[list[float]]:
+    """Each step's k best log-probabilities, best first."""
+    return [row.topk(k).values.tolist() for row in logprobs]
+
+
+def test_logprobs(client, ladle_server, hf_reference):
+    expected = hf_reference.complete(PROMPT, 6)
     resp = client.completions.create(
         model=ladle_server.model, prompt=PROMPT, max_tokens=6, temperature=0, logprobs=3
     )
     lp = resp.choices[0].logprobs
     assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == 6
-    want = [e[t].logprob for t, e in zip(expected.token_ids, expected.logprobs)]
-    assert lp.token_logprobs == pytest.approx(want, abs=1e-4)
-    assert all(len(top) == 3 for top in lp.top_logprobs)
+    assert lp.token_logprobs == pytest.approx(expected.token_logprobs(), abs=2e-4)
+    got_top = [sorted(top.values(), reverse=True) for top in lp.top_logprobs]
+    assert all(len(top) == 3 for top in got_top)
+    for got, want in zip(got_top, _top_logprobs(expected.logprobs, 3)):
+        assert got == pytest.approx(want, abs=2e-4)
     assert lp.text_offset[0] == 0
 
     chat = client.chat.completions.create(
@@ -165,9 +165,11 @@ def test_logprobs(client, ladle_server, reference_llm):
         top_logprobs=2,
     )
     content = chat.choices[0].logprobs.content
+    expected_chat = hf_reference.chat(MESSAGES, 4)
     assert len(content) == 4 and all(len(c.top_logprobs) == 2 for c in content)
-    # Greedy: the chosen token is the top one.
-    assert all(c.logprob == pytest.approx(c.top_logprobs[0].logprob) for c in content)
+    assert [c.logprob for c in content] == pytest.approx(expected_chat.token_logprobs(), abs=2e-4)
+    for c, want in zip(content, _top_logprobs(expected_chat.logprobs, 2)):
+        assert [t.logprob for t in c.top_logprobs] == pytest.approx(want, abs=2e-4)
     stream = client.chat.completions.create(
         model=ladle_server.model,
         messages=MESSAGES,
@@ -183,25 +185,17 @@ def test_logprobs(client, ladle_server, reference_llm):
     assert [e.logprob for e in streamed] == pytest.approx([e.logprob for e in content], abs=1e-4)
 
 
-def _transformers_scores(tiny_model_factory, prompt: str, num_new: int):
-    """transformers' view of the served tiny llama: the prompt's ids (with BOS, as served), its greedy
-    continuation, and log_softmax over the whole sequence."""
-    import torch
-    from transformers import AutoTokenizer
-
-    folder, model = tiny_model_factory("llama")
-    ids = AutoTokenizer.from_pretrained(folder)(prompt).input_ids
-    with torch.no_grad():
-        seq = model.generate(
-            torch.tensor([ids]), max_new_tokens=num_new, min_new_tokens=num_new, do_sample=False
-        )[0].tolist()
-        logprobs = torch.log_softmax(model(torch.tensor([seq])).logits[0].float(), dim=-1)
-    return ids, seq, logprobs
+def _transformers_scores(hf_reference, prompt: str, num_new: int):
+    """transformers' view of the served tiny llama: the prompt's ids (with BOS, as served), the prompt with its
+    greedy continuation, and log_softmax over that whole sequence."""
+    continuation = hf_reference.complete(prompt, num_new)
+    seq = continuation.prompt_token_ids + continuation.token_ids
+    return continuation.prompt_token_ids, seq, hf_reference.sequence_logprobs(seq)
 
 
-def test_echo_with_logprobs_scores_the_prompt_like_transformers(client, ladle_server, tiny_model_factory):
+def test_echo_with_logprobs_scores_the_prompt_like_transformers(client, ladle_server, hf_reference):
     """What evaluation harnesses send to score a text: echo + logprobs, the prompt's tokens scored too."""
-    ids, seq, ref = _transformers_scores(tiny_model_factory, PROMPT, 3)
+    ids, seq, ref = _transformers_scores(hf_reference, PROMPT, 3)
     kwargs = dict(model=ladle_server.model, prompt=PROMPT, max_tokens=3, temperature=0, echo=True, logprobs=2)
     choice = client.completions.create(**kwargs).choices[0]
     assert choice.text.startswith(PROMPT)
@@ -226,8 +220,8 @@ def test_echo_with_logprobs_scores_the_prompt_like_transformers(client, ladle_se
     }
 
 
-def test_prompt_logprobs_field_like_vllm(ladle_server, tiny_model_factory):
-    ids, _, ref = _transformers_scores(tiny_model_factory, PROMPT, 1)
+def test_prompt_logprobs_field_like_vllm(ladle_server, hf_reference):
+    ids, _, ref = _transformers_scores(hf_reference, PROMPT, 1)
     body = {"model": ladle_server.model, "prompt": PROMPT, "max_tokens": 1, "prompt_logprobs": 3}
     r = httpx.post(ladle_server.url + "/v1/completions", json=body, timeout=60)
     assert r.status_code == 200, r.text
@@ -242,18 +236,11 @@ def test_prompt_logprobs_field_like_vllm(ladle_server, tiny_model_factory):
         assert best["rank"] == 1 and best["logprob"] == pytest.approx(float(ref[pos - 1].max()), abs=2e-4)
 
 
-def test_chat_prompt_logprobs_score_the_rendered_prompt(ladle_server, tiny_model_factory):
+def test_chat_prompt_logprobs_score_the_rendered_prompt(ladle_server, hf_reference):
     """vLLM's chat `prompt_logprobs`: once per response, over the chat template's rendering of the
     messages, scored as transformers scores those tokens."""
-    import torch
-    from transformers import AutoTokenizer
-
-    folder, model = tiny_model_factory("llama")
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    rendered = tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, return_dict=True)
-    ids = list(rendered["input_ids"])
-    with torch.no_grad():
-        ref = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), dim=-1)
+    ids = hf_reference.chat_prompt(MESSAGES)
+    ref = hf_reference.sequence_logprobs(ids)
     body = {"model": ladle_server.model, "messages": MESSAGES, "max_tokens": 1, "prompt_logprobs": 1}
     r = httpx.post(ladle_server.url + "/v1/chat/completions", json=body, timeout=60)
     assert r.status_code == 200, r.text
@@ -267,8 +254,9 @@ def test_chat_prompt_logprobs_score_the_rendered_prompt(ladle_server, tiny_model
     assert streamed.status_code == 400 and streamed.json()["error"]["param"] == "prompt_logprobs"
 
 
-def test_vllm_extra_fields(client, ladle_server, reference_llm):
-    expected = reference_llm.generate(PROMPT, _greedy(10, ignore_eos=True, min_tokens=10))[0].outputs[0]
+def test_vllm_extra_fields(client, ladle_server, hf_reference):
+    # top_k=5 and repetition_penalty=1.0 leave greedy as it is; min_tokens=10 keeps EOS out of all 10 tokens.
+    expected = hf_reference.complete(PROMPT, 10, ignore_eos=True, min_tokens=10)
     resp = client.completions.create(
         model=ladle_server.model,
         prompt=PROMPT,
@@ -277,6 +265,7 @@ def test_vllm_extra_fields(client, ladle_server, reference_llm):
         extra_body={"ignore_eos": True, "min_tokens": 10, "top_k": 5, "repetition_penalty": 1.0},
     )
     assert resp.choices[0].text == expected.text
+    assert resp.usage.completion_tokens == len(expected.token_ids) == 10
 
 
 def test_models_list_and_retrieve(client, ladle_server):

@@ -39,8 +39,8 @@ def test_health_version_metrics(ladle_server):
         assert name in text, name
 
 
-def test_tokenize_detokenize(ladle_server, reference_llm):
-    tokenizer = reference_llm.get_tokenizer()
+def test_tokenize_detokenize(ladle_server, hf_reference):
+    tokenizer = hf_reference.tokenizer
     r = httpx.post(ladle_server.url + "/tokenize", json={"model": ladle_server.model, "prompt": "Once upon"})
     body = r.json()
     assert body["tokens"] == tokenizer.encode("Once upon") and body["count"] == len(body["tokens"])
@@ -53,7 +53,7 @@ def test_tokenize_detokenize(ladle_server, reference_llm):
         ladle_server.url + "/tokenize",
         json={"model": ladle_server.model, "messages": [{"role": "user", "content": "hi"}]},
     )
-    assert r.json()["tokens"][0] == tokenizer.bos_token_id
+    assert r.json()["tokens"] == hf_reference.chat_prompt([{"role": "user", "content": "hi"}])
     r = httpx.post(ladle_server.url + "/detokenize", json={"tokens": [10**6]})
     assert r.status_code == 400 and r.json()["error"]["param"] == "tokens"
 

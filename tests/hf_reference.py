@@ -65,6 +65,15 @@ def sequence_logprobs(model, ids: Sequence[int]) -> torch.Tensor:
         return torch.log_softmax(model(torch.tensor([list(ids)])).logits[0].float(), dim=-1)
 
 
+def scored_continuation(
+    model, prompt_ids: Sequence[int], max_tokens: int, **options
+) -> tuple[list[int], torch.Tensor]:
+    """greedy()'s tokens (options are its own), with sequence_logprobs() over prompt + continuation: one tensor
+    that scores both prompt_logprobs (row p - 1 for prompt position p) and each generated token."""
+    tokens, _ = greedy(model, prompt_ids, max_tokens, **options)
+    return tokens, sequence_logprobs(model, [*prompt_ids, *tokens])
+
+
 class HFReference:
     """AutoModelForCausalLM (float32, CPU) and the folder's own tokenizer: what a served folder must produce."""
 

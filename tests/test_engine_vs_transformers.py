@@ -4,8 +4,8 @@ greedy token ids and logprobs, batched, with prefix-cache hits, with small prefi
 from __future__ import annotations
 
 import pytest
-import torch
 
+from hf_reference import scored_continuation
 from ladle import LLM, SamplingParams
 
 PROMPTS = [list(range(5, 8)), [(i * 7) % 300 + 4 for i in range(17)], [(i * 13) % 350 + 4 for i in range(40)]]
@@ -19,20 +19,12 @@ GREEDY = SamplingParams(
 def references(tiny_model):
     """transformers' greedy continuation of each prompt, and its log-probabilities over the whole sequence."""
     kind, folder, model = tiny_model
-    refs = []
-    for prompt in PROMPTS:
-        with torch.no_grad():
-            out = model.generate(
-                torch.tensor([prompt]), max_new_tokens=NUM_TOKENS, min_new_tokens=NUM_TOKENS, do_sample=False
-            )
-            seq = out[0].tolist()
-            logprobs = torch.log_softmax(model(out).logits[0].float(), dim=-1)
-        refs.append((seq[len(prompt) :], seq, logprobs))
+    refs = [scored_continuation(model, prompt, NUM_TOKENS, ignore_eos=True) for prompt in PROMPTS]
     return kind, folder, refs
 
 
 def _check(outputs, refs, check_logprobs=True):
-    for prompt, out, (ref_tokens, _seq, ref_lp) in zip(PROMPTS, outputs, refs):
+    for prompt, out, (ref_tokens, ref_lp) in zip(PROMPTS, outputs, refs):
         got = out.outputs[0]
         assert got.token_ids == ref_tokens
         assert got.finish_reason == "length"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from hf_reference import scored_continuation
 from ladle import LLM, SamplingParams
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -20,14 +21,7 @@ GREEDY = SamplingParams(temperature=0.0, max_tokens=NUM_TOKENS, ignore_eos=True,
 def references(tiny_model):
     """transformers' (CPU, float32) greedy continuation of each prompt and its log-probabilities."""
     kind, folder, model = tiny_model
-    refs = []
-    for prompt in PROMPTS:
-        with torch.no_grad():
-            out = model.generate(
-                torch.tensor([prompt]), max_new_tokens=NUM_TOKENS, min_new_tokens=NUM_TOKENS, do_sample=False
-            )
-            logprobs = torch.log_softmax(model(out).logits[0].float(), dim=-1)
-        refs.append((out[0].tolist()[len(prompt) :], None, logprobs))
+    refs = [scored_continuation(model, prompt, NUM_TOKENS, ignore_eos=True) for prompt in PROMPTS]
     return kind, folder, refs
 
 
@@ -38,7 +32,7 @@ def _assert_no_leak(llm):
 
 
 def _check(outputs, refs, tol=2e-3):
-    for prompt, out, (ref_tokens, _seq, ref_lp) in zip(PROMPTS, outputs, refs):
+    for prompt, out, (ref_tokens, ref_lp) in zip(PROMPTS, outputs, refs):
         got = out.outputs[0]
         assert got.token_ids == ref_tokens
         for step, entry in enumerate(got.logprobs):
@@ -192,7 +186,7 @@ def test_cuda_async_penalties_min_tokens_and_logprobs(references, tiny_model):
             repetition_penalty=1.5,
         )
     assert got[0].token_ids == penalised[0, len(PROMPTS[0]) :].tolist()
-    ref_tokens, _, ref_lp = refs[1]
+    ref_tokens, ref_lp = refs[1]
     assert got[3].token_ids == ref_tokens
     for step, entry in enumerate(got[3].logprobs):
         expected = float(ref_lp[len(PROMPTS[1]) - 1 + step, ref_tokens[step]])

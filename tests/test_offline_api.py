@@ -4,8 +4,8 @@ templates, validation errors that name the field, and no KV blocks left behind."
 from __future__ import annotations
 
 import pytest
-import torch
 
+from hf_reference import greedy
 from ladle import LLM, SamplingParams
 from ladle.engine.detokenizer import IncrementalDetokenizer
 from ladle.loader.tokenizer import load_hf_tokenizer
@@ -114,13 +114,10 @@ def test_prompt_forms_agree(llama):
     by_list = llm.generate([ids], _greedy())[0]
     assert by_text.prompt_token_ids == ids
     assert by_text.outputs[0].token_ids == by_ids.outputs[0].token_ids == by_list.outputs[0].token_ids
-    with torch.no_grad():
-        ref = model.generate(torch.tensor([ids]), max_new_tokens=24, min_new_tokens=24, do_sample=False)[
-            0, len(ids) :
-        ]
-    assert by_text.outputs[0].token_ids == ref.tolist()
+    ref, _ = greedy(model, ids, 24, ignore_eos=True)
+    assert by_text.outputs[0].token_ids == ref
     # The text is what the tokenizers library decodes the tokens to.
-    assert by_text.outputs[0].text == tokenizer.backend.decode(ref.tolist(), skip_special_tokens=True)
+    assert by_text.outputs[0].text == tokenizer.backend.decode(ref, skip_special_tokens=True)
 
 
 def test_stop_strings_across_token_boundaries(llama):
@@ -252,11 +249,11 @@ def test_model_given_as_a_path_object_or_with_vllm_flags(tiny_model_factory):
     folder, model = tiny_model_factory("llama")
     llm = LLM(model=folder, trust_remote_code=True)  # a pathlib.Path
     ids = AutoTokenizer.from_pretrained(folder)("Once upon a time").input_ids
-    want = model.generate(torch.tensor([ids]), max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    want, _ = greedy(model, ids, 4, ignore_eos=True)
     out = llm.generate(
         {"prompt_token_ids": ids}, SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True)
     )
-    assert out[0].outputs[0].token_ids == want[0, len(ids) :].tolist()
+    assert out[0].outputs[0].token_ids == want
     with pytest.raises(TypeError, match="model"):
         LLM(model=None)
 

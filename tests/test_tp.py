@@ -11,6 +11,7 @@ import time
 import pytest
 import torch
 
+from hf_reference import scored_continuation
 from ladle import LLM, SamplingParams
 from ladle.distributed.group import TPGroup, WorkerDiedError
 from ladle.distributed.sharding import check_tp_support, shard_tensor
@@ -28,15 +29,7 @@ GREEDY = SamplingParams(
 
 
 def _references(model):
-    refs = []
-    for prompt in PROMPTS:
-        with torch.no_grad():
-            out = model.generate(
-                torch.tensor([prompt]), max_new_tokens=NUM_TOKENS, min_new_tokens=NUM_TOKENS, do_sample=False
-            )
-            logprobs = torch.log_softmax(model(out).logits[0].float(), dim=-1)
-        refs.append((out[0].tolist()[len(prompt) :], logprobs))
-    return refs
+    return [scored_continuation(model, prompt, NUM_TOKENS, ignore_eos=True) for prompt in PROMPTS]
 
 
 def _check(outputs, refs):

@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'ladle[ray]')")
 
+from hf_reference import greedy  # noqa: E402
 from ladle import LLM, SamplingParams  # noqa: E402
 from ladle.distributed.group import WorkerDiedError  # noqa: E402
 
@@ -46,13 +46,7 @@ def ray_cluster():
 
 def test_tp2_on_ray_matches_transformers(ray_cluster, tiny_model_factory):
     folder, model = tiny_model_factory("qwen3")
-    expected = []
-    for prompt in PROMPTS:
-        with torch.no_grad():
-            out = model.generate(
-                torch.tensor([prompt]), max_new_tokens=12, min_new_tokens=12, do_sample=False
-            )
-        expected.append(out[0].tolist()[len(prompt) :])
+    expected = [greedy(model, prompt, 12, ignore_eos=True)[0] for prompt in PROMPTS]
     llm = LLM(str(folder), tensor_parallel_size=2, distributed_executor_backend="ray")
     try:
         assert llm.llm_engine.runner.launcher.actors  # rank 1 really is a Ray actor

@@ -182,12 +182,24 @@ def test_chat_renders_the_template_like_transformers(llama):
     assert len(out.outputs[0].token_ids) == 4
 
 
-def test_chat_reads_text_content_parts_and_rejects_malformed_messages(llama):
-    _, _, llm = llama
-    plain = llm.chat([{"role": "user", "content": "hi there"}], _greedy(max_tokens=2))[0]
-    parts = [{"type": "text", "text": "hi "}, {"type": "text", "text": "there"}]
+def test_chat_joins_text_content_parts_with_a_newline_and_rejects_malformed_messages(llama):
+    """As vLLM: a message's text parts are joined with "\n", so two parts render as the one string
+    "part1\npart2" does (the expected prompt comes from transformers' own template rendering)."""
+    folder, _, llm = llama
+    from transformers import AutoTokenizer
+
+    joined = [{"role": "user", "content": "hi there\nhow are you"}]
+    hf = AutoTokenizer.from_pretrained(str(folder))
+    expected_text = hf.apply_chat_template(joined, add_generation_prompt=True, tokenize=False)
+    parts = [{"type": "text", "text": "hi there"}, {"type": "text", "text": "how are you"}]
     by_parts = llm.chat([{"role": "user", "content": parts}], _greedy(max_tokens=2))[0]
-    assert by_parts.prompt == plain.prompt and by_parts.outputs[0].token_ids == plain.outputs[0].token_ids
+    plain = llm.chat(joined, _greedy(max_tokens=2))[0]
+    assert by_parts.prompt == expected_text == plain.prompt
+    assert by_parts.prompt_token_ids == list(hf(expected_text, add_special_tokens=False)["input_ids"])
+    assert by_parts.outputs[0].token_ids == plain.outputs[0].token_ids
+    image = [{"type": "text", "text": "what is this?"}, {"type": "image_url", "image_url": {"url": "x"}}]
+    with pytest.raises(ValueError, match=r"messages\[0\]\.content: part 1 is of type 'image_url'"):
+        llm.chat([{"role": "user", "content": image}], _greedy(max_tokens=2))
     for bad in ("hi", ["hi"], [{"content": "hi"}], [{"role": "user", "content": [{"type": "image_url"}]}]):
         with pytest.raises((TypeError, ValueError), match="messages"):
             llm.chat(bad, _greedy(max_tokens=2))

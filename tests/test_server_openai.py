@@ -254,6 +254,48 @@ def test_chat_prompt_logprobs_score_the_rendered_prompt(ladle_server, hf_referen
     assert streamed.status_code == 400 and streamed.json()["error"]["param"] == "prompt_logprobs"
 
 
+def test_chat_text_parts_are_joined_with_a_newline_like_vllm(client, ladle_server, hf_reference):
+    """Two text parts are the one string "part1\npart2": the server's prompt tokens (read back through
+    prompt_logprobs) are transformers' rendering of that string, and the greedy reply is transformers'."""
+    joined = [{"role": "user", "content": "The quick brown fox\njumps over the dog"}]
+    parts = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "The quick brown fox"},
+                {"type": "text", "text": "jumps over the dog"},
+            ],
+        }
+    ]
+    expected = hf_reference.chat_prompt(joined)
+
+    def prompt_ids(messages) -> list[int]:
+        body = {"model": ladle_server.model, "messages": messages, "max_tokens": 1, "prompt_logprobs": 0}
+        r = httpx.post(ladle_server.url + "/v1/chat/completions", json=body, timeout=60)
+        assert r.status_code == 200, r.text
+        # With 0 top logprobs each entry holds the prompt's own token only; the first token has no entry.
+        assert r.json()["usage"]["prompt_tokens"] == len(r.json()["prompt_logprobs"])
+        return [int(next(iter(entry))) for entry in r.json()["prompt_logprobs"][1:]]
+
+    assert prompt_ids(parts) == expected[1:] == prompt_ids(joined)
+    replies = [
+        client.chat.completions.create(model=ladle_server.model, messages=m, max_tokens=8, temperature=0)
+        for m in (parts, joined)
+    ]
+    reference = hf_reference.chat(joined, 8).text
+    assert [r.choices[0].message.content for r in replies] == [reference, reference]
+    assert replies[0].usage.prompt_tokens == replies[1].usage.prompt_tokens == len(expected)
+
+
+def test_chat_image_part_is_a_400_naming_the_field(client, ladle_server):
+    image = [{"type": "text", "text": "what is this?"}, {"type": "image_url", "image_url": {"url": "x"}}]
+    with pytest.raises(openai.BadRequestError, match="image_url") as err:
+        client.chat.completions.create(
+            model=ladle_server.model, messages=[{"role": "user", "content": image}], max_tokens=2
+        )
+    assert err.value.body["param"] == "messages.0.content"
+
+
 def test_vllm_extra_fields(client, ladle_server, hf_reference):
     # top_k=5 and repetition_penalty=1.0 leave greedy as it is; min_tokens=10 keeps EOS out of all 10 tokens.
     expected = hf_reference.complete(PROMPT, 10, ignore_eos=True, min_tokens=10)

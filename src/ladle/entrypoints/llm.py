@@ -7,6 +7,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from ladle.chat_content import join_text_parts
 from ladle.config import EngineConfig
 from ladle.engine.llm_engine import LLMEngine
 from ladle.outputs import RequestOutput
@@ -150,18 +151,13 @@ class LLM:
 
 
 def _template_message(message: Any, index: int) -> dict[str, Any]:
-    """A chat message as templates read it: OpenAI-style text parts joined into one string (as ladle's
-    chat route does), no content as ""."""
+    """A chat message as templates read it: OpenAI-style text parts joined into one string (by the function
+    the server's chat routes use too), no content as ""."""
     if not isinstance(message, dict) or not isinstance(message.get("role"), str):
         raise ValueError(f"messages[{index}]: must be a dict with a 'role' and a 'content', got {message!r}")
     content = message.get("content")
     if isinstance(content, list):
-        kinds = [p.get("type") if isinstance(p, dict) else type(p).__name__ for p in content]
-        if any(kind != "text" for kind in kinds):
-            raise ValueError(
-                f"messages[{index}].content: only text parts are supported by this text model, got {kinds}"
-            )
-        content = "".join(p.get("text") or "" for p in content)
+        content = join_text_parts(content, f"messages[{index}].content")
     return {**message, "content": content if content is not None else ""}
 
 

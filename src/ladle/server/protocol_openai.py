@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ladle.chat_content import join_text_parts
 from ladle.sampling_params import SamplingParams
 from ladle.server.errors import bad_request
 
@@ -164,15 +165,11 @@ class ChatMessage(BaseModel):
     def as_template_message(self, index: int) -> dict[str, Any]:
         content = self.content
         if isinstance(content, list):
-            texts = []
-            for part in content:
-                if part.type != "text":
-                    raise bad_request(
-                        f"messages.{index}.content: {part.type!r} parts are not supported by this text model",
-                        f"messages.{index}.content",
-                    )
-                texts.append(part.text or "")
-            content = "".join(texts)
+            field = f"messages.{index}.content"
+            try:
+                content = join_text_parts([part.model_dump() for part in content], field)
+            except ValueError as exc:  # an image or audio part: the client's mistake, a 400 naming the field
+                raise bad_request(str(exc), field) from None
         message: dict[str, Any] = {"role": self.role, "content": content or ""}
         if self.name:
             message["name"] = self.name

@@ -317,6 +317,64 @@ def test_models_list_and_retrieve(client, ladle_server):
     assert card["id"] == ladle_server.model and card["object"] == "model"
 
 
+STORED = "tiny-store:latest"  # as /api/tags (and `ladle list`) names the stored model
+
+
+@pytest.fixture(scope="module")
+def store_server(tiny_model_factory, tmp_path_factory):
+    """A server whose store holds the tiny llama as `tiny-store`, not loaded, while the same folder is loaded
+    from its path; no Ollama store is read (OLLAMA_MODELS is an empty folder)."""
+    from ladle.store import Store
+    from server_helpers import run_server
+
+    folder, _ = tiny_model_factory("llama")
+    logs = tmp_path_factory.mktemp("store-server")
+    (logs / "ollama").mkdir()
+    Store(logs / "ladle-home", ollama_dirs=[]).create("tiny-store", f"FROM {folder}\n")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OLLAMA_MODELS", str(logs / "ollama"))
+        with run_server(folder, logs) as server:
+            yield server
+
+
+def _loaded(server) -> list[str]:
+    return [m["name"] for m in httpx.get(server.url + "/api/ps").json()["models"]]
+
+
+def test_models_lists_store_models_without_loading_them(store_server):
+    """As Ollama's /v1/models: every model in the store (what /api/tags shows), loaded or not, and listing
+    or retrieving one loads nothing."""
+    import datetime as dt
+
+    client = openai.OpenAI(base_url=store_server.url + "/v1", api_key="unused", max_retries=0)
+    assert _loaded(store_server) == [store_server.model]
+    listed = {m.id: m for m in client.models.list().data}
+    assert list(listed) == [STORED, store_server.model]
+    [tag] = httpx.get(store_server.url + "/api/tags").json()["models"][:1]
+    assert tag["name"] == STORED
+    card = listed[STORED]
+    assert card.object == "model" and card.owned_by == "ladle"
+    assert card.created == int(
+        dt.datetime.fromisoformat(tag["modified_at"].replace("Z", "+00:00")).timestamp()
+    )
+    for reference in (STORED, "tiny-store"):
+        retrieved = client.models.retrieve(reference)
+        assert retrieved.id == STORED and retrieved.created == card.created
+    assert client.models.retrieve(store_server.model).id == store_server.model
+    with pytest.raises(openai.NotFoundError, match="no-such-model"):
+        client.models.retrieve("no-such-model")
+    assert _loaded(store_server) == [store_server.model]
+
+
+def test_a_loaded_store_model_is_listed_once(store_server):
+    client = openai.OpenAI(base_url=store_server.url + "/v1", api_key="unused", max_retries=0)
+    client.chat.completions.create(model="tiny-store", messages=MESSAGES, max_tokens=1)
+    assert sorted(_loaded(store_server)) == sorted([STORED, store_server.model])
+    listed = client.models.list().data
+    assert [m.id for m in listed] == [STORED, store_server.model]
+    assert listed[0].max_model_len == client.models.retrieve(STORED).max_model_len > 0
+
+
 def test_errors_are_typed(client, ladle_server):
     with pytest.raises(openai.NotFoundError) as err:
         client.completions.create(model="no-such-model", prompt="x", max_tokens=2)

@@ -16,8 +16,10 @@ from ladle.server import prompts
 from ladle.server import structured as so
 from ladle.server.errors import ApiError, error_body
 from ladle.server.protocol_openai import ChatCompletionRequest, CompletionRequest
+from ladle.server.served_models import ServedModel, find_served, served_models
 from ladle.server.state import server_state
 from ladle.server.streams import cancel_on_disconnect, merge, prime, sse
+from ladle.store import ModelInfo
 from ladle.version import __version__
 
 router = APIRouter(tags=["openai"])
@@ -499,16 +501,37 @@ def _model_card(model: LoadedModel) -> dict[str, Any]:
     }
 
 
+def _stored_card(row: ModelInfo) -> dict[str, Any]:
+    """A card for a store model that is not loaded: what the store knows, without loading it (the context
+    length is the loaded engine's, so it is null until then)."""
+    return {
+        "id": row.name,
+        "object": "model",
+        "created": int(row.modified_at.timestamp()),
+        "owned_by": "ladle",
+        "root": row.name,
+        "parent": None,
+        "max_model_len": None,
+    }
+
+
+def _card(served: ServedModel) -> dict[str, Any]:
+    if served.loaded is not None:
+        return _model_card(served.loaded)
+    assert served.stored is not None  # a served model is loaded, stored, or both
+    return _stored_card(served.stored)
+
+
 @router.get("/v1/models")
 async def list_models(request: Request) -> dict[str, Any]:
-    manager = server_state(request).manager
-    return {"object": "list", "data": [_model_card(m) for m in manager.loaded()]}
+    # As Ollama's /v1/models: every model in the store, loaded or not, plus the ones loaded from a path.
+    served = await served_models(server_state(request).manager)
+    return {"object": "list", "data": [_card(s) for s in served]}
 
 
 @router.get("/v1/models/{model_id:path}")
 async def retrieve_model(model_id: str, request: Request) -> dict[str, Any]:
-    manager = server_state(request).manager
-    model = manager.find(model_id)  # `demo` is `demo:latest`, as in a request's model field
-    if model is None:
+    served = await find_served(server_state(request).manager, model_id)
+    if served is None:
         raise ApiError(404, f"model {model_id!r} not found", "model")
-    return _model_card(model)
+    return _card(served)

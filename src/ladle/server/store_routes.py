@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ladle.models_hub.resolve import looks_like_path, path_exists
 from ladle.server.errors import ApiError, bad_request
+from ladle.server.served_models import served_models
 from ladle.server.state import server_state
 from ladle.server.streams import ndjson
 from ladle.store import (
@@ -435,35 +436,35 @@ async def delete_model(body: NameRequest, request: Request) -> Response:
 
 @router.get("/api/tags")
 async def tags(request: Request) -> dict[str, Any]:
-    manager = server_state(request).manager
-    rows = await asyncio.to_thread(manager.store.list_models)
-    models = [
-        {
-            "name": row.name,
-            "model": row.model,
-            "modified_at": _iso(row.modified_at),
-            "size": row.size,
-            "digest": row.digest,
-            "details": _details(row.details),
-        }
-        for row in rows
-    ]
-    # Models loaded by path are served too; list them after the store's.
     from ladle.server import ollama_models_routes
 
-    listed = {row.name for row in rows}
-    for loaded in manager.loaded():
-        if loaded.local is None and loaded.name not in listed:
+    models = []
+    for served in await served_models(server_state(request).manager):
+        row = served.stored
+        if row is not None:
             models.append(
                 {
-                    "name": loaded.name,
-                    "model": loaded.name,
-                    "modified_at": _iso(loaded.loaded_at),
-                    "size": loaded.size_bytes,
-                    "digest": ollama_models_routes._digest(loaded),
-                    "details": ollama_models_routes.details(loaded),
+                    "name": row.name,
+                    "model": row.model,
+                    "modified_at": _iso(row.modified_at),
+                    "size": row.size,
+                    "digest": row.digest,
+                    "details": _details(row.details),
                 }
             )
+            continue
+        loaded = served.loaded  # a model loaded from a path: what the loaded engine says of it
+        assert loaded is not None
+        models.append(
+            {
+                "name": loaded.name,
+                "model": loaded.name,
+                "modified_at": _iso(loaded.loaded_at),
+                "size": loaded.size_bytes,
+                "digest": ollama_models_routes._digest(loaded),
+                "details": ollama_models_routes.details(loaded),
+            }
+        )
     return {"models": models}
 
 

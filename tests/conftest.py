@@ -10,6 +10,18 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tiny_models import ARCHITECTURES, build_tiny_model  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_model_stores(tmp_path_factory):
+    """No test reads or writes the machine's own stores: ladle's (~/.ladle) and Ollama's (~/.ollama) are
+    empty session folders unless a test points LADLE_HOME or OLLAMA_MODELS elsewhere itself."""
+    root = tmp_path_factory.mktemp("stores")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LADLE_HOME", str(root / "ladle-home"))
+        (root / "ollama").mkdir()
+        patch.setenv("OLLAMA_MODELS", str(root / "ollama"))
+        yield root
+
+
 @pytest.fixture(scope="session")
 def tiny_model_factory(tmp_path_factory):
     """Builds each tiny model once per test session; returns (folder, transformers model)."""

@@ -323,18 +323,15 @@ STORED = "tiny-store:latest"  # as /api/tags (and `ladle list`) names the stored
 @pytest.fixture(scope="module")
 def store_server(tiny_model_factory, tmp_path_factory):
     """A server whose store holds the tiny llama as `tiny-store`, not loaded, while the same folder is loaded
-    from its path; no Ollama store is read (OLLAMA_MODELS is an empty folder)."""
+    from its path (run_server gives it its own LADLE_HOME; conftest's OLLAMA_MODELS is an empty folder)."""
     from ladle.store import Store
     from server_helpers import run_server
 
     folder, _ = tiny_model_factory("llama")
     logs = tmp_path_factory.mktemp("store-server")
-    (logs / "ollama").mkdir()
     Store(logs / "ladle-home", ollama_dirs=[]).create("tiny-store", f"FROM {folder}\n")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("OLLAMA_MODELS", str(logs / "ollama"))
-        with run_server(folder, logs) as server:
-            yield server
+    with run_server(folder, logs) as server:
+        yield server
 
 
 def _loaded(server) -> list[str]:

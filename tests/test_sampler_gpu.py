@@ -88,3 +88,23 @@ def test_seeded_rows_batch_invariant_on_cuda() -> None:
     alone = run(0, [], 0)
     assert alone == run(2, others, 0) == run(1, others, 60) == run(63, others, 60)
     assert len(set(alone)) > 3
+
+
+def test_unseeded_batches_take_the_one_pass_race_with_the_right_frequencies() -> None:
+    """Rows with no seed and no truncation are drawn by the fused Triton race, which divides by each row's
+    temperature itself; greedy rows beside them keep their argmax."""
+    pytest.importorskip("triton")
+    from ladle.engine.sampling.draw import fused_draw_applies
+
+    logits_row = torch.tensor([1.0, 0.5, 0.0, -0.3, 1.4, -1.0, 0.2, 0.8])
+    hot, cold = SamplingParams(temperature=1.5), SamplingParams(temperature=0.5)
+    params = [hot, cold, SamplingParams(temperature=0.0)] * 15_000
+    rows = [SamplingRow(p, [1], []) for p in params]
+    logits = logits_row.to(CUDA).expand(len(rows), 8).contiguous()
+    assert fused_draw_applies(logits, [None])
+    torch.cuda.manual_seed(9)
+    tokens = np.array(Sampler()(logits, rows).token_ids)
+    for offset, p in ((0, hot), (1, cold)):
+        expected = np.exp(reference_log_distribution(logits_row.numpy(), p, [1], [], []))
+        assert_frequencies_match(tokens[offset::3].tolist(), expected)
+    assert set(tokens[2::3].tolist()) == {4}  # the argmax

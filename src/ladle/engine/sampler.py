@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ladle.engine.sampling.draw import draw_tokens
+from ladle.engine.sampling.draw import draw_tokens, fused_draw_applies
 from ladle.engine.sampling.logprobs import TokenLogprobTensors, prompt_logprobs, token_logprob_tensors
 from ladle.engine.sampling.penalties import apply_logit_bias, apply_min_tokens, apply_penalties
 from ladle.engine.sampling.penalty_counts import PenaltyCounts
@@ -113,6 +113,8 @@ class _Processed:
     # [len(random_rows), vocab] logits after steps 1-9, ready to sample (None when every row is greedy).
     random_logits: torch.Tensor | None
     truncated: bool = False  # some random row went through top-k, top-p or min-p
+    # [len(random_rows)] when step 6 is left to the draw (the fused race divides as it reads the logits).
+    temperature: torch.Tensor | None = None
 
 
 class Sampler:
@@ -183,7 +185,7 @@ class Sampler:
         result = torch.full((num_rows, vocab_size), float("-inf"), device=logits.device)
         if not rows:
             return result
-        processed = self._process(logits, rows, StepPlan.of(rows), PenaltyCounts(), None)
+        processed = self._process(logits, rows, StepPlan.of(rows), PenaltyCounts(), None, divide_now=True)
         if processed.greedy_tokens is not None:
             result.scatter_(1, processed.greedy_tokens.unsqueeze(1), 0.0)
         if processed.random_logits is not None:
@@ -198,7 +200,9 @@ class Sampler:
         plan: StepPlan,
         penalty_counts: PenaltyCounts,
         pending_tokens: torch.Tensor | None,
+        divide_now: bool = False,
     ) -> _Processed:
+        """divide_now: apply the temperature here even where the draw could fold it in."""
         if logits.shape[0] != len(rows):
             raise ValueError(f"Sampler got {logits.shape[0]} rows of logits for {len(rows)} sequences")
         work = logits.float()  # a no-op for float32 logits; then `work` is the caller's tensor: don't edit it
@@ -225,15 +229,17 @@ class Sampler:
         if len(plan.random_rows) < len(rows):
             work = work[device_tensor(plan.random_rows, None, device)]
         temperature = device_tensor([p.temperature for p in random], torch.float32, device)
-        work = apply_temperature(work, temperature)  # a new tensor: from here on it is ours to edit
-
         # Truncate only the rows that ask for it: top-k/top-p take a topk (at worst a sort) of each row.
         truncated = [j for j, p in enumerate(random) if p.top_k > 0 or p.top_p < 1.0]
+        min_p_rows = [j for j, p in enumerate(random) if p.min_p > 0.0]
+        generators = [rows[i].generator for i in plan.random_rows]
+        if not (truncated or min_p_rows or divide_now) and fused_draw_applies(work, generators):
+            return _Processed(greedy_tokens, plan.random_rows, work, temperature=temperature)
+        work = apply_temperature(work, temperature)  # a new tensor: from here on it is ours to edit
         if truncated:
             top_k = [random[j].top_k for j in truncated]
             top_p = [random[j].top_p for j in truncated]
             work = _on_rows(work, truncated, lambda x: apply_top_k_top_p(x, top_k, top_p))
-        min_p_rows = [j for j, p in enumerate(random) if p.min_p > 0.0]
         if min_p_rows:
             min_p = device_tensor([random[j].min_p for j in min_p_rows], torch.float32, device)
             work = _on_rows(work, min_p_rows, lambda x: apply_min_p(x, min_p))
@@ -245,7 +251,7 @@ class Sampler:
             assert processed.greedy_tokens is not None
             return processed.greedy_tokens
         generators = [rows[i].generator for i in processed.random_rows]
-        sampled = draw_tokens(processed.random_logits, generators, processed.truncated)
+        sampled = draw_tokens(processed.random_logits, generators, processed.truncated, processed.temperature)
         if processed.greedy_tokens is None:
             return sampled
         tokens = processed.greedy_tokens.clone()

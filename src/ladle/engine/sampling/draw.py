@@ -6,9 +6,21 @@ from collections.abc import Sequence
 
 import torch
 
+from ladle.engine.sampling.truncation import apply_temperature
+from ladle.kernels.availability import fused_ops_enabled
+
+
+def fused_draw_applies(logits: torch.Tensor, generators: Sequence[torch.Generator | None]) -> bool:
+    """Whether draw_tokens takes the one-pass Triton race (CUDA, Triton, no row with its own generator:
+    a seeded row's noise must come from its generator alone, so a batch with one keeps the torch race)."""
+    return fused_ops_enabled(logits) and all(g is None for g in generators)
+
 
 def draw_tokens(
-    logits: torch.Tensor, generators: Sequence[torch.Generator | None], truncated: bool = False
+    logits: torch.Tensor,
+    generators: Sequence[torch.Generator | None],
+    truncated: bool = False,
+    temperature: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One token per row, distributed as softmax(logits[row]).
 
@@ -18,7 +30,15 @@ def draw_tokens(
     vocab draws, so its tokens depend only on its seed and its logits, not on the batch around it. Rows
     without one share a single batch-wide draw from torch's default generator. truncated: top-k/top-p/min-p
     may have masked most tokens (then, on the CPU and with no seeded row, the race runs over the rest only).
+    temperature: [rows] float32 when the logits are not divided by it yet (the fused race divides as it
+    reads; see fused_draw_applies), else None.
     """
+    if fused_draw_applies(logits, generators):
+        from ladle.kernels.triton_sampling import gumbel_max_sample  # Triton loads only on GPU machines
+
+        return gumbel_max_sample(logits, temperature)
+    if temperature is not None:
+        logits = apply_temperature(logits, temperature)
     if truncated and logits.device.type == "cpu" and all(g is None for g in generators):
         tokens = _race_among_kept(logits)
         if tokens is not None:

@@ -6,27 +6,15 @@ the kernels run in Triton's CPU interpreter, in float32, on small shapes (slow, 
 
 from __future__ import annotations
 
-import os
 import random
 
 import pytest
 import torch
 
 from ladle.layers.attention import AttentionMetadata, TorchAttentionBackend
+from triton_targets import DEVICE, INTERPRET, ON_GPU, needs_kernels
 
-try:
-    import triton  # noqa: F401
-
-    HAS_TRITON = True
-except ImportError:
-    HAS_TRITON = False
-
-ON_GPU = torch.cuda.is_available() and HAS_TRITON
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1" and HAS_TRITON and not torch.cuda.is_available()
-pytestmark = pytest.mark.skipif(
-    not (ON_GPU or INTERPRET), reason="needs CUDA and Triton (or TRITON_INTERPRET=1 for the CPU interpreter)"
-)
-DEVICE = "cuda" if ON_GPU else "cpu"
+pytestmark = needs_kernels
 
 if INTERPRET:
     # Triton 3.6's interpreter holds scalars as 1-element arrays and takes int() of them, which NumPy 2.x
@@ -146,11 +134,11 @@ def test_decode_matches_reference(heads, window, splits):
 def test_split_decode_combines_in_its_last_split_and_rearms_the_counters():
     """Every split holds keys (32 splits of 64 keys), the last to finish combines them, and each launch leaves
     the arrival counters at 0: a CUDA graph replays the launch against the same counters."""
-    from ladle.kernels.triton_attention import _SPLIT_COUNTERS
+    from ladle.kernels.split_sync import SPLIT_COUNTERS
 
     for seed in (5, 6):
         _run_both([1, 1], [32 * 64 + 9, 70], 4, 2, 64, 16, None, seed=seed, splits=32)
-        counters = _SPLIT_COUNTERS.get(torch.device(DEVICE), 0)
+        counters = SPLIT_COUNTERS.get(torch.device(DEVICE), 0, "test")
         assert not counters.any(), "a split launch left its counters armed"
 
 

@@ -23,6 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ladle.kernels.split_sync import SPLIT_COUNTERS, fence_gpu
+
 _LOG2E = 1.4426950408889634
 
 # Decode splits: at most this many programs share one sequence's context. Fixed (not data-dependent) so a
@@ -439,7 +441,7 @@ def _decode_kernel(
         # Every thread fences its own stores at GPU scope, the program syncs, then its arrival (acq_rel)
         # publishes them; the last arrival's acquire makes every split's stores visible to it.
         if not INTERPRETED:
-            _fence_gpu()
+            fence_gpu()
         tl.debug_barrier()
         counter = counter_ptr + seq * NUM_KV_HEADS + kv_head
         arrived = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
@@ -458,19 +460,6 @@ def _decode_kernel(
             out.to(out_ptr.dtype.element_ty),
             mask=mask,
         )
-
-
-@triton.jit
-def _fence_gpu():
-    # A one-element tensor is held by every thread, so every thread runs the fence.
-    tl.inline_asm_elementwise(
-        "fence.acq_rel.gpu; mov.u32 $0, $1;",
-        "=r,r",
-        [tl.zeros([1], tl.int32)],
-        dtype=tl.int32,
-        is_pure=False,
-        pack=1,
-    )
 
 
 @triton.jit
@@ -525,35 +514,6 @@ def _combine_splits(
     )
 
 
-class _SplitCounters:
-    """Per-device int32 arrival counters of split decode launches, one per (sequence, KV head); each
-    launch leaves them at 0. Launches on one stream run one after another, so they can share one buffer
-    (not launches on two streams of one device at once). Grows only outside CUDA-graph capture and never
-    frees a buffer it replaces: a graph captured earlier still points at it."""
-
-    def __init__(self) -> None:
-        self._buffers: dict[torch.device, torch.Tensor] = {}
-        self._retired: list[torch.Tensor] = []
-
-    def get(self, device: torch.device, needed: int) -> torch.Tensor:
-        buf = self._buffers.get(device)
-        if buf is not None and buf.numel() >= needed:
-            return buf
-        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-            raise RuntimeError(
-                "decode_attention: its split counters would have to grow during CUDA-graph capture; run "
-                "the batch size once before capturing it"
-            )
-        if buf is not None:
-            self._retired.append(buf)
-        size = max(needed, 1024, 2 * buf.numel() if buf is not None else 0)
-        self._buffers[device] = torch.zeros(size, dtype=torch.int32, device=device)
-        return self._buffers[device]
-
-
-_SPLIT_COUNTERS = _SplitCounters()
-
-
 def decode_num_splits(num_seqs: int, num_kv_heads: int, max_seq_len: int | None, num_sms: int) -> int:
     """Enough programs for about two waves of the GPU, but no split shorter than 128 keys when the longest
     context is known (it isn't for a CUDA graph, which must serve any length)."""
@@ -603,7 +563,7 @@ def decode_attention(
             num_seqs, num_heads, MAX_DECODE_SPLITS, head_dim, dtype=torch.float32, device=q.device
         )
         lse = torch.empty(num_seqs, num_heads, MAX_DECODE_SPLITS, dtype=torch.float32, device=q.device)
-        counters = _SPLIT_COUNTERS.get(q.device, num_seqs * num_kv_heads)
+        counters = SPLIT_COUNTERS.get(q.device, num_seqs * num_kv_heads, "decode_attention")
     else:
         part, lse, counters = out, out, seq_lens  # unused
     _decode_kernel[(num_seqs, num_kv_heads, num_splits)](

@@ -33,26 +33,26 @@ import torch.nn.functional as F
 import triton
 
 from ladle.kernels.triton_gemv import GemvConfig, default_config, gemv
+from ladle.presets import preset_path
 
 
 def _model_shapes() -> dict[tuple[int, int], list[str]]:
-    """(N, K) -> the projections that have it. qkv is q, k and v fused: (q heads + 2 kv heads) x head dim."""
-    models = {
-        # name: hidden, q heads, kv heads, head dim, intermediate
-        "llama3.1-8b": (4096, 32, 8, 128, 14336),
-        "qwen3-8b": (4096, 32, 8, 128, 12288),
-        "gemma3-1b": (1152, 4, 1, 256, 6912),
-    }
+    """(N, K) -> the projections that have it, from the shipped presets' config.json (ladle.presets). qkv is
+    q, k and v fused: (q heads + 2 kv heads) x head dim."""
     shapes: dict[tuple[int, int], list[str]] = {}
-    for name, (hidden, heads, kv_heads, head_dim, inter) in models.items():
+    for name in ("llama-3.1-8b", "qwen3-8b", "gemma-3-1b"):
+        c = json.loads((preset_path(name) / "config.json").read_text())
+        hidden, heads, kv_heads = c["hidden_size"], c["num_attention_heads"], c["num_key_value_heads"]
+        head_dim = c.get("head_dim") or hidden // heads
         for proj, nk in {
             "qkv": ((heads + 2 * kv_heads) * head_dim, hidden),
             "o": (hidden, heads * head_dim),
-            "gate_up": (2 * inter, hidden),
-            "down": (hidden, inter),
+            "gate_up": (2 * c["intermediate_size"], hidden),
+            "down": (hidden, c["intermediate_size"]),
         }.items():
             shapes.setdefault(nk, []).append(f"{name} {proj}")
-    shapes.setdefault((128256, 4096), []).append("llama3.1-8b lm_head")
+        if name == "llama-3.1-8b":
+            shapes.setdefault((c["vocab_size"], hidden), []).append(f"{name} lm_head")
     return shapes
 
 

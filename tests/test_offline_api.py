@@ -185,7 +185,7 @@ def test_chat_renders_the_template_like_transformers(llama):
 def test_chat_joins_text_content_parts_with_a_newline_and_rejects_malformed_messages(llama):
     """As vLLM: a message's text parts are joined with "\n", so two parts render as the one string
     "part1\npart2" does (the expected prompt comes from transformers' own template rendering)."""
-    folder, _, llm = llama
+    folder, model, llm = llama
     from transformers import AutoTokenizer
 
     joined = [{"role": "user", "content": "hi there\nhow are you"}]
@@ -196,7 +196,8 @@ def test_chat_joins_text_content_parts_with_a_newline_and_rejects_malformed_mess
     plain = llm.chat(joined, _greedy(max_tokens=2))[0]
     assert by_parts.prompt == expected_text == plain.prompt
     assert by_parts.prompt_token_ids == list(hf(expected_text, add_special_tokens=False)["input_ids"])
-    assert by_parts.outputs[0].token_ids == plain.outputs[0].token_ids
+    expected_tokens, _ = greedy(model, by_parts.prompt_token_ids, 2, ignore_eos=True)
+    assert by_parts.outputs[0].token_ids == expected_tokens == plain.outputs[0].token_ids
     image = [{"type": "text", "text": "what is this?"}, {"type": "image_url", "image_url": {"url": "x"}}]
     with pytest.raises(ValueError, match=r"messages\[0\]\.content: part 1 is of type 'image_url'"):
         llm.chat([{"role": "user", "content": image}], _greedy(max_tokens=2))

@@ -6,9 +6,15 @@ Used by split-K decode attention (triton_attention) and split-K GEMV (triton_gem
 needs Triton.
 """
 
+import os
+
 import torch
 import triton
 import triton.language as tl
+
+# Triton's CPU interpreter (TRITON_INTERPRET=1, set before Triton is imported) has no inline asm, so split
+# kernels skip fence_gpu there (its programs run one by one anyway); read once, not per launch.
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @triton.jit

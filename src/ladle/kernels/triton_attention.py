@@ -23,15 +23,13 @@ import torch
 import triton
 import triton.language as tl
 
-from ladle.kernels.split_sync import SPLIT_COUNTERS, fence_gpu
+from ladle.kernels.split_sync import INTERPRETED, SPLIT_COUNTERS, fence_gpu
 
 _LOG2E = 1.4426950408889634
 
 # Decode splits: at most this many programs share one sequence's context. Fixed (not data-dependent) so a
 # CUDA graph captured once stays valid for every context length.
 MAX_DECODE_SPLITS = 32
-# Triton's CPU interpreter (TRITON_INTERPRET=1, set before Triton is imported) has no inline asm.
-_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -598,7 +596,7 @@ def decode_attention(
         SPLIT_CHUNK=16,
         DOT_PRECISION=_dot_precision(q),
         F16_DOTS=_f16_dots(q, k_cache),
-        INTERPRETED=_INTERPRETED,
+        INTERPRETED=INTERPRETED,
         num_warps=warps,
         num_stages=stages,
     )

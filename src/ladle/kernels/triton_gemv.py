@@ -20,19 +20,16 @@ tests/test_kernels_gemv.py checks it against torch; benchmarks/bench_gemv.py tim
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
-from ladle.kernels.split_sync import SPLIT_COUNTERS, fence_gpu
+from ladle.kernels.split_sync import INTERPRETED, SPLIT_COUNTERS, fence_gpu
 
 MAX_M = 4
 _DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-# Triton's CPU interpreter (TRITON_INTERPRET=1, set before Triton is imported) has no inline asm.
-_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def _pow2(v: int) -> bool:
@@ -64,8 +61,8 @@ class GemvConfig:
 def default_config(n: int, k: int, m: int, sm_count: int) -> GemvConfig:
     """A config for an [m, k] x [n, k]^T product on a GPU of sm_count SMs.
 
-    Bandwidth needs many loads in flight on every SM, i.e. several resident programs per SM. At m == 1 (the
-    case the engine uses) 4-row blocks streaming 1024-wide chunks (2 KB of a bf16 row per load) came within
+    Bandwidth needs many loads in flight on every SM, i.e. several resident programs per SM. At m == 1 (batch-1
+    decode) 4-row blocks streaming 1024-wide chunks (2 KB of a bf16 row per load) came within
     1-3% of the best of a 37-config sweep on every Llama/Qwen3-8B, Gemma-3-1B and LM-head shape on the H200
     (benchmarks/README.md). At larger m the row block shrinks from 16 until there are >= 4 programs per SM
     (untuned: cuBLAS was as fast there). When even that leaves fewer than 2 programs per SM (N < 1056 on 132
@@ -284,7 +281,7 @@ def gemv(
         BLOCK_N=cfg.block_n,
         BLOCK_K=cfg.block_k,
         SPLIT_K=cfg.split_k,
-        INTERPRETED=_INTERPRETED,
+        INTERPRETED=INTERPRETED,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )

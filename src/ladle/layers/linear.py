@@ -14,6 +14,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ladle.kernels.availability import fused_ops_enabled
+
+
+def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x @ weight.T (+ bias). A single row (batch-1 decode, its CUDA graph) takes the Triton GEMV on the GPU:
+    on the H200 it streams 8B-model weights 7-21% faster than cuBLAS's batch-1 kernels (4.1-4.5 TB/s of
+    4.8 at gate_up and the LM head); from 2 rows on cuBLAS is as fast or faster."""
+    if (
+        x.dim() == 2
+        and x.shape[0] == 1
+        and x.dtype in (torch.bfloat16, torch.float16)
+        and weight.dtype == x.dtype
+        and fused_ops_enabled(x)
+    ):
+        from ladle.kernels.triton_gemv import gemv  # Triton loads only on GPU machines
+
+        return gemv(x, weight, bias)
+    return F.linear(x, weight, bias)
+
 
 def is_quantized(weight: Any) -> bool:
     return not isinstance(weight, torch.Tensor) and hasattr(weight, "linear")
@@ -47,7 +66,7 @@ class Linear(nn.Module):
         if self.quantized is not None:
             out = self.quantized.linear(x)
             return out + self.bias if self.bias is not None else out
-        return F.linear(x, self.weight, self.bias)
+        return dense_linear(x, self.weight, self.bias)
 
 
 class VocabEmbedding(nn.Module):
@@ -81,4 +100,4 @@ class TiedLMHead(nn.Module):
         emb = self._embedding[0]
         if emb.quantized is not None:
             return emb.quantized.linear(x)
-        return F.linear(x, emb.weight)
+        return dense_linear(x, emb.weight)

@@ -10,13 +10,12 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ladle.kernels.availability import fused_ops_enabled
 from ladle.layers.activation import get_activation
 from ladle.layers.attention import AttentionBackend, AttentionMetadata
-from ladle.layers.linear import Linear, TiedLMHead, VocabEmbedding
+from ladle.layers.linear import Linear, TiedLMHead, VocabEmbedding, dense_linear
 from ladle.layers.norm import RMSNorm
 from ladle.layers.rotary import RotaryEmbedding
 from ladle.model.config import ArchConfig
@@ -66,7 +65,7 @@ class Attention(nn.Module):
         tokens = x.shape[0]
         if self.qkv_weight is not None:
             sizes = [self.num_heads * self.head_dim] + [self.num_kv_heads * self.head_dim] * 2
-            q, k, v = F.linear(x, self.qkv_weight, self.qkv_bias).split(sizes, dim=-1)
+            q, k, v = dense_linear(x, self.qkv_weight, self.qkv_bias).split(sizes, dim=-1)
             q = q.view(tokens, self.num_heads, self.head_dim)
             k = k.view(tokens, self.num_kv_heads, self.head_dim)
             v = v.view(tokens, self.num_kv_heads, self.head_dim)
@@ -107,7 +106,7 @@ class GatedMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gate_up_weight is not None:
-            gate_up = F.linear(x, self.gate_up_weight)
+            gate_up = dense_linear(x, self.gate_up_weight)
             if self.is_silu and fused_ops_enabled(gate_up):
                 from ladle.kernels.fused_ops import silu_mul
 

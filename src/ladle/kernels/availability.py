@@ -20,5 +20,6 @@ def triton_available() -> bool:
 
 
 def fused_ops_enabled(x: torch.Tensor) -> bool:
-    """Fused Triton elementwise ops for this tensor: CUDA only; LADLE_FUSED_OPS=0 turns them off."""
+    """Ladle's Triton kernels for this tensor (the fused elementwise ops, GPU sampling, the single-row GEMV):
+    CUDA only; LADLE_FUSED_OPS=0 turns these off (not the attention backend), e.g. to A/B them against torch."""
     return x.is_cuda and triton_available() and os.environ.get("LADLE_FUSED_OPS", "1") != "0"

@@ -14,7 +14,9 @@ split finishes last (deterministic), with arrival counters that each launch leav
 ladle.kernels.split_sync).
 
 Importing this module needs Triton (not CUDA: under TRITON_INTERPRET=1 the kernel runs on CPU tensors).
-tests/test_kernels_gemv.py checks it against torch; benchmarks/bench_gemv.py times it against cuBLAS.
+The engine calls it through layers/linear.py's dense_linear, for single-row (batch-1 decode) linears only:
+from M = 2 on cuBLAS is as fast. tests/test_kernels_gemv.py checks it against torch; benchmarks/bench_gemv.py
+times it against cuBLAS.
 """
 
 from __future__ import annotations

@@ -91,3 +91,44 @@ def test_rejects_logits_that_are_not_rows_of_a_vocabulary() -> None:
         gumbel_max_sample(torch.zeros(4, 6, 8, device=DEVICE))
     with pytest.raises(ValueError, match="rows, vocab"):
         gumbel_max_sample(torch.zeros(8, 4, device=DEVICE).t())
+
+
+def _argmax(logits: torch.Tensor) -> torch.Tensor:
+    from ladle.kernels.triton_sampling import argmax_rows
+
+    return argmax_rows(logits.to(DEVICE), block_size=BLOCK).cpu()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(
+    "rows, vocab", [(1, 1), (3, 100), (5, 3 * BLOCK + 7)] + ([(2, 128256)] if ON_GPU else [])
+)
+def test_argmax_rows_matches_torch(dtype, rows, vocab) -> None:
+    gen = torch.Generator().manual_seed(rows * vocab)
+    logits = (torch.randn(rows, vocab, generator=gen) * 4).to(dtype)  # bf16/fp16 rounding makes ties too
+    got = _argmax(logits)
+    assert got.dtype == torch.int64 and torch.equal(got, logits.argmax(dim=-1))
+
+
+def test_argmax_rows_ties_infinities_and_nan_as_torch() -> None:
+    vocab = 3 * BLOCK + 5
+    logits = torch.randn(6, vocab)
+    logits[0] = 1.0  # all tied: the first token
+    logits[1, [BLOCK + 3, 2 * BLOCK + 1, 7]] = 50.0  # tied maxima in three blocks: the lowest index
+    logits[2] = float("-inf")  # nothing allowed: token 0, as torch
+    logits[3, vocab - 1] = float("inf")  # in the ragged last block
+    logits[4, 2 * BLOCK + 2] = float("nan")  # torch's argmax takes the NaN
+    logits[5, :BLOCK] = float("-inf")  # a first block with nothing allowed
+    got = _argmax(logits)
+    assert torch.equal(got, logits.argmax(dim=-1)), (got, logits.argmax(dim=-1))
+    assert got.tolist()[:5] == [0, 7, 0, vocab - 1, 2 * BLOCK + 2]
+
+
+def test_argmax_rows_reads_strided_rows_and_rejects_columns() -> None:
+    from ladle.kernels.triton_sampling import argmax_rows
+
+    wide = torch.randn(4, 2 * BLOCK + 9)
+    rows = wide[:, 3 : BLOCK + 40]  # row stride wider than the row
+    assert torch.equal(_argmax(rows), rows.argmax(dim=-1))
+    with pytest.raises(ValueError, match="rows, vocab"):
+        argmax_rows(torch.zeros(8, 4, device=DEVICE).t())

@@ -1,8 +1,9 @@
 """Fused elementwise Triton kernels for the GPU: RMSNorm (alone or after the residual add), rotary embedding
-(optionally with the KV-cache write of the rotated keys and the values), SiLU-and-multiply.
+(optionally with the KV-cache write of the rotated keys and the values), SiLU-and-multiply and
+tanh-GELU-and-multiply.
 
 At decode batch sizes these ops move kilobytes, so their cost is the number of kernels, not bytes: torch's
-RMSNorm is ~6 kernels, rotary ~16, SiLU*up 2; here each is one. Results match the torch versions in
+RMSNorm is ~6 kernels, rotary ~16, SiLU*up or GELU*up 2-3; here each is one. Results match the torch versions in
 ladle.layers (same float32 arithmetic and the same rounding points); tests/test_kernels_fused.py checks it.
 Importing this module needs Triton; ladle.layers calls it only for CUDA tensors when Triton is installed.
 """
@@ -10,6 +11,9 @@ Importing this module needs Triton; ladle.layers calls it only for CUDA tensors 
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
+
+from ladle.kernels.pdl import pdl_enabled, pdl_enter, pdl_launch_options
 
 
 @triton.jit
@@ -28,7 +32,9 @@ def _rms_norm_kernel(
     BLOCK: tl.constexpr,
     UNIT_OFFSET: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    pdl_enter(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < N
@@ -63,6 +69,7 @@ def _launch_rms_norm(
     total = torch.empty_like(out) if r2 is not None else None
     if x2.shape[0]:
         block = triton.next_power_of_2(x2.shape[1])
+        pdl = pdl_enabled(x2.device)
         _rms_norm_kernel[(x2.shape[0],)](
             x2,
             r2 if r2 is not None else x2,  # not read without a residual
@@ -78,7 +85,9 @@ def _launch_rms_norm(
             BLOCK=block,
             UNIT_OFFSET=unit_offset,
             HAS_RESIDUAL=r2 is not None,
+            USE_PDL=pdl,
             num_warps=min(16, max(1, block // 256)),
+            **pdl_launch_options(pdl),
         )
     return out, total
 
@@ -122,7 +131,9 @@ def _rotary_kernel(
     BLOCK_KV: tl.constexpr,
     HEAD_NORM: tl.constexpr,  # RMSNorm each head first (Qwen3's and Gemma 3's q_norm / k_norm), as rms_norm
     UNIT_OFFSET: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    pdl_enter(USE_PDL)
     t = tl.program_id(0)
     pos = tl.load(pos_ptr + t).to(tl.int64)
     j = tl.arange(0, BLOCK_HALF)
@@ -193,6 +204,7 @@ def _launch_rotary(
         v, k_cache, v_cache, slots = kv_write
         q_heads, kv_row, stride_v = heads - v.shape[1], v.shape[1] * dim, v.stride(0)
     q_norm, k_norm, eps, unit_offset = head_norm if head_norm is not None else (x, x, 0.0, False)
+    pdl = pdl_enabled(x.device)
     _rotary_kernel[(tokens,)](
         x,
         cos_sin,
@@ -218,7 +230,9 @@ def _launch_rotary(
         BLOCK_KV=triton.next_power_of_2(kv_row),
         HEAD_NORM=head_norm is not None,
         UNIT_OFFSET=unit_offset,
+        USE_PDL=pdl,
         num_warps=4,
+        **pdl_launch_options(pdl),
     )
 
 
@@ -251,27 +265,63 @@ def rotary_and_write_kv_(
 
 
 @triton.jit
-def _silu_mul_kernel(gu_ptr, out_ptr, stride_gu, stride_o, N: tl.constexpr, BLOCK: tl.constexpr):
+def _gated_act_kernel(
+    gu_ptr,
+    out_ptr,
+    stride_gu,
+    stride_o,
+    N: tl.constexpr,
+    BLOCK: tl.constexpr,
+    GELU_TANH: tl.constexpr,  # GeGLU with tanh-GELU (Gemma); else SwiGLU (SiLU)
+    USE_PDL: tl.constexpr,
+):
+    pdl_enter(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
     g = tl.load(gu_ptr + row * stride_gu + offs, mask=mask, other=0.0)
     u = tl.load(gu_ptr + row * stride_gu + N + offs, mask=mask, other=0.0)
     gf = g.to(tl.float32)
-    # torch rounds silu(g) to the activation dtype before multiplying; so do we.
-    act = (gf / (1.0 + tl.exp(-gf))).to(g.dtype)
-    out = act.to(tl.float32) * u.to(tl.float32)
+    if GELU_TANH:
+        # torch's float32 formula: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) with CUDA's tanhf (its
+        # kernel's kBeta = M_SQRT2 * M_2_SQRTPI * 0.5 is sqrt(2/pi)).
+        inner = 0.7978845608028654 * (gf + 0.044715 * (gf * gf * gf))
+        act = 0.5 * gf * (1.0 + libdevice.tanh(inner))
+    else:
+        act = gf / (1.0 + tl.exp(-gf))
+    # torch rounds the activation to the activation dtype before multiplying; so do we.
+    out = act.to(g.dtype).to(tl.float32) * u.to(tl.float32)
     tl.store(out_ptr + row * stride_o + offs, out.to(g.dtype), mask=mask)
 
 
-def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
-    """gate_up [T, 2I] (gate | up) -> silu(gate) * up [T, I]."""
+def gated_act_mul(gate_up: torch.Tensor, gelu_tanh: bool) -> torch.Tensor:
+    """gate_up [T, 2I] (gate | up) -> act(gate) * up [T, I]; act is tanh-GELU or else SiLU."""
     tokens, two_n = gate_up.shape
     n = two_n // 2
     out = torch.empty(tokens, n, dtype=gate_up.dtype, device=gate_up.device)
     if tokens:
         block = 1024
-        _silu_mul_kernel[(tokens, triton.cdiv(n, block))](
-            gate_up, out, gate_up.stride(0), out.stride(0), N=n, BLOCK=block, num_warps=4
+        pdl = pdl_enabled(gate_up.device)
+        _gated_act_kernel[(tokens, triton.cdiv(n, block))](
+            gate_up,
+            out,
+            gate_up.stride(0),
+            out.stride(0),
+            N=n,
+            BLOCK=block,
+            GELU_TANH=gelu_tanh,
+            USE_PDL=pdl,
+            num_warps=4,
+            **pdl_launch_options(pdl),
         )
     return out
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """gate_up [T, 2I] (gate | up) -> silu(gate) * up [T, I]."""
+    return gated_act_mul(gate_up, gelu_tanh=False)
+
+
+def gelu_tanh_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """gate_up [T, 2I] (gate | up) -> gelu(gate, approximate="tanh") * up [T, I] (Gemma's GeGLU)."""
+    return gated_act_mul(gate_up, gelu_tanh=True)

@@ -23,6 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ladle.kernels.pdl import pdl_enabled, pdl_enter, pdl_launch_options
 from ladle.kernels.split_sync import INTERPRETED, SPLIT_COUNTERS, fence_gpu
 
 _LOG2E = 1.4426950408889634
@@ -46,7 +47,9 @@ def _write_kv_kernel(
     stride_v_t,
     ROW: tl.constexpr,  # KVH * D: one token's K (or V) in the cache, contiguous
     BLOCK: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    pdl_enter(USE_PDL)
     t = tl.program_id(0)
     slot = tl.load(slot_ptr + t).to(tl.int64)
     if slot >= 0:
@@ -134,8 +137,19 @@ def write_kv_cache(
     if v.stride(2) != 1 or v.stride(1) != v.shape[2]:
         v = v.contiguous()
     row = k.shape[1] * k.shape[2]
+    pdl = pdl_enabled(k.device)
     _write_kv_kernel[(num_tokens,)](
-        k, v, k_cache, v_cache, slots, k.stride(0), v.stride(0), ROW=row, BLOCK=triton.next_power_of_2(row)
+        k,
+        v,
+        k_cache,
+        v_cache,
+        slots,
+        k.stride(0),
+        v.stride(0),
+        ROW=row,
+        BLOCK=triton.next_power_of_2(row),
+        USE_PDL=pdl,
+        **pdl_launch_options(pdl),
     )
 
 
@@ -176,7 +190,9 @@ def _prefill_kernel(
     USE_WINDOW: tl.constexpr,
     DOT_PRECISION: tl.constexpr,  # "ieee" for float32 caches (exact tests), else "tf32" (unused for bf16)
     F16_DOTS: tl.constexpr,  # e4m3 caches: K/V widened to fp16, q pre-scaled to fp16 (see _e4m3_to_f16)
+    USE_PDL: tl.constexpr,
 ):
+    pdl_enter(USE_PDL)
     work = tl.program_id(0)
     kv_head = tl.program_id(1)
     seq = tl.load(work_seq_ptr + work)
@@ -294,6 +310,7 @@ def prefill_attention(
     grid = (work_seq.shape[0], num_kv_heads)
     if grid[0] == 0:
         return
+    pdl = pdl_enabled(q.device)
     _prefill_kernel[grid](
         q,
         k_cache,
@@ -322,8 +339,10 @@ def prefill_attention(
         USE_WINDOW=sliding_window is not None,
         DOT_PRECISION=_dot_precision(q),
         F16_DOTS=_f16_dots(q, k_cache),
+        USE_PDL=pdl,
         num_warps=warps,
         num_stages=stages,
+        **pdl_launch_options(pdl),
     )
 
 
@@ -367,7 +386,9 @@ def _decode_kernel(
     DOT_PRECISION: tl.constexpr,
     F16_DOTS: tl.constexpr,  # e4m3 caches: K/V widened to fp16, q pre-scaled to fp16 (_e4m3_to_f16)
     INTERPRETED: tl.constexpr,  # TRITON_INTERPRET=1: programs run one by one on the CPU, no inline asm
+    USE_PDL: tl.constexpr,
 ):
+    pdl_enter(USE_PDL)
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -564,6 +585,7 @@ def decode_attention(
         counters = SPLIT_COUNTERS.get(q.device, num_seqs * num_kv_heads, "decode_attention")
     else:
         part, lse, counters = out, out, seq_lens  # unused
+    pdl = pdl_enabled(q.device)
     _decode_kernel[(num_seqs, num_kv_heads, num_splits)](
         q,
         k_cache,
@@ -597,6 +619,8 @@ def decode_attention(
         DOT_PRECISION=_dot_precision(q),
         F16_DOTS=_f16_dots(q, k_cache),
         INTERPRETED=INTERPRETED,
+        USE_PDL=pdl,
         num_warps=warps,
         num_stages=stages,
+        **pdl_launch_options(pdl),
     )

@@ -28,6 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ladle.kernels.pdl import pdl_enabled, pdl_launch_options, pdl_release, pdl_wait
 from ladle.kernels.split_sync import INTERPRETED, SPLIT_COUNTERS, fence_gpu
 
 MAX_M = 4
@@ -99,16 +100,21 @@ def _row_dot(acc, w, x_row_ptr, k, k_mask, MASKED: tl.constexpr):
 
 
 @triton.jit
-def _chunk(acc0, acc1, acc2, acc3, w_ptrs, x_ptr, stride_xm, k, K, M: tl.constexpr, MASKED: tl.constexpr):
-    """One [BLOCK_N, BLOCK_K] chunk of the weight times the same K range of each of x's M rows; the chunk
-    is loaded once for all M. M is a constexpr so the unused accumulators compile away."""
-    k_mask = k < K
+def _load_chunk(w_ptrs, k, K, MASKED: tl.constexpr):
+    """One [BLOCK_N, BLOCK_K] chunk of the weight, as float32."""
     if MASKED:
-        w = tl.load(w_ptrs, mask=k_mask[None, :], other=0.0, eviction_policy="evict_first")
+        w = tl.load(w_ptrs, mask=(k < K)[None, :], other=0.0, eviction_policy="evict_first")
     else:
         # Streamed once: evict_first keeps it from pushing x and the partials out of L2.
         w = tl.load(w_ptrs, eviction_policy="evict_first")
-    w = w.to(tl.float32)
+    return w.to(tl.float32)
+
+
+@triton.jit
+def _chunk_dot(acc0, acc1, acc2, acc3, w, x_ptr, stride_xm, k, K, M: tl.constexpr, MASKED: tl.constexpr):
+    """A loaded weight chunk times the same K range of each of x's M rows; the chunk is loaded once for all
+    M. M is a constexpr so the unused accumulators compile away."""
+    k_mask = k < K
     acc0 = _row_dot(acc0, w, x_ptr, k, k_mask, MASKED)
     if M > 1:
         acc1 = _row_dot(acc1, w, x_ptr + stride_xm, k, k_mask, MASKED)
@@ -117,6 +123,12 @@ def _chunk(acc0, acc1, acc2, acc3, w_ptrs, x_ptr, stride_xm, k, K, M: tl.constex
     if M > 3:
         acc3 = _row_dot(acc3, w, x_ptr + 3 * stride_xm, k, k_mask, MASKED)
     return acc0, acc1, acc2, acc3
+
+
+@triton.jit
+def _chunk(acc0, acc1, acc2, acc3, w_ptrs, x_ptr, stride_xm, k, K, M: tl.constexpr, MASKED: tl.constexpr):
+    w = _load_chunk(w_ptrs, k, K, MASKED)
+    return _chunk_dot(acc0, acc1, acc2, acc3, w, x_ptr, stride_xm, k, K, M, MASKED)
 
 
 @triton.jit
@@ -151,7 +163,9 @@ def _gemv_kernel(
     BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr,
     INTERPRETED: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    pdl_release(USE_PDL)
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -165,11 +179,23 @@ def _gemv_kernel(
     chunks = tl.cdiv(K, BLOCK_K)
     per_split = tl.cdiv(chunks, SPLIT_K)
     first = pid_k * per_split
+    last = tl.minimum(first + per_split, full_chunks)
+    # The split's first full chunk is loaded before waiting for the previous kernel (ladle.kernels.pdl): no
+    # kernel writes weights, so under PDL this read overlaps that kernel's tail. A split with no full chunk
+    # loads zeros here (its x loads are masked), which add nothing.
+    k = first * BLOCK_K + k_offs
+    # All true or all false, and a multiple of BLOCK_K against the arange: the loads stay vectorized.
+    have_first = k_offs < (last - first) * BLOCK_K
+    w_first = tl.load(w_rows + k[None, :], mask=have_first[None, :], other=0.0, eviction_policy="evict_first")
+    pdl_wait(USE_PDL)
     acc0 = tl.zeros([BLOCK_N], dtype=tl.float32)
     acc1 = tl.zeros([BLOCK_N], dtype=tl.float32)
     acc2 = tl.zeros([BLOCK_N], dtype=tl.float32)
     acc3 = tl.zeros([BLOCK_N], dtype=tl.float32)
-    for c in range(first, tl.minimum(first + per_split, full_chunks)):
+    acc0, acc1, acc2, acc3 = _chunk_dot(
+        acc0, acc1, acc2, acc3, w_first.to(tl.float32), x_ptr, stride_xm, k, K, M, MASKED=True
+    )
+    for c in range(first + 1, last):
         k = c * BLOCK_K + k_offs
         acc0, acc1, acc2, acc3 = _chunk(
             acc0, acc1, acc2, acc3, w_rows + k[None, :], x_ptr, stride_xm, k, K, M, MASKED=False
@@ -266,6 +292,7 @@ def gemv(
         counters = SPLIT_COUNTERS.get(x.device, row_blocks, "gemv")
     else:
         part = counters = out  # not read without a split
+    pdl = pdl_enabled(x.device)
     _gemv_kernel[(row_blocks, cfg.split_k)](
         x,
         weight,
@@ -284,7 +311,9 @@ def gemv(
         BLOCK_K=cfg.block_k,
         SPLIT_K=cfg.split_k,
         INTERPRETED=INTERPRETED,
+        USE_PDL=pdl,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
+        **pdl_launch_options(pdl),
     )
     return out

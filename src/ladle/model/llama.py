@@ -88,6 +88,9 @@ class Attention(nn.Module):
         return self.o_proj(out.reshape(tokens, self.num_heads * self.head_dim))
 
 
+_FUSED_GATED_ACTS = {"silu": False, "swish": False, "gelu_pytorch_tanh": True, "gelu_tanh": True}
+
+
 class GatedMLP(nn.Module):
     def __init__(self, cfg: ArchConfig) -> None:
         super().__init__()
@@ -95,7 +98,9 @@ class GatedMLP(nn.Module):
         self.up_proj = Linear(cfg.hidden_size, cfg.intermediate_size)
         self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size)
         self.act = get_activation(cfg.hidden_act)
-        self.is_silu = cfg.hidden_act in ("silu", "swish")
+        # Activations with a one-kernel Triton act(gate) * up on the GPU (fused_ops.gated_act_mul): is it
+        # tanh-GELU (True), SiLU (False), or neither (None: torch's ops).
+        self.fused_gelu_tanh = _FUSED_GATED_ACTS.get(cfg.hidden_act)
         self.gate_up_weight: torch.Tensor | None = None  # set by fuse_weights(): gate and up stacked
 
     def fuse_weights(self) -> None:
@@ -107,10 +112,10 @@ class GatedMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gate_up_weight is not None:
             gate_up = dense_linear(x, self.gate_up_weight)
-            if self.is_silu and fused_ops_enabled(gate_up):
-                from ladle.kernels.fused_ops import silu_mul
+            if self.fused_gelu_tanh is not None and fused_ops_enabled(gate_up):
+                from ladle.kernels.fused_ops import gated_act_mul  # Triton loads only on GPU machines
 
-                return self.down_proj(silu_mul(gate_up))
+                return self.down_proj(gated_act_mul(gate_up, self.fused_gelu_tanh))
             gate, up = gate_up.chunk(2, dim=-1)
             return self.down_proj(self.act(gate) * up)
         return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))

@@ -91,6 +91,33 @@ def test_rotary(monkeypatch, dtype, heads, layout, tokens):
     assert torch.equal(v, v_before)  # the one launch over q and k stops before v
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("tokens", [1, 37])
+@pytest.mark.parametrize("unit_offset", [False, True])
+def test_norm_add_rms_norm(monkeypatch, dtype, tokens, unit_offset):
+    """Gemma's sandwich: x normed, added to the residual, the sum normed again; the same as the three torch
+    steps, with x_norm's own weight and eps. One kernel for (1 + weight) norms, two for Llama's."""
+    x_norm, norm = RMSNorm(1152, 1e-6, unit_offset=unit_offset), RMSNorm(1152, 1e-5, unit_offset=unit_offset)
+    x_norm.set_weight(torch.randn(1152, device="cuda").to(dtype))
+    norm.set_weight(torch.randn(1152, device="cuda").to(dtype))
+    x = torch.randn(tokens, 1152, device="cuda").to(dtype) * 30
+    residual = torch.randn(tokens, 1152, device="cuda").to(dtype) * 5
+    got, total = norm.add_forward(x, residual, x_norm)
+    ref, ref_total = _torch_ref(monkeypatch, lambda: norm.add_forward(x, residual, x_norm))
+    ref_x = _torch_ref(monkeypatch, lambda: x_norm(x))
+    # The sum may differ from torch's where the normed x did by an ulp (rsqrt's last bits): bounded by the
+    # addends' size, not the sum's (which cancels), and rare once rounded to bf16.
+    ulp = 2.0**-7 if dtype == torch.bfloat16 else 2.0**-21
+    bound = (ref_x.float().abs() + residual.float().abs()) * ulp
+    assert ((total.float() - ref_total.float()).abs() <= bound).all()
+    if dtype == torch.bfloat16:
+        assert (total == ref_total).float().mean() > 0.99
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(got, ref, rtol=tol, atol=tol)
+    # x_norm's weight matters: without it (x + residual normed) the sum is another one
+    assert not torch.allclose(norm.add_forward(x, residual)[1], total)
+
+
 @pytest.mark.parametrize("tokens", [1, 7, 300])
 def test_silu_mul(tokens):
     from ladle.kernels.fused_ops import silu_mul

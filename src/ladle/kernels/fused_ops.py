@@ -17,10 +17,22 @@ from ladle.kernels.pdl import pdl_enabled, pdl_enter, pdl_launch_options
 
 
 @triton.jit
+def _normed_row(x, w, eps, N: tl.constexpr, UNIT_OFFSET: tl.constexpr, out_ty: tl.constexpr):
+    """rms_norm of one float32 row with weight w, rounded to out_ty where torch's RMSNorm rounds."""
+    h = x * tl.math.rsqrt(tl.sum(x * x, 0) / N + eps)
+    if UNIT_OFFSET:
+        # Gemma: float32 (1 + w) * h, then one rounding.
+        return (h * (1.0 + w.to(tl.float32))).to(out_ty)
+    # Llama: round h to the activation dtype first, then weight * h (rounded again).
+    return (w.to(tl.float32) * h.to(out_ty).to(tl.float32)).to(out_ty)
+
+
+@triton.jit
 def _rms_norm_kernel(
     x_ptr,
     r_ptr,
     w_ptr,
+    pre_w_ptr,
     out_ptr,
     sum_ptr,
     stride_x,
@@ -28,32 +40,34 @@ def _rms_norm_kernel(
     stride_o,
     stride_s,
     eps,
+    pre_eps,
     N: tl.constexpr,
     BLOCK: tl.constexpr,
     UNIT_OFFSET: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr,
+    PRE_NORM: tl.constexpr,  # x first normed with pre_w (Gemma's post-attention/feedforward norm; UNIT_OFFSET)
     USE_PDL: tl.constexpr,
 ):
     pdl_enter(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < N
+    out_ty: tl.constexpr = out_ptr.dtype.element_ty
     x = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0)
+    if PRE_NORM:
+        pre_w = tl.load(pre_w_ptr + offs, mask=mask, other=0.0)
+        x = _normed_row(x.to(tl.float32), pre_w, pre_eps, N, UNIT_OFFSET, out_ty)
     if HAS_RESIDUAL:
         # x + r rounded to the activation dtype, as torch's add: stored, and the norm reads the rounded sum.
         r = tl.load(r_ptr + row * stride_r + offs, mask=mask, other=0.0)
         x = (x.to(tl.float32) + r.to(tl.float32)).to(x.dtype)
         tl.store(sum_ptr + row * stride_s + offs, x, mask=mask)
-    x = x.to(tl.float32)
     w = tl.load(w_ptr + offs, mask=mask, other=0.0)
-    h = x * tl.math.rsqrt(tl.sum(x * x, 0) / N + eps)
-    if UNIT_OFFSET:
-        # Gemma: float32 (1 + w) * h, then one rounding.
-        out = h * (1.0 + w.to(tl.float32))
-    else:
-        # Llama: round h to the activation dtype first, then weight * h (rounded again).
-        out = w.to(tl.float32) * h.to(out_ptr.dtype.element_ty).to(tl.float32)
-    tl.store(out_ptr + row * stride_o + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(
+        out_ptr + row * stride_o + offs,
+        _normed_row(x.to(tl.float32), w, eps, N, UNIT_OFFSET, out_ty),
+        mask=mask,
+    )
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
@@ -63,10 +77,16 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
 
 
 def _launch_rms_norm(
-    x2: torch.Tensor, r2: torch.Tensor | None, weight: torch.Tensor, eps: float, unit_offset: bool
+    x2: torch.Tensor,
+    r2: torch.Tensor | None,
+    weight: torch.Tensor,
+    eps: float,
+    unit_offset: bool,
+    pre_norm: tuple[torch.Tensor, float] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     out = torch.empty(x2.shape, dtype=x2.dtype, device=x2.device)
     total = torch.empty_like(out) if r2 is not None else None
+    pre_weight, pre_eps = pre_norm if pre_norm is not None else (weight, 0.0)  # not read without PRE_NORM
     if x2.shape[0]:
         block = triton.next_power_of_2(x2.shape[1])
         pdl = pdl_enabled(x2.device)
@@ -74,6 +94,7 @@ def _launch_rms_norm(
             x2,
             r2 if r2 is not None else x2,  # not read without a residual
             weight,
+            pre_weight,
             out,
             total if total is not None else out,  # not written without a residual
             x2.stride(0),
@@ -81,10 +102,12 @@ def _launch_rms_norm(
             out.stride(0),
             total.stride(0) if total is not None else 0,
             eps,
+            pre_eps,
             N=x2.shape[1],
             BLOCK=block,
             UNIT_OFFSET=unit_offset,
             HAS_RESIDUAL=r2 is not None,
+            PRE_NORM=pre_norm is not None,
             USE_PDL=pdl,
             num_warps=min(16, max(1, block // 256)),
             **pdl_launch_options(pdl),
@@ -102,6 +125,23 @@ def add_rms_norm(
     """(rms_norm(x + residual), x + residual), one kernel: a decoder layer's residual add and the norm
     after it."""
     out, total = _launch_rms_norm(_rows(x), _rows(residual), weight, eps, unit_offset)
+    return out.view(x.shape), total.view(x.shape)
+
+
+def norm_add_rms_norm(
+    x: torch.Tensor,
+    x_weight: torch.Tensor,
+    x_eps: float,
+    residual: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rms_norm(s), s) with s = rms_norm(x, x_weight) + residual, one kernel, for Gemma's (1 + weight)
+    norms: its sandwich, where a sublayer's output is normed before the residual add and the sum is normed
+    again, rounded as the three torch steps are. Only (1 + weight) norms: with Llama's (which round twice)
+    the pre-norm's inner rounding was not kept in one kernel on the H200 (11% of bf16 sums an ulp off), and
+    no model has that sandwich."""
+    out, total = _launch_rms_norm(_rows(x), _rows(residual), weight, eps, True, (x_weight, x_eps))
     return out.view(x.shape), total.view(x.shape)
 
 

@@ -22,14 +22,20 @@ class Gemma3DecoderLayer(nn.Module):
         self.pre_feedforward_layernorm = RMSNorm(cfg.hidden_size, eps, unit_offset=True)
         self.post_feedforward_layernorm = RMSNorm(cfg.hidden_size, eps, unit_offset=True)
 
-    def forward(self, positions, x, kv_cache, meta, residual=None):
-        """(output, residual) unsummed, as LlamaDecoderLayer: the next norm adds them."""
-        h, residual = self.input_layernorm.add_forward(x, residual)  # residual None: the first layer
+    @property
+    def output_norm(self) -> RMSNorm:
+        """forward's output still needs post_feedforward_layernorm: the stack's next add applies it."""
+        return self.post_feedforward_layernorm
+
+    def forward(self, positions, x, kv_cache, meta, residual=None, x_norm=None):
+        """(output, residual) unsummed, as LlamaDecoderLayer; the output is the MLP's, before output_norm.
+        x_norm: the previous layer's output_norm (None for the first layer)."""
+        h, residual = self.input_layernorm.add_forward(x, residual, x_norm)  # residual None: the first layer
         attn = self.self_attn(positions, h, kv_cache, meta)
         h, residual = self.pre_feedforward_layernorm.add_forward(
-            self.post_attention_layernorm(attn), residual
+            attn, residual, self.post_attention_layernorm
         )
-        return self.post_feedforward_layernorm(self.mlp(h)), residual
+        return self.mlp(h), residual
 
 
 class Gemma3ForCausalLM(CausalLM):

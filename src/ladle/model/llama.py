@@ -135,7 +135,12 @@ def _stack_weights(projs) -> torch.Tensor:
 
 class LlamaDecoderLayer(nn.Module):
     """forward returns (mlp output, residual) without adding them: the next layer's input norm (or the
-    stack's final norm) adds them in the same kernel. The sums are the same as x + ... done in turn."""
+    stack's final norm) adds them in the same kernel. The sums are the same as x + ... done in turn.
+
+    output_norm: a norm the returned output still needs before that add (None here; Gemma's post-feedforward
+    norm), which the next add applies in its kernel: the stack passes it on as the next forward's x_norm."""
+
+    output_norm: RMSNorm | None = None
 
     def __init__(self, cfg: ArchConfig, layer: int, backend: AttentionBackend) -> None:
         super().__init__()
@@ -144,8 +149,8 @@ class LlamaDecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, positions, x, kv_cache, meta, residual=None):
-        h, residual = self.input_layernorm.add_forward(x, residual)  # residual None: the first layer
+    def forward(self, positions, x, kv_cache, meta, residual=None, x_norm=None):
+        h, residual = self.input_layernorm.add_forward(x, residual, x_norm)  # residual None: the first layer
         h = self.self_attn(positions, h, kv_cache, meta)
         h, residual = self.post_attention_layernorm.add_forward(h, residual)
         return self.mlp(h), residual
@@ -168,11 +173,13 @@ class DecoderStack(nn.Module):
         if self.embedding_scale != 1.0:
             # Gemma rounds the scale to the activation dtype before multiplying; so do we.
             x = x * torch.tensor(self.embedding_scale, dtype=x.dtype)
-        # Each layer hands its output and the residual stream on unsummed (see LlamaDecoderLayer).
-        residual = None
+        # Each layer hands its output and the residual stream on unsummed, and names the norm its output still
+        # needs, if any (see LlamaDecoderLayer): the next add applies both.
+        residual, x_norm = None, None
         for layer, kv_cache in zip(self.layers, kv_caches):
-            x, residual = layer(positions, x, kv_cache, meta, residual)
-        return self.norm.add_forward(x, residual)[0]
+            x, residual = layer(positions, x, kv_cache, meta, residual, x_norm)
+            x_norm = layer.output_norm
+        return self.norm.add_forward(x, residual, x_norm)[0]
 
 
 class CausalLM(nn.Module):

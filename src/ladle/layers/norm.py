@@ -39,20 +39,16 @@ class RMSNorm(nn.Module):
         """(self(x + residual), x + residual): a residual add and the norm after it, one kernel on CUDA.
         x_norm: a norm x takes first (x_norm(x) + residual: Gemma's sandwich norms), in the same kernel when
         both are (1 + weight) norms. No residual yet (a model's first layer): (self(x), x)."""
-        if residual is not None and fused_ops_enabled(x):
-            if x_norm is None:
-                from ladle.kernels.fused_ops import add_rms_norm
-
-                return add_rms_norm(x, residual, self.weight, self.eps, self.unit_offset)
-            if x_norm.unit_offset and self.unit_offset:  # Gemma's; see fused_ops.norm_add_rms_norm
-                from ladle.kernels.fused_ops import norm_add_rms_norm
+        fused = fused_ops_enabled(x)
+        if x_norm is not None:
+            if fused and residual is not None and x_norm.unit_offset and self.unit_offset:
+                from ladle.kernels.fused_ops import norm_add_rms_norm  # Gemma's; see its docstring
 
                 return norm_add_rms_norm(x, x_norm.weight, x_norm.eps, residual, self.weight, self.eps)
-        if x_norm is not None:
             x = x_norm(x)
         if residual is None:
             return self(x), x
-        if fused_ops_enabled(x):
+        if fused:
             from ladle.kernels.fused_ops import add_rms_norm
 
             return add_rms_norm(x, residual, self.weight, self.eps, self.unit_offset)

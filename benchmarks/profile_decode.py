@@ -4,6 +4,7 @@ goes to. python benchmarks/profile_decode.py --preset llama-3.1-8b --batch-sizes
 from __future__ import annotations
 
 import argparse
+import os
 import random
 
 import torch
@@ -19,7 +20,16 @@ def main() -> None:
     p.add_argument("--input-len", type=int, default=512)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--rows", type=int, default=14, help="kernels listed per batch size")
+    p.add_argument(
+        "--keep-pdl",
+        action="store_true",
+        help="leave programmatic dependent launch on: kernel times then include waiting for the kernel before",
+    )
     args = p.parse_args()
+    if not args.keep_pdl:
+        # Under PDL a kernel's programs start before its predecessor ends and wait, so the profiler's per-kernel
+        # times overlap and their sum exceeds the step: off, the table is a breakdown (LADLE_PDL, kernels/pdl.py).
+        os.environ["LADLE_PDL"] = "0"
     llm = LLM(str(preset_path(args.preset)), load_format="dummy")
     eng = llm.llm_engine
     rng = random.Random(0)
@@ -41,7 +51,10 @@ def main() -> None:
         total = sum(e.self_device_time_total for e in prof.key_averages())
         running = sum(not c.is_finished for c in children)
         assert running == batch, f"only {running} of {batch} requests were decoding"
-        print(f"\n== batch {batch}: {total / args.steps / 1e3:.3f} ms of GPU kernels per decode step")
+        pdl = "on: kernel times overlap" if args.keep_pdl else "off"
+        print(
+            f"\n== batch {batch}: {total / args.steps / 1e3:.3f} ms of GPU kernels per decode step (PDL {pdl})"
+        )
         print(
             prof.key_averages().table(
                 sort_by="self_device_time_total", row_limit=args.rows, max_name_column_width=60

@@ -120,11 +120,13 @@ def test_norm_add_rms_norm(monkeypatch, dtype, tokens, unit_offset):
 
 @pytest.mark.parametrize("tokens", [1, 7, 300])
 def test_silu_mul(tokens):
-    from ladle.kernels.fused_ops import silu_mul
+    from ladle.kernels.fused_ops import gated_act_mul
 
     gate_up = torch.randn(tokens, 2 * 14336, device="cuda").to(torch.bfloat16) * 4
     gate, up = gate_up.chunk(2, dim=-1)
-    torch.testing.assert_close(silu_mul(gate_up), F.silu(gate) * up, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(
+        gated_act_mul(gate_up, gelu_tanh=False), F.silu(gate) * up, rtol=1e-2, atol=1e-2
+    )
 
 
 @dataclass
@@ -227,12 +229,12 @@ def test_rotary_with_kv_write_and_head_norms_matches_the_five_kernels(dtype, uni
 def test_gelu_tanh_mul(tokens):
     """Gemma's GeGLU: torch's float32 tanh-GELU rounded to bf16, times up, rounded again; all but a few
     elements bitwise (CUDA's tanhf in both, the rest are float32 contraction differences)."""
-    from ladle.kernels.fused_ops import gelu_tanh_mul
+    from ladle.kernels.fused_ops import gated_act_mul
 
     gate_up = torch.randn(tokens, 2 * 6912, device="cuda").to(torch.bfloat16) * 3
     gate, up = gate_up.chunk(2, dim=-1)
     want = F.gelu(gate, approximate="tanh") * up
-    got = gelu_tanh_mul(gate_up)
+    got = gated_act_mul(gate_up, gelu_tanh=True)
     torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-2)
     assert (got == want).float().mean() > 0.99
     # and not SiLU's: the two activations differ on most elements

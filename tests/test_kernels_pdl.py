@@ -75,7 +75,7 @@ class _Chain:
         self.x = rand(1, HIDDEN)
 
     def run(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        from ladle.kernels.fused_ops import add_rms_norm, rms_norm, rotary_and_write_kv_, silu_mul
+        from ladle.kernels.fused_ops import add_rms_norm, gated_act_mul, rms_norm, rotary_and_write_kv_
         from ladle.kernels.triton_attention import decode_attention
         from ladle.kernels.triton_gemv import gemv
         from ladle.kernels.triton_sampling import argmax_rows
@@ -97,7 +97,7 @@ class _Chain:
             o = gemv(attn.view(1, -1), layer["o"])
             h, residual = add_rms_norm(o, residual, layer["ln2"], 1e-6, False)
             # down: 128 row blocks of K = 8192 on an H100/H200, a split-K launch (its counters under PDL)
-            hidden = gemv(silu_mul(gemv(h, layer["gate_up"])), layer["down"])
+            hidden = gemv(gated_act_mul(gemv(h, layer["gate_up"]), gelu_tanh=False), layer["down"])
         h, _ = add_rms_norm(hidden, residual, self.final_norm, 1e-6, False)
         logits = gemv(h, self.lm_head)
         return logits, argmax_rows(logits), torch.stack([c for pair in self.caches for c in pair])

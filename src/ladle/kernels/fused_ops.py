@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-from ladle.kernels.pdl import pdl_enabled, pdl_enter, pdl_launch_options
+from ladle.kernels.pdl import pdl_enter, pdl_kernel_args
 
 
 @triton.jit
@@ -89,7 +89,6 @@ def _launch_rms_norm(
     pre_weight, pre_eps = pre_norm if pre_norm is not None else (weight, 0.0)  # not read without PRE_NORM
     if x2.shape[0]:
         block = triton.next_power_of_2(x2.shape[1])
-        pdl = pdl_enabled(x2.device)
         _rms_norm_kernel[(x2.shape[0],)](
             x2,
             r2 if r2 is not None else x2,  # not read without a residual
@@ -108,9 +107,8 @@ def _launch_rms_norm(
             UNIT_OFFSET=unit_offset,
             HAS_RESIDUAL=r2 is not None,
             PRE_NORM=pre_norm is not None,
-            USE_PDL=pdl,
+            **pdl_kernel_args(x2.device),
             num_warps=min(16, max(1, block // 256)),
-            **pdl_launch_options(pdl),
         )
     return out, total
 
@@ -244,7 +242,6 @@ def _launch_rotary(
         v, k_cache, v_cache, slots = kv_write
         q_heads, kv_row, stride_v = heads - v.shape[1], v.shape[1] * dim, v.stride(0)
     q_norm, k_norm, eps, unit_offset = head_norm if head_norm is not None else (x, x, 0.0, False)
-    pdl = pdl_enabled(x.device)
     _rotary_kernel[(tokens,)](
         x,
         cos_sin,
@@ -270,9 +267,8 @@ def _launch_rotary(
         BLOCK_KV=triton.next_power_of_2(kv_row),
         HEAD_NORM=head_norm is not None,
         UNIT_OFFSET=unit_offset,
-        USE_PDL=pdl,
+        **pdl_kernel_args(x.device),
         num_warps=4,
-        **pdl_launch_options(pdl),
     )
 
 
@@ -341,7 +337,6 @@ def gated_act_mul(gate_up: torch.Tensor, gelu_tanh: bool) -> torch.Tensor:
     out = torch.empty(tokens, n, dtype=gate_up.dtype, device=gate_up.device)
     if tokens:
         block = 1024
-        pdl = pdl_enabled(gate_up.device)
         _gated_act_kernel[(tokens, triton.cdiv(n, block))](
             gate_up,
             out,
@@ -350,18 +345,7 @@ def gated_act_mul(gate_up: torch.Tensor, gelu_tanh: bool) -> torch.Tensor:
             N=n,
             BLOCK=block,
             GELU_TANH=gelu_tanh,
-            USE_PDL=pdl,
+            **pdl_kernel_args(gate_up.device),
             num_warps=4,
-            **pdl_launch_options(pdl),
         )
     return out
-
-
-def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
-    """gate_up [T, 2I] (gate | up) -> silu(gate) * up [T, I]."""
-    return gated_act_mul(gate_up, gelu_tanh=False)
-
-
-def gelu_tanh_mul(gate_up: torch.Tensor) -> torch.Tensor:
-    """gate_up [T, 2I] (gate | up) -> gelu(gate, approximate="tanh") * up [T, I] (Gemma's GeGLU)."""
-    return gated_act_mul(gate_up, gelu_tanh=True)

@@ -64,6 +64,13 @@ def pdl_launch_options(enabled: bool) -> dict[str, bool]:
     return {"launch_pdl": True} if enabled else {}
 
 
+def pdl_kernel_args(device: torch.device) -> dict[str, bool]:
+    """What every ladle kernel launch on this device passes: its USE_PDL constexpr and, when on, the launch
+    keyword (`kernel[grid](..., **pdl_kernel_args(x.device))`)."""
+    enabled = pdl_enabled(device)
+    return {"USE_PDL": enabled, **pdl_launch_options(enabled)}
+
+
 @triton.jit
 def pdl_release(USE_PDL: tl.constexpr):
     """Let the next kernel's programs be scheduled (once every program of this kernel has got here)."""

@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ladle.kernels.pdl import pdl_enabled, pdl_enter, pdl_launch_options
+from ladle.kernels.pdl import pdl_enter, pdl_kernel_args
 from ladle.kernels.split_sync import INTERPRETED, SPLIT_COUNTERS, fence_gpu
 
 _LOG2E = 1.4426950408889634
@@ -137,7 +137,6 @@ def write_kv_cache(
     if v.stride(2) != 1 or v.stride(1) != v.shape[2]:
         v = v.contiguous()
     row = k.shape[1] * k.shape[2]
-    pdl = pdl_enabled(k.device)
     _write_kv_kernel[(num_tokens,)](
         k,
         v,
@@ -148,8 +147,7 @@ def write_kv_cache(
         v.stride(0),
         ROW=row,
         BLOCK=triton.next_power_of_2(row),
-        USE_PDL=pdl,
-        **pdl_launch_options(pdl),
+        **pdl_kernel_args(k.device),
     )
 
 
@@ -310,7 +308,6 @@ def prefill_attention(
     grid = (work_seq.shape[0], num_kv_heads)
     if grid[0] == 0:
         return
-    pdl = pdl_enabled(q.device)
     _prefill_kernel[grid](
         q,
         k_cache,
@@ -339,10 +336,9 @@ def prefill_attention(
         USE_WINDOW=sliding_window is not None,
         DOT_PRECISION=_dot_precision(q),
         F16_DOTS=_f16_dots(q, k_cache),
-        USE_PDL=pdl,
+        **pdl_kernel_args(q.device),
         num_warps=warps,
         num_stages=stages,
-        **pdl_launch_options(pdl),
     )
 
 
@@ -585,7 +581,6 @@ def decode_attention(
         counters = SPLIT_COUNTERS.get(q.device, num_seqs * num_kv_heads, "decode_attention")
     else:
         part, lse, counters = out, out, seq_lens  # unused
-    pdl = pdl_enabled(q.device)
     _decode_kernel[(num_seqs, num_kv_heads, num_splits)](
         q,
         k_cache,
@@ -619,8 +614,7 @@ def decode_attention(
         DOT_PRECISION=_dot_precision(q),
         F16_DOTS=_f16_dots(q, k_cache),
         INTERPRETED=INTERPRETED,
-        USE_PDL=pdl,
+        **pdl_kernel_args(q.device),
         num_warps=warps,
         num_stages=stages,
-        **pdl_launch_options(pdl),
     )

@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ladle.kernels.pdl import pdl_enabled, pdl_launch_options, pdl_release, pdl_wait
+from ladle.kernels.pdl import pdl_kernel_args, pdl_release, pdl_wait
 from ladle.kernels.split_sync import INTERPRETED, SPLIT_COUNTERS, fence_gpu
 
 MAX_M = 4
@@ -292,7 +292,6 @@ def gemv(
         counters = SPLIT_COUNTERS.get(x.device, row_blocks, "gemv")
     else:
         part = counters = out  # not read without a split
-    pdl = pdl_enabled(x.device)
     _gemv_kernel[(row_blocks, cfg.split_k)](
         x,
         weight,
@@ -311,9 +310,8 @@ def gemv(
         BLOCK_K=cfg.block_k,
         SPLIT_K=cfg.split_k,
         INTERPRETED=INTERPRETED,
-        USE_PDL=pdl,
+        **pdl_kernel_args(x.device),
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
-        **pdl_launch_options(pdl),
     )
     return out

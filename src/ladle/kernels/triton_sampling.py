@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ladle.kernels.pdl import pdl_enabled, pdl_enter, pdl_launch_options
+from ladle.kernels.pdl import pdl_enter, pdl_kernel_args
 
 # 2048 float32 logits (8 KB) a program: a 128k vocabulary is 63 programs a row, which keeps the H200's
 # 132 SMs busy from 4 rows up; a single row (0.5 MB) takes a few microseconds either way.
@@ -90,7 +90,6 @@ def _race(
     else:
         seed = best_token  # not read without noise
     if num_rows:
-        pdl = pdl_enabled(device)
         _block_max_kernel[(num_rows, num_blocks)](
             logits,
             temperature if temperature is not None else best_score,
@@ -103,9 +102,8 @@ def _race(
             BLOCK=block,
             HAS_TEMPERATURE=temperature is not None,
             GUMBEL=gumbel,
-            USE_PDL=pdl,
+            **pdl_kernel_args(device),
             num_warps=_NUM_WARPS,
-            **pdl_launch_options(pdl),
         )
     winner = best_score.argmax(dim=1, keepdim=True)
     return best_token.gather(1, winner).squeeze(1).long()

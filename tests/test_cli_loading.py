@@ -1,6 +1,6 @@
 """Many models on one server: loading on first request, keep_alive, `ladle stop`, LADLE_MAX_LOADED_MODELS
-swapping on demand, and store names in `LLM(model=...)`. Answers are compared with ladle.LLM loading the
-same weights in this process (greedy), so a swap that mixed up models or state would show."""
+swapping on demand, and store names in `LLM(model=...)`. Every answer is compared with transformers' greedy
+continuation of the same folder (two different tiny models), so a swap that mixed up models or state shows."""
 
 from __future__ import annotations
 
@@ -57,29 +57,30 @@ def folders(tiny_model_factory):
 
 
 @pytest.fixture(scope="module")
-def reference(folders, tmp_path_factory, monkeypatch_module):
-    """Greedy answers from ladle.LLM, loaded by store name (resolve_model_path reads LADLE_HOME)."""
+def reference(folders) -> dict[str, str]:
+    """Each folder's greedy answer to PROMPT, from transformers (the independent reference)."""
+    from hf_reference import HFReference
+
+    answers = {name: HFReference(folder).complete(PROMPT, 12).text for name, folder in folders.items()}
+    assert len(set(answers.values())) == len(answers), "the models must answer differently to tell them apart"
+    return answers
+
+
+def test_llm_takes_a_store_name(folders, reference, tmp_path, monkeypatch) -> None:
+    """`LLM(model=NAME)` resolves a store name (resolve_model_path reads LADLE_HOME) and answers as
+    transformers does for the folder the name was created from."""
     from ladle import LLM, SamplingParams
     from ladle.store import Store
 
     torch.set_num_threads(1)
-    home = tmp_path_factory.mktemp("llm-home")
-    monkeypatch_module.setenv("LADLE_HOME", str(home))
-    store = Store(home, ollama_dirs=[])
-    answers = {}
+    monkeypatch.setenv("LADLE_HOME", str(tmp_path))
+    store = Store(tmp_path, ollama_dirs=[])
     for name, folder in folders.items():
         store.create(name, f"FROM {folder}")
         llm = LLM(model=name)  # a store name, not a path
         [out] = llm.generate(PROMPT, SamplingParams(temperature=0, max_tokens=12))
-        answers[name] = out.outputs[0].text
+        assert out.outputs[0].text == reference[name]
         del llm
-    return answers
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-    with pytest.MonkeyPatch.context() as mp:
-        yield mp
 
 
 def test_two_models_loaded_at_once_keep_alive_and_stop(tmp_path_factory, folders, reference) -> None:

@@ -26,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 SKIPPABLE = ("norm", "act", "rotary", "attn", "all")
 
@@ -116,7 +117,7 @@ def main() -> None:
                     print(f"{skip:>6} {args.preset}: {line}", flush=True)
             if proc.returncode != 0:
                 sys.exit(f"{skip}: exit {proc.returncode}\n{proc.stderr[-2000:]}")
-            lat = json.loads(open(out).read())["latency"]
+            lat = json.loads(Path(out).read_text())["latency"]
             tpot.setdefault(skip, []).append({b: v["tpot_ms"] for b, v in lat.items()})
     print(f"\nTPOT saved by skipping each op ({args.preset}; none = mean of the first and last runs):")
     for b in map(str, args.batch_sizes):

@@ -206,9 +206,6 @@ class Sampler:
         """divide_now: apply the temperature here even where the draw could fold it in."""
         if logits.shape[0] != len(rows):
             raise ValueError(f"Sampler got {logits.shape[0]} rows of logits for {len(rows)} sequences")
-        if plan.greedy_rows and not plan.random_rows and not plan.edits_logits:
-            # Plain greedy: the argmax of the logits as they are (a float32 copy would change no maximum).
-            return _Processed(_argmax(logits), [], None)
         work = logits.float()  # a no-op for float32 logits; then `work` is the caller's tensor: don't edit it
         if plan.edits_logits:
             if work is logits:

@@ -26,3 +26,9 @@ def get_activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
         return _ACTIVATIONS[name]
     except KeyError:
         raise ValueError(f"unsupported activation {name!r}; supported: {', '.join(_ACTIVATIONS)}") from None
+
+
+def fused_gated_kind(name: str) -> bool | None:
+    """Which one-kernel act(gate) * up of kernels/fused_ops.gated_act_mul serves this activation: True for
+    tanh-GELU, False for SiLU, None where it has none (torch's ops then)."""
+    return {F.silu: False, _gelu_tanh: True}.get(get_activation(name))

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ladle.kernels.availability import fused_ops_enabled
-from ladle.layers.activation import get_activation
+from ladle.layers.activation import fused_gated_kind, get_activation
 from ladle.layers.attention import AttentionBackend, AttentionMetadata
 from ladle.layers.linear import Linear, TiedLMHead, VocabEmbedding, dense_linear
 from ladle.layers.norm import RMSNorm
@@ -88,9 +88,6 @@ class Attention(nn.Module):
         return self.o_proj(out.reshape(tokens, self.num_heads * self.head_dim))
 
 
-_FUSED_GATED_ACTS = {"silu": False, "swish": False, "gelu_pytorch_tanh": True, "gelu_tanh": True}
-
-
 class GatedMLP(nn.Module):
     def __init__(self, cfg: ArchConfig) -> None:
         super().__init__()
@@ -100,7 +97,7 @@ class GatedMLP(nn.Module):
         self.act = get_activation(cfg.hidden_act)
         # Activations with a one-kernel Triton act(gate) * up on the GPU (fused_ops.gated_act_mul): is it
         # tanh-GELU (True), SiLU (False), or neither (None: torch's ops).
-        self.fused_gelu_tanh = _FUSED_GATED_ACTS.get(cfg.hidden_act)
+        self.fused_gelu_tanh = fused_gated_kind(cfg.hidden_act)
         self.gate_up_weight: torch.Tensor | None = None  # set by fuse_weights(): gate and up stacked
 
     def fuse_weights(self) -> None:

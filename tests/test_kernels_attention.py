@@ -212,3 +212,72 @@ def test_fp8_cache_matches_reference_on_the_rounded_values(decode_only, window):
     assert torch.equal(k8b.view(torch.uint8), k8.view(torch.uint8))
     err = (torch_out.float() - ref.float()).norm() / ref.float().norm()
     assert err < TOL, f"torch backend relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("heads", HEADS)
+@pytest.mark.parametrize("head_norm", [None, False, True], ids=["plain", "qk-norm", "qk-norm-1+w"])
+@pytest.mark.parametrize("splits", [1, 4, 32])
+def test_decode_with_rotary_matches_rotary_and_write_then_attention(heads, head_norm, splits):
+    """decode_attention(rope=...) takes q and the new k unrotated, rotates them (after q/k norms), stores k
+    and v at the slots and attends: as ladle.layers' torch rotary, norms, cache write and attention in turn.
+    Padding rows (slot -1, length 0) write nothing and get zeros."""
+    from ladle.kernels.triton_attention import DecodeRope, decode_attention
+    from ladle.layers.norm import RMSNorm
+    from ladle.layers.rotary import RotaryEmbedding
+    from ladle.model.config import RopeConfig
+
+    num_heads, num_kv_heads, head_dim = heads
+    gen = torch.Generator().manual_seed(12)
+    seq_lens = [1, 17, 64, 150 if not ON_GPU else 2500, 0]
+    live = [s for s in seq_lens if s]
+    meta, k_cache, v_cache = _make_batch([1] * len(live), live, num_kv_heads, head_dim, 16, gen)
+    # a padding row of a CUDA graph: length 0, slot -1, an all-zero table row
+    tables = torch.cat([meta.block_tables, torch.zeros_like(meta.block_tables[:1])])
+    lens = torch.tensor(seq_lens, dtype=torch.int32, device=DEVICE)
+    slots = torch.cat([meta.slot_mapping, torch.tensor([-1], device=DEVICE)])
+    positions = (lens - 1).clamp(min=0).long()
+    n = len(seq_lens)
+    q, k, v = (
+        torch.randn(n, h, head_dim, generator=gen).to(DEVICE, DTYPE)
+        for h in (num_heads, num_kv_heads, num_kv_heads)
+    )
+    rotary = RotaryEmbedding(head_dim, RopeConfig(theta=500000.0))
+    rotary.cos_sin = rotary.build_table(4096, torch.device(DEVICE))
+    norms = None
+    if head_norm is not None:
+        norms = [RMSNorm(head_dim, 1e-6, unit_offset=head_norm) for _ in range(2)]
+        for norm in norms:
+            norm.set_weight(
+                (torch.randn(head_dim, generator=gen) * 0.3 + (0 if head_norm else 1)).to(DEVICE, DTYPE)
+            )
+
+    # the reference: ladle.layers' torch ops in turn, then the torch backend (which writes the cache)
+    k_ref, v_ref = k_cache.clone(), v_cache.clone()
+    q_in, k_in = (norms[0](q), norms[1](k)) if norms else (q, k)
+    cos, sin = rotary.cos_sin[positions].chunk(2, dim=-1)
+    from ladle.layers.rotary import _rotate
+
+    q_rot, k_rot = _rotate(q_in, cos[:, None], sin[:, None]), _rotate(k_in, cos[:, None], sin[:, None])
+    live_rows = slice(0, len(live))
+    live_meta = AttentionMetadata(
+        slot_mapping=meta.slot_mapping, block_tables=meta.block_tables, query_start=meta.query_start,
+        seq_lens=meta.seq_lens, query_lens_host=meta.query_lens_host, seq_lens_host=meta.seq_lens_host,
+        block_size=16, max_query_len=1, max_seq_len=meta.max_seq_len,
+    )  # fmt: skip
+    ref = TorchAttentionBackend().forward(
+        q_rot[live_rows], k_rot[live_rows], v[live_rows], k_ref, v_ref, live_meta, head_dim**-0.5, None
+    )
+
+    head_norm_args = None
+    if norms:
+        head_norm_args = (norms[0].weight, norms[1].weight, 1e-6, head_norm)
+    rope = DecodeRope(k, v, slots, positions, rotary.cos_sin, head_norm_args)
+    out = torch.full_like(q, float("nan"))
+    decode_attention(q, k_cache, v_cache, out, tables, lens, head_dim**-0.5, None, splits, rope)
+
+    ulp = 2e-2 if ON_GPU else 1e-5
+    torch.testing.assert_close(k_cache.float(), k_ref.float(), rtol=ulp, atol=ulp)
+    assert torch.equal(v_cache, v_ref)
+    assert torch.equal(out[-1], torch.zeros_like(out[-1])), "a padding row must get zeros"
+    err = (out[live_rows].float() - ref.float()).norm() / ref.float().norm()
+    assert err < TOL, f"relative error {err:.2e}"

@@ -38,7 +38,10 @@ def test_pdl_is_off_on_the_cpu_and_when_asked(monkeypatch) -> None:
 class _Chain:
     """LAYERS decoder layers at batch 1 over a paged context, then the final norm, LM head and argmax."""
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, rotary_in_attention: bool = False) -> None:
+        self.rotary_in_attention = (
+            rotary_in_attention  # decode_attention(rope=...) instead of the rotary kernel
+        )
         gen = torch.Generator(device="cuda").manual_seed(seed)
 
         def rand(*shape, scale=1.0):
@@ -76,7 +79,7 @@ class _Chain:
 
     def run(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         from ladle.kernels.fused_ops import add_rms_norm, gated_act_mul, rms_norm, rotary_and_write_kv_
-        from ladle.kernels.triton_attention import decode_attention
+        from ladle.kernels.triton_attention import DecodeRope, decode_attention
         from ladle.kernels.triton_gemv import gemv
         from ladle.kernels.triton_sampling import argmax_rows
 
@@ -89,10 +92,14 @@ class _Chain:
             qkv = gemv(h, layer["qkv"])
             qk = qkv[:, : (HEADS + KV_HEADS) * HEAD_DIM].view(1, HEADS + KV_HEADS, HEAD_DIM)
             v = qkv[:, (HEADS + KV_HEADS) * HEAD_DIM :].view(1, KV_HEADS, HEAD_DIM)
-            rotary_and_write_kv_(qk, v, k_cache, v_cache, self.slots, self.cos_sin, self.positions)
+            rope = None
+            if self.rotary_in_attention:
+                rope = DecodeRope(qk[:, HEADS:], v, self.slots, self.positions, self.cos_sin)
+            else:
+                rotary_and_write_kv_(qk, v, k_cache, v_cache, self.slots, self.cos_sin, self.positions)
             attn = torch.empty(1, HEADS, HEAD_DIM, dtype=torch.bfloat16, device="cuda")
             decode_attention(
-                qk[:, :HEADS], k_cache, v_cache, attn, self.block_tables, self.seq_lens, 0.125, None, 4
+                qk[:, :HEADS], k_cache, v_cache, attn, self.block_tables, self.seq_lens, 0.125, None, 4, rope
             )
             o = gemv(attn.view(1, -1), layer["o"])
             h, residual = add_rms_norm(o, residual, layer["ln2"], 1e-6, False)
@@ -104,12 +111,15 @@ class _Chain:
 
 
 @needs_hopper
-def test_chain_under_pdl_in_a_cuda_graph_matches_the_chain_without_it(monkeypatch) -> None:
+@pytest.mark.parametrize("rotary_in_attention", [False, True], ids=["rotary-kernel", "rotary-in-attention"])
+def test_chain_under_pdl_in_a_cuda_graph_matches_the_chain_without_it(
+    monkeypatch, rotary_in_attention
+) -> None:
     from ladle.kernels.pdl import pdl_enabled
 
     monkeypatch.setenv("LADLE_PDL", "1")
     assert pdl_enabled(torch.device("cuda"))
-    chain = _Chain(seed=0)
+    chain = _Chain(seed=0, rotary_in_attention=rotary_in_attention)
     chain.run()  # compiles, and sizes the split counters outside capture
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):

@@ -18,6 +18,7 @@ The torch reference these are tested against is ladle.layers.attention.TorchAtte
 """
 
 import os
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -343,6 +344,53 @@ def prefill_attention(
 
 
 # --------------------------------------------------------------------------------------------------------
+# Rotary embedding inside decode attention (the half-split layout; ladle.layers.rotary is the reference)
+# --------------------------------------------------------------------------------------------------------
+@triton.jit
+def _rope_rows(rows, d, mask, cos, sin, w, w_partner, eps, HEAD_DIM: tl.constexpr, HEAD_NORM: tl.constexpr,
+               UNIT_OFFSET: tl.constexpr):  # fmt: skip
+    """Heads [R, D] at row pointers `rows` rotated (and first RMSNormed with weight w when HEAD_NORM), in
+    their dtype, with the rotary kernel's float32 arithmetic and rounding points (fused_ops._rotary_kernel):
+    index d pairs with its partner in the other half of the head."""
+    HALF: tl.constexpr = HEAD_DIM // 2
+    low = (d < HALF)[None, :]
+    xa = tl.load(rows + d[None, :], mask=mask, other=0.0)
+    xb = tl.load(rows + tl.where(d < HALF, d + HALF, d - HALF)[None, :], mask=mask, other=0.0)
+    fa = xa.to(tl.float32)
+    fb = xb.to(tl.float32)
+    if HEAD_NORM:
+        r = tl.math.rsqrt(tl.sum(fa * fa, 1) / HEAD_DIM + eps)[:, None]
+        if UNIT_OFFSET:
+            fa = (fa * r * (1.0 + w[None, :])).to(xa.dtype).to(tl.float32)
+            fb = (fb * r * (1.0 + w_partner[None, :])).to(xa.dtype).to(tl.float32)
+        else:
+            fa = (w[None, :] * (fa * r).to(xa.dtype).to(tl.float32)).to(xa.dtype).to(tl.float32)
+            fb = (w_partner[None, :] * (fb * r).to(xa.dtype).to(tl.float32)).to(xa.dtype).to(tl.float32)
+    # first half: x1 cos - x2 sin; second half: x2 cos + x1 sin (fa is x[d], fb its partner)
+    return tl.where(low, fa * cos[None, :] - fb * sin[None, :], fa * cos[None, :] + fb * sin[None, :]).to(
+        xa.dtype
+    )
+
+
+@triton.jit
+def _rope_tables(
+    cos_sin_ptr, pos, stride_cs, norm_ptr, d, d_valid, HALF: tl.constexpr, HEAD_NORM: tl.constexpr
+):
+    """(cos, sin) at each head-dim index of one position, and (w, w_partner) of a per-head norm weight."""
+    j = tl.where(d < HALF, d, d - HALF)
+    cos = tl.load(cos_sin_ptr + pos * stride_cs + j, mask=d_valid, other=0.0)
+    sin = tl.load(cos_sin_ptr + pos * stride_cs + HALF + j, mask=d_valid, other=0.0)
+    if HEAD_NORM:
+        w = tl.load(norm_ptr + d, mask=d_valid, other=0.0).to(tl.float32)
+        w_partner = tl.load(norm_ptr + tl.where(d < HALF, d + HALF, d - HALF), mask=d_valid, other=0.0)
+        w_partner = w_partner.to(tl.float32)
+    else:
+        w = cos
+        w_partner = cos
+    return cos, sin, w, w_partner
+
+
+# --------------------------------------------------------------------------------------------------------
 # Decode attention (one new token per sequence), split over the context, and the reduce over splits
 # --------------------------------------------------------------------------------------------------------
 @triton.jit(
@@ -359,14 +407,27 @@ def _decode_kernel(
     counter_ptr,  # [>= S * KVH] int32 arrival counters, 0 between launches, when SPLIT
     block_tables_ptr,
     seq_lens_ptr,
+    k_new_ptr,  # ROTARY: this step's keys [S, KVH, D], not yet rotated
+    v_new_ptr,  # ROTARY: this step's values [S, KVH, D]
+    slot_ptr,  # ROTARY: [S] cache slot of each sequence's new token (< 0: write nothing)
+    pos_ptr,  # ROTARY: [S] positions
+    cos_sin_ptr,  # ROTARY: [max_pos, D] float32, cos | sin
+    q_norm_ptr,  # HEAD_NORM: q's and k's per-head RMSNorm weights
+    k_norm_ptr,
     stride_q_t,
     stride_q_h,
     stride_o_t,
     stride_o_h,
     stride_bt,
+    stride_k_t,
+    stride_k_h,
+    stride_v_t,
+    stride_v_h,
+    stride_cs,
     scale_log2,
     window,
     num_splits,
+    eps,
     NUM_KV_HEADS: tl.constexpr,
     GROUP: tl.constexpr,
     BLOCK_H: tl.constexpr,  # GROUP padded to a power of two >= 16 (the tensor cores' smallest M)
@@ -381,6 +442,9 @@ def _decode_kernel(
     SPLIT_CHUNK: tl.constexpr,  # splits the combine reads at once
     DOT_PRECISION: tl.constexpr,
     F16_DOTS: tl.constexpr,  # e4m3 caches: K/V widened to fp16, q pre-scaled to fp16 (_e4m3_to_f16)
+    ROTARY: tl.constexpr,  # q and the new k arrive unrotated: rotate them here and write the new k, v
+    HEAD_NORM: tl.constexpr,  # ROTARY: RMSNorm each q and k head first (Qwen3, Gemma 3)
+    UNIT_OFFSET: tl.constexpr,  # HEAD_NORM: Gemma's (1 + weight)
     INTERPRETED: tl.constexpr,  # TRITON_INTERPRET=1: programs run one by one on the CPU, no inline asm
     USE_PDL: tl.constexpr,
 ):
@@ -395,11 +459,16 @@ def _decode_kernel(
     row_valid = rows < GROUP
     d = tl.arange(0, BLOCK_D)
     d_valid = d < HEAD_DIM
-    q = tl.load(
-        q_ptr + seq.to(tl.int64) * stride_q_t + head[:, None] * stride_q_h + d[None, :],
-        mask=row_valid[:, None] & d_valid[None, :],
-        other=0.0,
-    )
+    q_rows = q_ptr + seq.to(tl.int64) * stride_q_t + head[:, None] * stride_q_h
+    q_mask = row_valid[:, None] & d_valid[None, :]
+    if ROTARY:
+        pos = tl.load(pos_ptr + seq).to(tl.int64)
+        cos, sin, q_w, q_wp = _rope_tables(
+            cos_sin_ptr, pos, stride_cs, q_norm_ptr, d, d_valid, HEAD_DIM // 2, HEAD_NORM
+        )
+        q = _rope_rows(q_rows, d, q_mask, cos, sin, q_w, q_wp, eps, HEAD_DIM, HEAD_NORM, UNIT_OFFSET)
+    else:
+        q = tl.load(q_rows + d[None, :], mask=q_mask, other=0.0)
 
     # Tiles start at multiples of BLOCK_N (what _kv_slots needs); a window's first keys before win_lo are
     # masked instead.
@@ -411,6 +480,32 @@ def _decode_kernel(
     per_split = tl.cdiv(tl.cdiv(span, num_splits), BLOCK_N) * BLOCK_N
     lo = lo_ctx + split * per_split
     hi = tl.minimum(lo + per_split, seq_len)
+    if ROTARY:
+        # The split that holds the newest key rotates this KV head's k and stores it and v in the cache, and
+        # then reads them back in its tile like every other key (the program's barrier makes its own global
+        # stores visible to all its threads). No other program reads that key.
+        if (seq_len - 1 >= lo) & (seq_len - 1 < hi):
+            slot = tl.load(slot_ptr + seq).to(tl.int64)
+            if slot >= 0:
+                one = tl.arange(0, 1)
+                k_row = k_new_ptr + seq.to(tl.int64) * stride_k_t + kv_head * stride_k_h + one[:, None] * 0
+                row_mask = d_valid[None, :] & (one >= 0)[:, None]
+                _, _, k_w, k_wp = _rope_tables(
+                    cos_sin_ptr, pos, stride_cs, k_norm_ptr, d, d_valid, HEAD_DIM // 2, HEAD_NORM
+                )
+                k = _rope_rows(k_row, d, row_mask, cos, sin, k_w, k_wp, eps, HEAD_DIM, HEAD_NORM, UNIT_OFFSET)
+                dst = slot * (NUM_KV_HEADS * HEAD_DIM) + kv_head * HEAD_DIM + d[None, :] + one[:, None] * 0
+                tl.store(k_cache_ptr + dst, k.to(k_cache_ptr.dtype.element_ty), mask=row_mask)
+                v_row = (
+                    v_new_ptr
+                    + seq.to(tl.int64) * stride_v_t
+                    + kv_head * stride_v_h
+                    + d[None, :]
+                    + one[:, None] * 0
+                )
+                v = tl.load(v_row, mask=row_mask, other=0.0)
+                tl.store(v_cache_ptr + dst, v.to(v_cache_ptr.dtype.element_ty), mask=row_mask)
+            tl.debug_barrier()
 
     if F16_DOTS:
         # The softmax scale goes into q before the narrowing: |q| * scale stays far inside fp16's range.
@@ -550,6 +645,20 @@ def _decode_tiles(programs: int, block_d: int) -> tuple[int, int, int]:
     return (32, 1, 3) if programs >= 1024 else (64, 2, 3)
 
 
+@dataclass(frozen=True)
+class DecodeRope:
+    """What decode_attention needs to apply the rotary embedding itself (and the per-head q/k norms before
+    it) and to write the step's k and v into the cache: q then arrives unrotated, and no rotary or cache-write
+    kernel runs before it. Shapes as RotaryEmbedding.rotate_and_write_kv takes them."""
+
+    k: torch.Tensor  # [S, KVH, D] this step's keys, unrotated (head_dim contiguous)
+    v: torch.Tensor  # [S, KVH, D] this step's values (head_dim contiguous)
+    slots: torch.Tensor  # [S] int64 cache slot of each new token; < 0 writes nothing (graph padding)
+    positions: torch.Tensor  # [S]
+    cos_sin: torch.Tensor  # [max_positions, D] float32, cos | sin (RotaryEmbedding.build_table)
+    head_norm: tuple[torch.Tensor, torch.Tensor, float, bool] | None = None  # q_w, k_w, eps, unit_offset
+
+
 def decode_attention(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -560,18 +669,26 @@ def decode_attention(
     scale: float,
     sliding_window: int | None,
     num_splits: int,
+    rope: DecodeRope | None = None,
 ) -> None:
     """q: [S, H, D], one query token per sequence at position seq_lens[s] - 1 (sequences of length 0,
-    a CUDA graph's padding, get zeros)."""
+    a CUDA graph's padding, get zeros). With rope, q and rope.k are unrotated: the kernel rotates them
+    (after the head norms, if given) and stores the new k and v at rope.slots before attending."""
     num_seqs, num_heads, head_dim = q.shape
     if num_seqs == 0:
         return
+    if rope is not None and (
+        head_dim % 2 or q.stride(2) != 1 or rope.k.stride(2) != 1 or rope.v.stride(2) != 1
+    ):
+        raise ValueError("decode_attention: rotary needs an even head_dim and contiguous heads in q, k and v")
     num_kv_heads = k_cache.shape[2]
     group = num_heads // num_kv_heads
     block_d = triton.next_power_of_2(head_dim)
     block_n, warps, stages = _tile_config(
         "LADLE_DECODE_TILES", _decode_tiles(num_seqs * num_kv_heads * num_splits, block_d)
     )
+    head_norm = rope.head_norm if rope is not None else None
+    q_w, k_w, eps, unit_offset = head_norm if head_norm is not None else (q, q, 0.0, False)
     split = num_splits > 1
     if split:
         part = torch.empty(
@@ -591,14 +708,22 @@ def decode_attention(
         counters,
         block_tables,
         seq_lens,
+        *(
+            (rope.k, rope.v, rope.slots, rope.positions, rope.cos_sin, q_w, k_w)
+            if rope is not None
+            else (q,) * 7  # not read without ROTARY
+        ),
         q.stride(0),
         q.stride(1),
         out.stride(0),
         out.stride(1),
         block_tables.stride(0),
+        *((rope.k.stride(0), rope.k.stride(1), rope.v.stride(0), rope.v.stride(1)) if rope else (0,) * 4),
+        rope.cos_sin.stride(0) if rope is not None else 0,
         scale * _LOG2E,
         sliding_window or 0,
         num_splits,
+        eps,
         NUM_KV_HEADS=num_kv_heads,
         GROUP=group,
         BLOCK_H=max(16, triton.next_power_of_2(group)),
@@ -613,6 +738,9 @@ def decode_attention(
         SPLIT_CHUNK=16,
         DOT_PRECISION=_dot_precision(q),
         F16_DOTS=_f16_dots(q, k_cache),
+        ROTARY=rope is not None,
+        HEAD_NORM=head_norm is not None,
+        UNIT_OFFSET=unit_offset,
         INTERPRETED=INTERPRETED,
         **pdl_kernel_args(q.device),
         num_warps=warps,

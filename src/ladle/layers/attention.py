@@ -50,6 +50,13 @@ class AttentionBackend:
     # (RotaryEmbedding.rotate_and_write_kv); forward is then called with kv_written=True.
     kv_write_in_rotary = False
 
+    def decode_with_rotary(
+        self, positions, q, k, v, k_cache, v_cache, meta, scale, sliding_window, rotary, q_norm, k_norm
+    ) -> torch.Tensor | None:
+        """For a decode-only batch, the q/k norms, rotary, cache write and attention in one go, with q and k
+        as the QKV projection gave them; None (nothing done) where the backend has no such path."""
+        return None
+
     def forward(
         self,
         q: torch.Tensor,  # [T, H, D]

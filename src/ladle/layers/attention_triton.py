@@ -8,9 +8,19 @@ list of (sequence, query block) pairs, built once per step from the metadata's h
 
 from __future__ import annotations
 
+import functools
+import os
+
 import torch
 
+from ladle.kernels.availability import fused_ops_enabled
 from ladle.layers.attention import AttentionBackend, AttentionMetadata
+from ladle.layers.rotary import fused_head_norm
+
+
+@functools.cache
+def _rotary_in_attention() -> bool:
+    return os.environ.get("LADLE_ROTARY_IN_ATTENTION", "1") != "0"
 
 
 def triton_available() -> bool:
@@ -39,14 +49,7 @@ class TritonAttentionBackend(AttentionBackend):
             ops.write_kv_cache(k, v, k_cache, v_cache, meta.slot_mapping)
         out = torch.empty_like(q)
         if meta.is_decode_only:
-            if self._num_sms is None:
-                on_gpu = q.device.type == "cuda"
-                self._num_sms = (
-                    torch.cuda.get_device_properties(q.device).multi_processor_count if on_gpu else 4
-                )
-            splits = meta.decode_num_splits
-            if splits is None:
-                splits = ops.decode_num_splits(q.shape[0], k_cache.shape[2], meta.max_seq_len, self._num_sms)
+            splits = self._decode_splits(q, k_cache, meta)
             ops.decode_attention(
                 q, k_cache, v_cache, out, meta.block_tables, meta.seq_lens, scale, sliding_window, splits
             )
@@ -68,6 +71,36 @@ class TritonAttentionBackend(AttentionBackend):
             block_q,
         )
         return out
+
+    def decode_with_rotary(
+        self, positions, q, k, v, k_cache, v_cache, meta, scale, sliding_window, rotary, q_norm, k_norm
+    ):
+        """Decode-only batches on CUDA: one decode-attention launch that also applies the q/k norms and the
+        rotary and writes the new k and v (the rotary kernel's work; kernels/triton_attention.DecodeRope).
+        LADLE_ROTARY_IN_ATTENTION=0 keeps the two launches (to A/B it)."""
+        if not (meta.is_decode_only and fused_ops_enabled(q) and _rotary_in_attention()):
+            return None
+        if any(t.stride(-1) != 1 for t in (q, k, v)) or k_cache.dim() != 4 or not k_cache.is_contiguous():
+            return None
+        head_norm = fused_head_norm(q_norm, k_norm)
+        if head_norm is False:
+            return None
+        ops = self._kernels
+        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        rope = ops.DecodeRope(k, v, meta.slot_mapping, positions, rotary.cos_sin, head_norm)
+        ops.decode_attention(
+            q, k_cache, v_cache, out, meta.block_tables, meta.seq_lens, scale, sliding_window,
+            self._decode_splits(q, k_cache, meta), rope,
+        )  # fmt: skip
+        return out
+
+    def _decode_splits(self, q, k_cache, meta: AttentionMetadata) -> int:
+        if meta.decode_num_splits is not None:
+            return meta.decode_num_splits
+        if self._num_sms is None:
+            on_gpu = q.device.type == "cuda"
+            self._num_sms = torch.cuda.get_device_properties(q.device).multi_processor_count if on_gpu else 4
+        return self._kernels.decode_num_splits(q.shape[0], k_cache.shape[2], meta.max_seq_len, self._num_sms)
 
     def _work_list(self, meta: AttentionMetadata, block_q: int, device: torch.device):
         # Every layer of a step shares the metadata, so the list is built (and copied over) once a step.

@@ -92,13 +92,23 @@ class RotaryEmbedding(nn.Module):
             return False
         from ladle.kernels.fused_ops import rotary_and_write_kv_
 
-        head_norm = None
-        if q_norm is not None and k_norm is not None:
-            if (q_norm.eps, q_norm.unit_offset) != (k_norm.eps, k_norm.unit_offset):
-                return False
-            head_norm = (q_norm.weight, k_norm.weight, q_norm.eps, q_norm.unit_offset)
+        head_norm = fused_head_norm(q_norm, k_norm)
+        if head_norm is False:
+            return False
         rotary_and_write_kv_(both, v, k_cache, v_cache, slots, self.cos_sin, positions, head_norm)
         return True
+
+
+def fused_head_norm(
+    q_norm: RMSNorm | None, k_norm: RMSNorm | None
+) -> tuple[torch.Tensor, torch.Tensor, float, bool] | None | bool:
+    """What a kernel that norms q's and k's heads itself takes: (q weight, k weight, eps, unit_offset); None
+    without head norms; False when the two norms differ in eps or kind (no one launch does both)."""
+    if q_norm is None or k_norm is None:
+        return None
+    if (q_norm.eps, q_norm.unit_offset) != (k_norm.eps, k_norm.unit_offset):
+        return False
+    return (q_norm.weight, k_norm.weight, q_norm.eps, q_norm.unit_offset)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -73,6 +73,13 @@ class Attention(nn.Module):
             q = self.q_proj(x).view(tokens, self.num_heads, self.head_dim)
             k = self.k_proj(x).view(tokens, self.num_kv_heads, self.head_dim)
             v = self.v_proj(x).view(tokens, self.num_kv_heads, self.head_dim)
+        # A decode-only batch on the Triton backend: norms, rotary, cache write and attention in one launch.
+        out = self.backend.decode_with_rotary(
+            positions, q, k, v, kv_cache[0], kv_cache[1], meta, self.scale, self.sliding_window, self.rotary,
+            self.q_norm, self.k_norm,
+        )  # fmt: skip
+        if out is not None:
+            return self.o_proj(out.reshape(tokens, self.num_heads * self.head_dim))
         # Backends whose cache write is a plain slot store let the rotary kernel do it, and the q/k norms
         # (one launch for what is otherwise two to five).
         kv_written = self.backend.kv_write_in_rotary and self.rotary.rotate_and_write_kv(

@@ -217,7 +217,8 @@ def test_fp8_cache_matches_reference_on_the_rounded_values(decode_only, window):
 @pytest.mark.parametrize("heads", HEADS)
 @pytest.mark.parametrize("head_norm", [None, False, True], ids=["plain", "qk-norm", "qk-norm-1+w"])
 @pytest.mark.parametrize("splits", [1, 4, 32])
-def test_decode_with_rotary_matches_rotary_and_write_then_attention(heads, head_norm, splits):
+@pytest.mark.parametrize("window", [None, 40])
+def test_decode_with_rotary_matches_rotary_and_write_then_attention(heads, head_norm, splits, window):
     """decode_attention(rope=...) takes q and the new k unrotated, rotates them (after q/k norms), stores k
     and v at the slots and attends: as ladle.layers' torch rotary, norms, cache write and attention in turn.
     Padding rows (slot -1, length 0) write nothing and get zeros."""
@@ -265,7 +266,7 @@ def test_decode_with_rotary_matches_rotary_and_write_then_attention(heads, head_
         block_size=16, max_query_len=1, max_seq_len=meta.max_seq_len,
     )  # fmt: skip
     ref = TorchAttentionBackend().forward(
-        q_rot[live_rows], k_rot[live_rows], v[live_rows], k_ref, v_ref, live_meta, head_dim**-0.5, None
+        q_rot[live_rows], k_rot[live_rows], v[live_rows], k_ref, v_ref, live_meta, head_dim**-0.5, window
     )
 
     head_norm_args = None
@@ -273,7 +274,7 @@ def test_decode_with_rotary_matches_rotary_and_write_then_attention(heads, head_
         head_norm_args = (norms[0].weight, norms[1].weight, 1e-6, head_norm)
     rope = DecodeRope(k, v, slots, positions, rotary.cos_sin, head_norm_args)
     out = torch.full_like(q, float("nan"))
-    decode_attention(q, k_cache, v_cache, out, tables, lens, head_dim**-0.5, None, splits, rope)
+    decode_attention(q, k_cache, v_cache, out, tables, lens, head_dim**-0.5, window, splits, rope)
 
     ulp = 2e-2 if ON_GPU else 1e-5
     torch.testing.assert_close(k_cache.float(), k_ref.float(), rtol=ulp, atol=ulp)

@@ -10,10 +10,14 @@ slot_mapping[t] = block * block_size + offset says where token t's K/V are writt
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:  # only named in annotations: the backend interface imports no other layer at run time
+    from ladle.layers.norm import RMSNorm
+    from ladle.layers.rotary import RotaryEmbedding
 
 
 @dataclass
@@ -51,7 +55,19 @@ class AttentionBackend:
     kv_write_in_rotary = False
 
     def decode_with_rotary(
-        self, positions, q, k, v, k_cache, v_cache, meta, scale, sliding_window, rotary, q_norm, k_norm
+        self,
+        positions: torch.Tensor,  # [S]
+        q: torch.Tensor,  # [S, H, D], unrotated and not yet normed
+        k: torch.Tensor,  # [S, KVH, D], likewise
+        v: torch.Tensor,  # [S, KVH, D]
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        meta: AttentionMetadata,
+        scale: float,
+        sliding_window: int | None,
+        rotary: RotaryEmbedding,
+        q_norm: RMSNorm | None,
+        k_norm: RMSNorm | None,
     ) -> torch.Tensor | None:
         """For a decode-only batch, the q/k norms, rotary, cache write and attention in one go, with q and k
         as the QKV projection gave them; None (nothing done) where the backend has no such path."""

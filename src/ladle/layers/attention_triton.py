@@ -15,7 +15,8 @@ import torch
 
 from ladle.kernels.availability import fused_ops_enabled
 from ladle.layers.attention import AttentionBackend, AttentionMetadata
-from ladle.layers.rotary import fused_head_norm
+from ladle.layers.norm import RMSNorm
+from ladle.layers.rotary import RotaryEmbedding, fused_head_norm
 
 
 @functools.cache
@@ -73,8 +74,20 @@ class TritonAttentionBackend(AttentionBackend):
         return out
 
     def decode_with_rotary(
-        self, positions, q, k, v, k_cache, v_cache, meta, scale, sliding_window, rotary, q_norm, k_norm
-    ):
+        self,
+        positions: torch.Tensor,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        meta: AttentionMetadata,
+        scale: float,
+        sliding_window: int | None,
+        rotary: RotaryEmbedding,
+        q_norm: RMSNorm | None,
+        k_norm: RMSNorm | None,
+    ) -> torch.Tensor | None:
         """Decode-only batches on CUDA: one decode-attention launch that also applies the q/k norms and the
         rotary and writes the new k and v (the rotary kernel's work; kernels/triton_attention.DecodeRope).
         LADLE_ROTARY_IN_ATTENTION=0 keeps the two launches (to A/B it)."""
@@ -94,7 +107,7 @@ class TritonAttentionBackend(AttentionBackend):
         )  # fmt: skip
         return out
 
-    def _decode_splits(self, q, k_cache, meta: AttentionMetadata) -> int:
+    def _decode_splits(self, q: torch.Tensor, k_cache: torch.Tensor, meta: AttentionMetadata) -> int:
         if meta.decode_num_splits is not None:
             return meta.decode_num_splits
         if self._num_sms is None:

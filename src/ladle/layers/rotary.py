@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from torch import nn
@@ -101,7 +102,7 @@ class RotaryEmbedding(nn.Module):
 
 def fused_head_norm(
     q_norm: RMSNorm | None, k_norm: RMSNorm | None
-) -> tuple[torch.Tensor, torch.Tensor, float, bool] | None | bool:
+) -> tuple[torch.Tensor, torch.Tensor, float, bool] | None | Literal[False]:
     """What a kernel that norms q's and k's heads itself takes: (q weight, k weight, eps, unit_offset); None
     without head norms; False when the two norms differ in eps or kind (no one launch does both)."""
     if q_norm is None or k_norm is None:

@@ -1,5 +1,6 @@
-"""`ladle bench throughput` on the CPU with a shipped preset (dummy weights): it runs every request to its
-length and writes the figures, also with the sampling options that read a request's own tokens."""
+"""`ladle bench throughput` and `ladle bench latency` on the CPU with a shipped preset (dummy weights): they
+run every request to its length and write the figures (throughput also with the sampling options that read a
+request's own tokens; latency beside transformers' generate and with its plot)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,52 @@ def test_bench_throughput_with_logprobs_a_penalty_and_sampling(tmp_path, capsys)
     assert (result["temperature"], result["top_p"], result["top_k"]) == (0.8, 0.9, 20)
     assert result["output_tokens_per_s"] > 0
     assert "Throughput" in capsys.readouterr().out
+
+
+def test_bench_latency_with_the_transformers_baseline_on_the_cpu(tmp_path, capsys):
+    """The baseline runs transformers on the engine's device and dtype (it assumed CUDA, so on a laptop the
+    result held a traceback), at the static batches ladle is measured at, and both land in the plot."""
+    out = tmp_path / "latency.json"
+    argv = ["bench", "latency", "--preset", "tiny-llama", "--device", "cpu", "--batch-sizes", "1", "3"]
+    argv += ["--input-len", "12", "--output-len", "5", "--throughput-batch-sizes", "1", "4"]
+    argv += ["--baseline", "transformers", "--peak-bandwidth-gbs", "100", "--output-json", str(out)]
+    assert main(argv) == 0
+    result = json.loads(out.read_text())
+    assert set(result["latency"]) == {"1", "3"}
+    for batch, figures in result["latency"].items():
+        assert figures["tpot_ms"] > 0 and figures["ttft_ms"] > 0
+        assert figures["decode_tokens_per_s"] == pytest.approx(
+            int(batch) / figures["tpot_ms"] * 1e3, rel=0.01
+        )
+        assert figures["roofline_fraction"] == pytest.approx(
+            figures["roofline_step_ms"] / figures["tpot_ms"], abs=0.002
+        )
+    assert set(result["static_batch_output_tokens_per_s"]) == {"1", "4"}
+    baseline = result["transformers"]
+    assert "error" not in baseline, baseline
+    assert (baseline["device"], baseline["dtype"]) == ("cpu", "float32")  # the engine's: float32 on the CPU
+    assert set(baseline["static_batch"]) == {"1", "4"}
+    assert baseline["batch1_decode_tokens_per_s"] > 0 and baseline["best_batch"] in (1, 4)
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Plot written" in capsys.readouterr().out
+
+
+def test_bench_latency_baseline_of_a_gguf_file_is_a_one_line_error(capsys):
+    """transformers' model is built from a config.json; a GGUF file has none, and the error says so before
+    anything loads."""
+    argv = [
+        "bench",
+        "latency",
+        "--model",
+        str(stories_gguf()),
+        "--device",
+        "cpu",
+        "--baseline",
+        "transformers",
+    ]
+    assert _exit_code(argv) != 0
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("Error: --baseline transformers") and "config.json" in err and "\n" not in err, err
 
 
 def _exit_code(argv: list[str]) -> int:

@@ -5,6 +5,7 @@ request's own tokens; latency beside transformers' generate and with its plot)."
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -108,3 +109,29 @@ def test_default_lengths_beyond_a_small_models_context_name_the_flags(bench, cap
     assert _exit_code(["bench", bench, "--model", str(stories_gguf()), "--device", "cpu"]) != 0
     err = capsys.readouterr().err.strip()
     assert err.startswith("Error: --input-len") and "--output-len" in err and "512" in err, err
+
+
+def test_results_name_ladles_commit_not_the_folder_the_bench_ran_in(tmp_path, monkeypatch):
+    """A bench started from another git repository (a user's project) records ladle's commit, not that
+    repository's, and the ladle version."""
+    import subprocess
+
+    import ladle
+    from ladle.bench.results import write_result
+
+    repo = tmp_path / "users_project"
+    repo.mkdir()
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(repo)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "theirs"], check=True)
+    theirs = subprocess.run(
+        [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    package = Path(ladle.__file__).parent
+    ours = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=package, capture_output=True, text=True
+    ).stdout.strip()
+    monkeypatch.chdir(repo)
+    record = json.loads(write_result("latency", {}, out_dir=tmp_path / "results").read_text())
+    assert record["git_sha"] != theirs and record["git_sha"].startswith(ours or "unknown")
+    assert record["ladle_version"] == ladle.__version__

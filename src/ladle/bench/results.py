@@ -9,14 +9,25 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from ladle.version import __version__
+
 
 def git_sha() -> str:
+    """The commit of the ladle code that ran (asked of the checkout this package is in, not of the folder
+    the bench was started from, which may be the user's own repository), "+dirty" when its files differ
+    from that commit; "unknown" for an installed wheel."""
+    package = Path(__file__).resolve().parents[1]
     try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=package, capture_output=True, text=True, check=True
         ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "."],
+            cwd=package, capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+    return f"{sha}+dirty" if changed else sha
 
 
 def device_description() -> str:
@@ -35,6 +46,7 @@ def write_result(
         "benchmark": kind,
         "date": now.isoformat(timespec="seconds"),
         "git_sha": git_sha(),
+        "ladle_version": __version__,
         "device": device_description(),
         **result,
     }

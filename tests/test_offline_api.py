@@ -3,6 +3,8 @@ templates, validation errors that name the field, and no KV blocks left behind."
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from hf_reference import greedy
@@ -180,6 +182,34 @@ def test_chat_renders_the_template_like_transformers(llama):
     out = llm.chat(messages, _greedy(max_tokens=4))[0]
     assert out.prompt_token_ids == list(expected_ids)
     assert len(out.outputs[0].token_ids) == 4
+
+
+GEMMA_TEMPLATE = (
+    Path(__file__).parents[1] / "src/ladle/models_hub/data/gemma3_chat_template.jinja"
+).read_text()
+ROLE_TEMPLATE = "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}{# knows developer #}"
+
+
+def test_developer_messages_are_system_messages_where_the_template_has_no_developer_role(llama):
+    """OpenAI's newer clients send instructions as role "developer". Gemma's template has no such role (it
+    raises "roles must alternate"), so there it renders as "system" would in transformers; a template that
+    names the role keeps it."""
+    folder, _, llm = llama
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(str(folder))
+    as_system = [{"role": "system", "content": "Answer in French."}, {"role": "user", "content": "hi"}]
+    expected = hf.apply_chat_template(
+        as_system, chat_template=GEMMA_TEMPLATE, add_generation_prompt=True, tokenize=False
+    )
+    as_developer = [{**as_system[0], "role": "developer"}, as_system[1]]
+    out = llm.chat(as_developer, _greedy(max_tokens=2), chat_template=GEMMA_TEMPLATE)[0]
+    assert out.prompt == expected and "Answer in French." in expected
+    kept = llm.chat(as_developer, _greedy(max_tokens=2), chat_template=ROLE_TEMPLATE)[0]
+    assert kept.prompt == hf.apply_chat_template(
+        as_developer, chat_template=ROLE_TEMPLATE, add_generation_prompt=True, tokenize=False
+    )
+    assert kept.prompt.startswith("[developer] Answer in French.")
 
 
 def test_chat_joins_text_content_parts_with_a_newline_and_rejects_malformed_messages(llama):

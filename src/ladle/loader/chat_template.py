@@ -38,6 +38,15 @@ def _compile(template: str):
     return env.from_string(template)
 
 
+def developer_as_system(template: str, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """OpenAI's newer clients send the instructions as role "developer" where older ones said "system".
+    Templates that name no "developer" role would reject it (Gemma: "roles must alternate") or drop it, so
+    there it is rendered as "system", as vLLM and llama.cpp do; a template that knows the role gets it."""
+    if "developer" in template or not any(m.get("role") == "developer" for m in messages):
+        return messages
+    return [{**m, "role": "system"} if m.get("role") == "developer" else m for m in messages]
+
+
 def render_chat_template(
     template: str,
     messages: list[dict[str, Any]],
@@ -47,7 +56,10 @@ def render_chat_template(
 ) -> str:
     try:
         return _compile(template).render(
-            messages=messages, add_generation_prompt=add_generation_prompt, tools=tools, **kwargs
+            messages=developer_as_system(template, messages),
+            add_generation_prompt=add_generation_prompt,
+            tools=tools,
+            **kwargs,
         )
     except ChatTemplateError:
         raise

@@ -57,6 +57,56 @@ def test_bench_latency_with_the_transformers_baseline_on_the_cpu(tmp_path, capsy
     assert "Plot written" in capsys.readouterr().out
 
 
+def test_bench_latency_on_a_cpu_without_a_bandwidth_reports_no_roofline(tmp_path, capsys):
+    """The roofline's bandwidth was an H100's 3350 GB/s whatever ran, so a laptop read "0% of peak"; with
+    no figure known for the device there is no roofline, and the output says which flag gives one."""
+    out = tmp_path / "latency.json"
+    argv = ["bench", "latency", "--preset", "tiny-llama", "--device", "cpu", "--batch-sizes", "1"]
+    argv += [
+        "--input-len",
+        "8",
+        "--output-len",
+        "3",
+        "--throughput-batch-sizes",
+        "1",
+        "--output-json",
+        str(out),
+    ]
+    assert main(argv) == 0
+    result = json.loads(out.read_text())
+    assert result["peak_bandwidth_gbs"] is None
+    assert result["latency"]["1"]["roofline_fraction"] is None and result["latency"]["1"]["tpot_ms"] > 0
+    printed = capsys.readouterr().out
+    assert (
+        "No roofline" in printed and "--peak-bandwidth-gbs" in printed and "of peak bandwidth" not in printed
+    )
+
+
+@pytest.mark.parametrize(
+    "name,gbs",
+    [
+        ("NVIDIA H100 80GB HBM3", 3350.0),  # SXM: the issue's H100
+        ("NVIDIA H100 PCIe", 2000.0),
+        ("NVIDIA H100 NVL", 3900.0),
+        ("NVIDIA H200", 4800.0),
+        ("NVIDIA GH200 480GB", None),  # two memory options under one name
+        ("NVIDIA A100-SXM4-80GB", 2039.0),
+        ("NVIDIA A100-PCIE-40GB", 1555.0),
+        ("NVIDIA A100 80GB PCIe", 1935.0),
+        ("NVIDIA A10", 600.0),
+        ("NVIDIA L4", 300.0),
+        ("NVIDIA L40S", 864.0),
+        ("NVIDIA GeForce RTX 3090", None),
+    ],
+)
+def test_datasheet_bandwidth_tells_apart_names_that_contain_each_other(name, gbs):
+    """torch's device names: a card whose name holds another's (A100 / A10, L40S / L4, GH200 / H200, H100
+    PCIe / H100) gets its own figure, and an unlisted one none (published datasheet rates, GB/s)."""
+    from ladle.bench.hardware import datasheet_bandwidth_gbs
+
+    assert datasheet_bandwidth_gbs(name) == gbs
+
+
 def test_bench_latency_baseline_of_a_gguf_file_is_a_one_line_error(capsys):
     """transformers' model is built from a config.json; a GGUF file has none, and the error says so before
     anything loads."""
@@ -90,6 +140,7 @@ def _exit_code(argv: list[str]) -> int:
         (["throughput", "--preset", "tiny-llama", "--output-len", "0", "3"], ["--output-len", "at least 1"]),
         (["latency", "--preset", "tiny-llama", "--batch-sizes", "0"], ["--batch-sizes", "at least 1"]),
         (["latency", "--preset", "tiny-llama", "--output-len", "1"], ["--output-len", "at least 2"]),
+        (["latency", "--preset", "tiny-llama", "--peak-bandwidth-gbs", "0"], ["--peak-bandwidth-gbs", "> 0"]),
         (["serve", "--num-prompts", "0"], ["--num-prompts", "at least 1"]),
     ],
 )

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ladle.bench.throughput import add_async_scheduling_argument, build_warm_engine, model_arguments
-from ladle.bench.workload import at_least, check_fits
+from ladle.bench.workload import at_least, check_fits, positive_float
 from ladle.config import KV_CACHE_DTYPES
 
 
@@ -44,7 +44,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=[1, 8, 32, 64, 128, 256],
         help="static batches for output tokens/s by batch size (the plot)",
     )
-    p.add_argument("--peak-bandwidth-gbs", type=float, default=3350.0, help="H100 SXM HBM3: 3350 GB/s")
+    p.add_argument(
+        "--peak-bandwidth-gbs",
+        type=positive_float,
+        default=None,
+        help="memory bandwidth for the roofline (default: the GPU's datasheet figure when it is known; "
+        "none on a CPU). The issue's H100 SXM: 3350",
+    )
     p.add_argument("--baseline", choices=["none", "transformers"], default="none")
     p.add_argument(
         "--baseline-json",
@@ -137,27 +143,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     llm.generate([warm_up], SamplingParams(temperature=0.0, max_tokens=2, ignore_eos=True))
 
     weight_bytes, kv_per_token = _model_bytes(engine)
-    peak = args.peak_bandwidth_gbs * 1e9
+    peak_gbs, peak_source = _peak_bandwidth(args.peak_bandwidth_gbs, engine.device)
+    if peak_gbs is None:
+        print(f"No roofline: {peak_source}; pass --peak-bandwidth-gbs", flush=True)
     latency: dict[str, Any] = {}
     for batch in args.batch_sizes:
         r = _decode_run(engine, batch, args.input_len, args.output_len, rng)
         step_s = r["decode_s"] / r["tokens_per_seq"]  # time per output token, as vLLM's mean TPOT
         mean_context = args.input_len + args.output_len / 2
-        floor_s = (weight_bytes + batch * mean_context * kv_per_token) / peak
-        latency[str(batch)] = {
+        figures = latency[str(batch)] = {
             "ttft_ms": round(r["ttft_s"] * 1e3, 2),
             "tpot_ms": round(step_s * 1e3, 3),
             "median_step_ms": round(statistics.median(r["decode_steps"]) * 1e3, 3),
             "decode_tokens_per_s": round(batch / step_s, 1),
-            "roofline_step_ms": round(floor_s * 1e3, 3),
-            "roofline_fraction": round(floor_s / step_s, 3),
+            "roofline_step_ms": None,
+            "roofline_fraction": None,
         }
-        print(
-            f"batch {batch:4d}: TTFT {latency[str(batch)]['ttft_ms']:8.1f} ms  TPOT {step_s * 1e3:7.2f} ms  "
-            f"decode {batch / step_s:9.1f} tok/s  roofline {floor_s * 1e3:6.2f} ms "
-            f"({floor_s / step_s:.0%} of peak bandwidth)",
-            flush=True,
+        line = (
+            f"batch {batch:4d}: TTFT {figures['ttft_ms']:8.1f} ms  TPOT {step_s * 1e3:7.2f} ms  "
+            f"decode {batch / step_s:9.1f} tok/s"
         )
+        if peak_gbs is not None:
+            floor_s = (weight_bytes + batch * mean_context * kv_per_token) / (peak_gbs * 1e9)
+            figures["roofline_step_ms"] = round(floor_s * 1e3, 3)
+            figures["roofline_fraction"] = round(floor_s / step_s, 3)
+            line += f"  roofline {floor_s * 1e3:6.2f} ms ({floor_s / step_s:.0%} of peak bandwidth)"
+        print(line, flush=True)
 
     static: dict[str, float] = {}
     for batch in args.throughput_batch_sizes:
@@ -183,7 +194,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "concurrent_1k_token_requests": engine.kv.num_blocks * engine.config.block_size // 1024,
         "input_len": args.input_len,
         "output_len": args.output_len,
-        "peak_bandwidth_gbs": args.peak_bandwidth_gbs,
+        "peak_bandwidth_gbs": peak_gbs,
+        "peak_bandwidth_source": peak_source,
         "weight_bytes_per_step": weight_bytes,
         "kv_bytes_per_token": kv_per_token,
         "latency": latency,
@@ -204,6 +216,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print("No plot: matplotlib is not installed (pip install 'ladle[bench]')")
     print(f"Result written to {path}")
     return result
+
+
+def _peak_bandwidth(given: float | None, device) -> tuple[float | None, str]:
+    """(GB/s for the roofline, where it came from): the flag, else the GPU's datasheet figure."""
+    if given is not None:
+        return given, "--peak-bandwidth-gbs"
+    if device.type != "cuda":
+        return None, "a CPU's memory bandwidth is not known here"
+    import torch
+
+    from ladle.bench.hardware import datasheet_bandwidth_gbs
+
+    name = torch.cuda.get_device_name(device)
+    gbs = datasheet_bandwidth_gbs(name)
+    if gbs is None:
+        return None, f"the datasheet bandwidth of {name} is not known here"
+    return gbs, f"datasheet ({name})"
 
 
 def _transformers_baseline(model: str, args: argparse.Namespace) -> dict[str, Any]:

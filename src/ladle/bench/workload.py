@@ -25,6 +25,17 @@ def at_least(minimum: int):
     return parse
 
 
+def positive_float(text: str) -> float:
+    """An argparse type: a number > 0 (a rate such as a bandwidth), else a usage error naming it."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
 def check_range(flag: str, bounds: list[int]) -> None:
     """A MIN MAX pair (--input-len, --output-len) must not be reversed."""
     if bounds[0] > bounds[1]:

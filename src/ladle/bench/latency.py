@@ -49,7 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=positive_float,
         default=None,
         help="memory bandwidth for the roofline (default: the GPU's datasheet figure when it is known; "
-        "none on a CPU). The issue's H100 SXM: 3350",
+        "none on a CPU); an H100 SXM is 3350",
     )
     p.add_argument("--baseline", choices=["none", "transformers"], default="none")
     p.add_argument(

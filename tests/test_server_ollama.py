@@ -139,6 +139,20 @@ def test_errors(client, ladle_server):
     assert r.status_code == 400 and "role" in r.json()["error"]
 
 
+def test_embed_on_a_text_generation_model_says_it_does_not_support_embeddings(client, ladle_server):
+    """As Ollama answers /api/embed for a generative model (a 400 that says so, where ladle said "Not
+    Found"), on both the route and its older name; an unknown model is still a 404."""
+    with pytest.raises(ollama.ResponseError) as err:
+        client.embed(model=ladle_server.model, input=["a", "b"])
+    assert err.value.status_code == 400 and "does not support embeddings" in str(err.value)
+    with pytest.raises(ollama.ResponseError) as err:
+        client.embeddings(model=ladle_server.model, prompt="a")
+    assert err.value.status_code == 400 and "does not support embeddings" in str(err.value)
+    with pytest.raises(ollama.ResponseError) as err:
+        client.embed(model="no-such-model", input="a")
+    assert err.value.status_code == 404
+
+
 def test_version_and_root(ladle_server):
     assert httpx.get(ladle_server.url + "/").text == "ladle is running"
     assert httpx.get(ladle_server.url + "/api/version").json()["version"]

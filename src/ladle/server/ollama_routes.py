@@ -1,5 +1,6 @@
 """Ollama-compatible generation routes: /api/generate and /api/chat (NDJSON streaming by default), plus
-/api/version. Durations are in nanoseconds, as Ollama reports them."""
+/api/version, and /api/embed's answer for the text-generation models ladle serves. Durations are in
+nanoseconds, as Ollama reports them."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from ladle.outputs import RequestOutput
 from ladle.server import prompts
 from ladle.server import structured as so
 from ladle.server.errors import ApiError, bad_request
-from ladle.server.protocol_ollama import ChatRequest, GenerateRequest, Options
+from ladle.server.protocol_ollama import ChatRequest, EmbedRequest, GenerateRequest, Options
 from ladle.server.state import server_state
 from ladle.server.streams import cancel_on_disconnect, ndjson, prime
 from ladle.version import __version__
@@ -259,6 +260,19 @@ async def chat(body: ChatRequest, request: Request) -> Response:
         return data
 
     return await _run(request, model, body, text, ids, shape, timing, plan)
+
+
+@router.post("/api/embed")
+@router.post("/api/embeddings")
+async def embed(body: EmbedRequest, request: Request) -> Response:
+    """Every model ladle serves is a text-generation model (/api/show lists only "completion" among its
+    capabilities), so, as Ollama answers for such a model, this is a 400 that says so; a name that is no
+    model is a 404 first, as on every route."""
+    try:
+        model = await server_state(request).manager.get(body.model, body.keep_alive)
+    except LookupError as exc:
+        raise ApiError(404, str(exc)) from None
+    raise bad_request(f'"{model.name}" does not support embeddings: it is a text-generation model', "model")
 
 
 @router.get("/api/version")

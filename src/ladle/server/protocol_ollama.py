@@ -129,6 +129,15 @@ class ChatRequest(_Common):
         return messages
 
 
+class EmbedRequest(_Body):
+    """/api/embed (input) and the older /api/embeddings (prompt)."""
+
+    model: str = Field(min_length=1)
+    input: str | list[str] | None = None
+    prompt: str | None = None
+    keep_alive: str | int | float | None = None
+
+
 class ShowRequest(_Body):
     model: str | None = None
     name: str | None = None  # the older field name, still sent by some clients

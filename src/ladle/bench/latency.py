@@ -15,11 +15,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ladle.bench.throughput import add_async_scheduling_argument, build_warm_engine, model_arguments
 from ladle.bench.workload import at_least, check_fits, positive_float
 from ladle.config import KV_CACHE_DTYPES
+
+if TYPE_CHECKING:  # torch is imported where it is used: --help stays fast
+    import torch
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -218,7 +221,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def _peak_bandwidth(given: float | None, device) -> tuple[float | None, str]:
+def _peak_bandwidth(given: float | None, device: torch.device) -> tuple[float | None, str]:
     """(GB/s for the roofline, where it came from): the flag, else the GPU's datasheet figure."""
     if given is not None:
         return given, "--peak-bandwidth-gbs"

@@ -125,4 +125,5 @@ def test_dockerfile():
     assert 'pip install "$LADLE_PACKAGE"' in text and "ARG LADLE_PACKAGE=ladle" in text
     assert 'ENTRYPOINT ["ladle"]' in text and 'CMD ["serve"]' in text
     assert "LADLE_HOME=/data/ladle" in text and 'VOLUME ["/data/ladle"]' in text
+    assert "TRITON_CACHE_DIR=/data/ladle/" in text  # compiled kernels survive restarts with the models
     assert "COPY deploy/ray_serve.py /opt/ladle/ray_serve.py" in text

@@ -27,7 +27,25 @@ from ladle.kernels import triton_attention as ops
 SHAPE = dict(NUM_KV_HEADS=8, GROUP=4, HEAD_DIM=128, BLOCK_D=128, BLOCK_SIZE=16, USE_WINDOW=False)
 
 
+# The constexpr switches the engine's usual launch leaves off (a flag left out would be compiled as an i32
+# argument, both sides of its `if` then, which fails to compile): the plain decode step, PDL as on sm_90.
+SWITCHES = dict(
+    GROUP_PAD=4,
+    SPLIT_CHUNK=16,
+    ROTARY=False,
+    HEAD_NORM=False,
+    UNIT_OFFSET=False,
+    INTERPRETED=False,
+    USE_PDL=True,
+)
+
+
 def _compile(kernel, types: dict, consts: dict, warps: int, stages: int):
+    constexprs = {p.name for p in kernel.params if p.is_constexpr}
+    consts = {**{k: v for k, v in SWITCHES.items() if k in constexprs}, **consts}
+    missing = constexprs - set(consts)
+    if missing:
+        raise SystemExit(f"kernel_sass.py: give {kernel.fn.__name__}'s constexprs {sorted(missing)} a value")
     signature = {a: ("constexpr" if a in consts else types.get(a, "i32")) for a in kernel.arg_names}
     aligned = {"q_ptr", "k_cache_ptr", "v_cache_ptr", "out_ptr", "lse_ptr"}
     attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(kernel.arg_names) if a in aligned}

@@ -212,6 +212,36 @@ def test_developer_messages_are_system_messages_where_the_template_has_no_develo
     assert kept.prompt.startswith("[developer] Answer in French.")
 
 
+@pytest.mark.parametrize("template", [None, GEMMA_TEMPLATE], ids=["folder-template", "gemma-template"])
+@pytest.mark.parametrize(
+    "begun", ["Sure, the answer is", "Sure, the answer is "], ids=["plain", "trailing-space"]
+)
+def test_continue_final_message_ends_the_prompt_inside_the_last_message_like_transformers(
+    llama, template, begun
+):
+    """vLLM's LLM.chat(continue_final_message=True): the prompt stops right after the last message's content
+    (no end-of-turn, no generation prompt), so the model writes on in it; transformers' rendering of the
+    same option is the reference, Gemma's template (which trims contents) included."""
+    folder, model, llm = llama
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(str(folder))
+    messages = [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": begun}]
+    expected = hf.apply_chat_template(
+        messages, chat_template=template, continue_final_message=True, tokenize=False
+    )
+    out = llm.chat(
+        messages, _greedy(max_tokens=3), chat_template=template, add_generation_prompt=False,
+        continue_final_message=True,
+    )[0]  # fmt: skip
+    assert out.prompt == expected and expected.rstrip().endswith("the answer is")
+    assert out.prompt_token_ids == list(hf(expected, add_special_tokens=False)["input_ids"])
+    expected_tokens, _ = greedy(model, out.prompt_token_ids, 3, ignore_eos=True)
+    assert out.outputs[0].token_ids == expected_tokens
+    with pytest.raises(ValueError, match="continue_final_message"):
+        llm.chat([[]], _greedy(max_tokens=1), continue_final_message=True)  # one empty conversation
+
+
 def test_chat_joins_text_content_parts_with_a_newline_and_rejects_malformed_messages(llama):
     """As vLLM: a message's text parts are joined with "\n", so two parts render as the one string
     "part1\npart2" does (the expected prompt comes from transformers' own template rendering)."""

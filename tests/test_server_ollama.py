@@ -59,6 +59,19 @@ def test_chat_equals_transformers(client, ladle_server, hf_reference):
     assert parts[-1].done and parts[-1].done_reason == expected.finish_reason
 
 
+def test_chat_ending_with_an_assistant_message_continues_it(client, ladle_server, hf_reference):
+    """As Ollama: a trailing assistant message is a reply begun for the model, which writes on in it (the
+    prompt is transformers' rendering with continue_final_message=True), instead of a new turn after it."""
+    messages = [*MESSAGES, {"role": "assistant", "content": "Once upon"}]
+    text = hf_reference.tokenizer.apply_chat_template(messages, continue_final_message=True, tokenize=False)
+    ids = list(hf_reference.tokenizer(text, add_special_tokens=False)["input_ids"])
+    expected = hf_reference.complete(ids, GREEDY["num_predict"])
+    resp = client.chat(model=ladle_server.model, messages=messages, options=GREEDY)
+    assert resp.message.content == expected.text
+    # prompt_eval_count leaves out prefix-cache hits, as Ollama's does: earlier tests share this prompt's start
+    assert 0 < resp.prompt_eval_count <= len(ids)
+
+
 def test_stop_and_seed_options(client, ladle_server, hf_reference):
     full = hf_reference.complete("Once upon a time", 20).text
     stop = full[4:6]

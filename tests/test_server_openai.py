@@ -310,6 +310,21 @@ def test_vllm_extra_fields(client, ladle_server, hf_reference):
     assert resp.usage.completion_tokens == len(expected.token_ids) == 10
 
 
+def test_continue_final_message_writes_on_in_the_last_message(client, ladle_server, hf_reference):
+    """vLLM's chat extra: the prompt ends inside the assistant message the client began (transformers'
+    rendering with continue_final_message=True), and the greedy reply goes on from there."""
+    messages = [*MESSAGES, {"role": "assistant", "content": "Once upon"}]
+    text = hf_reference.tokenizer.apply_chat_template(messages, continue_final_message=True, tokenize=False)
+    ids = list(hf_reference.tokenizer(text, add_special_tokens=False)["input_ids"])
+    expected = hf_reference.complete(ids, 6)
+    r = client.chat.completions.create(
+        model=ladle_server.model, messages=messages, max_tokens=6, temperature=0,
+        extra_body={"continue_final_message": True, "add_generation_prompt": False},
+    )  # fmt: skip
+    assert r.usage.prompt_tokens == len(ids)
+    assert r.choices[0].message.content == expected.text
+
+
 def test_models_list_and_retrieve(client, ladle_server):
     models = client.models.list()
     assert [m.id for m in models.data] == [ladle_server.model]

@@ -113,7 +113,11 @@ class LLM:
         add_generation_prompt: bool = True,
         tools: list[dict[str, Any]] | None = None,
         chat_template_kwargs: dict[str, Any] | None = None,
+        continue_final_message: bool = False,
     ) -> list[RequestOutput]:
+        """vLLM's LLM.chat: each conversation through the model's chat template, then generate.
+        continue_final_message=True writes on in the last message (e.g. an assistant reply begun for the
+        model) instead of starting a new turn; it implies no generation prompt."""
         if not isinstance(messages, (list, tuple)):
             raise TypeError(f"messages: must be a list of message dicts, got {type(messages).__name__}")
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
@@ -130,6 +134,7 @@ class LLM:
                 add_generation_prompt=add_generation_prompt,
                 tools=tools,
                 chat_template=chat_template,
+                continue_final_message=continue_final_message,
                 **(chat_template_kwargs or {}),
             )
             # The template already wrote BOS where the model wants it.

@@ -57,6 +57,7 @@ class Tokenizer:
         add_generation_prompt: bool = True,
         tools: list[dict[str, Any]] | None = None,
         chat_template: str | None = None,
+        continue_final_message: bool = False,
         **kwargs: Any,
     ) -> str:
         from ladle.loader.chat_template import render_chat_template
@@ -69,6 +70,7 @@ class Tokenizer:
             messages,
             add_generation_prompt=add_generation_prompt,
             tools=tools,
+            continue_final_message=continue_final_message,
             bos_token=self.bos_token or "",
             eos_token=self.eos_token or "",
             **kwargs,

@@ -248,7 +248,12 @@ async def chat(body: ChatRequest, request: Request) -> Response:
     if not messages:
         return JSONResponse(_load_only(model.name, timing, {"message": {"role": "assistant", "content": ""}}))
     plan = so.tool_plan(model, body.tools, None)
-    text, ids = await prompts.render_chat(model, so.template_messages(messages), tools=plan.tools)
+    messages = so.template_messages(messages)
+    # As Ollama: a conversation that ends with an assistant message has the model write on in that message
+    # (a reply begun for it), rather than start another turn after it.
+    last = messages[-1]
+    prefill = last.get("role") == "assistant" and bool(last.get("content")) and not last.get("tool_calls")
+    text, ids = await prompts.render_chat(model, messages, tools=plan.tools, continue_final_message=prefill)
 
     def shape(text: str, out: RequestOutput, final: bool, tool_calls=None) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": text}

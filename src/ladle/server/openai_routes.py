@@ -345,20 +345,12 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
         model,
         # a store model's SYSTEM / MESSAGEs, as Ollama
         so.template_messages(model.with_model_messages(body.template_messages())),
-        add_generation_prompt=body.add_generation_prompt and not body.continue_final_message,
+        add_generation_prompt=body.add_generation_prompt,
         chat_template=body.chat_template,
         template_kwargs=body.chat_template_kwargs,
         tools=plan.tools,
+        continue_final_message=body.continue_final_message,  # the model writes on in the last message
     )
-    if body.continue_final_message:
-        # Let the model go on writing the last message: cut what the template put after its content (the
-        # end-of-turn marker), as vLLM does.
-        final = str(body.template_messages()[-1]["content"])
-        cut = text.rfind(final) if final else -1
-        if cut == -1:
-            raise ApiError(400, "continue_final_message: the final message's content is not in the prompt")
-        text = text[: cut + len(final)]
-        ids = await prompts.encode(model, text, add_special_tokens=False)
     defaults = model.default_sampling_values()
     param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
     max_tokens = prompts.check_context(

@@ -39,12 +39,13 @@ async def render_chat(
     param: str = "messages",
     tools: list[dict[str, Any]] | None = None,
     template_param: str = "chat_template",
+    continue_final_message: bool = False,
 ) -> tuple[str, list[int]]:
     """The chat template's text and its token ids (the template writes BOS itself, so none is added)."""
     tokenizer = _tokenizer(model)
     size = sum(len(str(m.get("content", ""))) for m in messages)
     kwargs = dict(template_kwargs or {})
-    for reserved in ("messages", "add_generation_prompt", "tools", "chat_template"):
+    for reserved in ("messages", "add_generation_prompt", "tools", "chat_template", "continue_final_message"):
         kwargs.pop(reserved, None)
     try:
         text = await _maybe_in_thread(
@@ -55,6 +56,7 @@ async def render_chat(
             chat_template=chat_template
             or model.chat_template,  # a store model's template if the weights lack one
             tools=tools or None,
+            continue_final_message=continue_final_message,
             **kwargs,
         )
     except ValueError as exc:  # no template, or the template raised (e.g. roles must alternate)

@@ -166,6 +166,36 @@ def test_embed_on_a_text_generation_model_says_it_does_not_support_embeddings(cl
     assert err.value.status_code == 404
 
 
+# The thinking switch of Qwen3's chat template, in small: enable_thinking=false closes an empty think block.
+THINKING_TEMPLATE = (
+    "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}{% endif %}"
+)
+
+
+def test_think_false_turns_a_thinking_templates_thinking_off(client, ladle_server, hf_reference):
+    """think=false reaches the template as enable_thinking=false (how Ollama turns Qwen3's thinking off): the
+    prompt is transformers' rendering with enable_thinking=False. think=true is refused with a reason, since
+    ladle does not yet return the thinking apart from the answer; a model without thinking says so."""
+    messages = [{"role": "user", "content": "Lily"}]
+    rendered = hf_reference.tokenizer.apply_chat_template(
+        messages, chat_template=THINKING_TEMPLATE, add_generation_prompt=True, tokenize=False,
+        enable_thinking=False,
+    )  # fmt: skip
+    assert "</think>" in rendered
+    resp = client.generate(
+        model=ladle_server.model, prompt="Lily", template=THINKING_TEMPLATE, think=False, options=GREEDY
+    )
+    assert resp.response == _transformers_continuation(hf_reference, rendered)
+    with pytest.raises(ollama.ResponseError) as err:
+        client.generate(model=ladle_server.model, prompt="Lily", template=THINKING_TEMPLATE, think=True)
+    assert err.value.status_code == 400 and "apart from its answer" in str(err.value)
+    with pytest.raises(ollama.ResponseError) as err:
+        client.chat(model=ladle_server.model, messages=messages, think=True)  # the tiny model's own template
+    assert err.value.status_code == 400 and "does not support thinking" in str(err.value)
+
+
 def test_version_and_root(ladle_server):
     assert httpx.get(ladle_server.url + "/").text == "ladle is running"
     assert httpx.get(ladle_server.url + "/api/version").json()["version"]

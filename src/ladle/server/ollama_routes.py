@@ -217,8 +217,9 @@ async def generate(body: GenerateRequest, request: Request) -> Response:
         template = _request_template(body.template)
         param = "template" if template else "prompt"
         text, ids = await prompts.render_chat(
-            model, messages, chat_template=template, param=param, template_param=param
-        )
+            model, messages, chat_template=template, param=param, template_param=param,
+            template_kwargs=body.thinking_kwargs(template or model.chat_template),
+        )  # fmt: skip
     ids = list(body.context or []) + ids
 
     def shape(text: str, out: RequestOutput, final: bool, tool_calls=None) -> dict[str, Any]:
@@ -253,7 +254,10 @@ async def chat(body: ChatRequest, request: Request) -> Response:
     # (a reply begun for it), rather than start another turn after it.
     last = messages[-1]
     prefill = last.get("role") == "assistant" and bool(last.get("content")) and not last.get("tool_calls")
-    text, ids = await prompts.render_chat(model, messages, tools=plan.tools, continue_final_message=prefill)
+    text, ids = await prompts.render_chat(
+        model, messages, tools=plan.tools, continue_final_message=prefill,
+        template_kwargs=body.thinking_kwargs(model.chat_template),
+    )  # fmt: skip
 
     def shape(text: str, out: RequestOutput, final: bool, tool_calls=None) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": text}

@@ -45,8 +45,25 @@ class _Common(_Body):
     think: bool | str | None = None
 
     def check_unsupported(self) -> None:
-        if self.think not in (None, False):
+        """What is refused before the model is known (subclasses add theirs)."""
+
+    def thinking_kwargs(self, template: str | None) -> dict[str, Any]:
+        """The chat-template variables `think` sets. false turns a thinking model's thinking off through its
+        template's enable_thinking switch (Qwen3's), as Ollama does; true (or a level) would need the
+        thinking returned apart from the answer, which ladle does not do yet, so it is refused, saying so."""
+        if self.think is None:
+            return {}
+        template = template or ""
+        thinks = "enable_thinking" in template or "<think>" in template
+        if self.think is False:
+            return {"enable_thinking": False} if "enable_thinking" in template else {}
+        if not thinks:
             raise bad_request(f'"{self.model}" does not support thinking', "think")
+        raise bad_request(
+            "think: ladle does not return a model's thinking apart from its answer yet; leave think unset "
+            "(the thinking stays in the content) or set it to false to turn thinking off",
+            "think",
+        )
 
     def sampling_params(self, defaults: dict[str, Any], prompt_len: int, room: int) -> SamplingParams:
         """`room` is what's left of the context after the prompt; num_predict and num_ctx only cut it

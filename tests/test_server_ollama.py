@@ -174,26 +174,45 @@ THINKING_TEMPLATE = (
 )
 
 
-def test_think_false_turns_a_thinking_templates_thinking_off(client, ladle_server, hf_reference):
-    """think=false reaches the template as enable_thinking=false (how Ollama turns Qwen3's thinking off): the
-    prompt is transformers' rendering with enable_thinking=False. think=true is refused with a reason, since
-    ladle does not yet return the thinking apart from the answer; a model without thinking says so."""
+def test_think_turns_a_thinking_templates_thinking_on_and_off(client, ladle_server, hf_reference):
+    """think reaches the template as enable_thinking (how Ollama turns Qwen3's thinking on and off): each
+    prompt is transformers' rendering with that switch. Under think=true the reply comes back as thinking
+    apart from the answer; the tiny random model never closes its think block, so all of its reply is
+    thinking, whole and streamed. A model without thinking, or a level for an on/off one, is a 400."""
     messages = [{"role": "user", "content": "Lily"}]
-    rendered = hf_reference.tokenizer.apply_chat_template(
-        messages, chat_template=THINKING_TEMPLATE, add_generation_prompt=True, tokenize=False,
-        enable_thinking=False,
-    )  # fmt: skip
-    assert "</think>" in rendered
-    resp = client.generate(
+
+    def rendered(enable: bool) -> str:
+        return hf_reference.tokenizer.apply_chat_template(
+            messages, chat_template=THINKING_TEMPLATE, add_generation_prompt=True, tokenize=False,
+            enable_thinking=enable,
+        )  # fmt: skip
+
+    assert "</think>" in rendered(False) and "</think>" not in rendered(True)
+    off = client.generate(
         model=ladle_server.model, prompt="Lily", template=THINKING_TEMPLATE, think=False, options=GREEDY
     )
-    assert resp.response == _transformers_continuation(hf_reference, rendered)
+    assert off.response == _transformers_continuation(hf_reference, rendered(False)) and not off.thinking
+    expected = _transformers_continuation(hf_reference, rendered(True))
+    assert "</think>" not in expected
+    on = client.generate(
+        model=ladle_server.model, prompt="Lily", template=THINKING_TEMPLATE, think=True, options=GREEDY
+    )
+    assert (on.thinking, on.response) == (expected.lstrip("\n"), "")
+    parts = list(
+        client.generate(
+            model=ladle_server.model, prompt="Lily", template=THINKING_TEMPLATE, think=True, options=GREEDY,
+            stream=True,
+        )
+    )  # fmt: skip
+    assert "".join(p.thinking or "" for p in parts) == expected.lstrip("\n")
+    assert not "".join(p.response for p in parts) and parts[-1].done
     with pytest.raises(ollama.ResponseError) as err:
-        client.generate(model=ladle_server.model, prompt="Lily", template=THINKING_TEMPLATE, think=True)
-    assert err.value.status_code == 400 and "apart from its answer" in str(err.value)
+        client.generate(model=ladle_server.model, prompt="Lily", template=THINKING_TEMPLATE, think="high")
+    assert err.value.status_code == 400 and "true or false" in str(err.value)
     with pytest.raises(ollama.ResponseError) as err:
         client.chat(model=ladle_server.model, messages=messages, think=True)  # the tiny model's own template
     assert err.value.status_code == 400 and "does not support thinking" in str(err.value)
+    assert "thinking" not in client.show(ladle_server.model).capabilities
 
 
 def test_version_and_root(ladle_server):

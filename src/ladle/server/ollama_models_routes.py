@@ -15,6 +15,7 @@ from ladle.models_hub.manager import LoadedModel
 from ladle.server.errors import ApiError
 from ladle.server.protocol_ollama import OLLAMA_DEFAULTS, ShowRequest
 from ladle.server.state import server_state
+from ladle.server.thinking import template_thinks
 
 router = APIRouter(tags=["ollama"])
 
@@ -136,7 +137,7 @@ async def show(body: ShowRequest, request: Request) -> dict[str, Any]:
         "template": template,
         "details": details(model),
         "model_info": model_info,
-        "capabilities": ["completion"],
+        "capabilities": ["completion", *(["thinking"] if template_thinks(model.chat_template) else [])],
         "modified_at": _iso(model.loaded_at),
         # ladle's own field: the weights' size in memory, measured on the loaded model.
         "memory_bytes": loaded_weight_bytes(model.engine.engine.runner.model),

@@ -23,6 +23,7 @@ from ladle.server.errors import ApiError, bad_request
 from ladle.server.protocol_ollama import ChatRequest, EmbedRequest, GenerateRequest, Options
 from ladle.server.state import server_state
 from ladle.server.streams import cancel_on_disconnect, ndjson, prime
+from ladle.server.thinking import ThinkingSplitter, split_reply
 from ladle.version import __version__
 
 router = APIRouter(tags=["ollama"])
@@ -101,9 +102,11 @@ async def _run(
     shape,
     timing: _Timing,
     plan=None,
+    thinking: bool = False,
 ) -> Response:
-    """Starts the engine request and answers in NDJSON (stream) or one object; `shape(text, out, final)`
-    builds one response object in the route's own format."""
+    """Starts the engine request and answers in NDJSON (stream) or one object; `shape(text, out, final,
+    tool_calls, thinking)` builds one response object in the route's own format. `thinking`: the reply is
+    sent as its thinking and its answer apart (think: true)."""
     if not ids:
         raise bad_request("prompt: is empty after templating", "prompt")
     if len(ids) >= model.max_model_len:
@@ -125,46 +128,58 @@ async def _run(
         return Response(status_code=499)
     _, outputs = primed
     if body.stream is not False:
-        return StreamingResponse(_stream(outputs, shape, timing, plan), media_type="application/x-ndjson")
-    result = await cancel_on_disconnect(request, _full(outputs, shape, timing, plan))
+        return StreamingResponse(
+            _stream(outputs, shape, timing, plan, thinking), media_type="application/x-ndjson"
+        )
+    result = await cancel_on_disconnect(request, _full(outputs, shape, timing, plan, thinking))
     return JSONResponse(result) if result is not None else Response(status_code=499)
 
 
 async def _stream(
-    outputs: AsyncIterator[RequestOutput], shape, timing: _Timing, plan=None
+    outputs: AsyncIterator[RequestOutput], shape, timing: _Timing, plan=None, thinking: bool = False
 ) -> AsyncIterator[str]:
-    # Under tools, text that may be a call is held back; calls go out whole (as Ollama sends them).
+    # Under tools, text that may be a call is held back; calls go out whole (as Ollama sends them). Under
+    # think, the thinking goes out as it comes, in its own field, before the answer.
     reply = so.ReplyStream(plan)
+    splitter = ThinkingSplitter() if thinking else None
     sent_calls = 0
     try:
         last = None
         async for out in outputs:
             last = out
             text = out.deltas[0][0] if out.deltas else ""
+            thought = None
+            if splitter is not None:
+                thought, text = splitter.feed(text, out.finished)
             content, _ = reply.feed(text, out.finished)
             new_calls = reply.calls[sent_calls:]
             sent_calls = len(reply.calls)
             if new_calls and not out.finished:
-                yield ndjson(shape(content, out, False, [c.to_ollama() for c in new_calls]))
-            elif content and not out.finished:
-                yield ndjson(shape(content, out, False))
+                yield ndjson(shape(content, out, False, [c.to_ollama() for c in new_calls], thought))
+            elif (content or thought) and not out.finished:
+                yield ndjson(shape(content, out, False, None, thought))
         if last is None or not last.finished:
             raise ApiError(503, "the request was aborted by the server before it finished")
         calls = [c.to_ollama() for c in new_calls] if new_calls else None
-        yield ndjson({**shape(content, last, True, calls), **timing.summary(last)})
+        yield ndjson({**shape(content, last, True, calls, thought), **timing.summary(last)})
     except Exception as exc:  # noqa: BLE001 - after the 200 is sent, an error can only be a line
         yield ndjson({"error": str(exc)})
 
 
-async def _full(outputs: AsyncIterator[RequestOutput], shape, timing: _Timing, plan=None) -> dict[str, Any]:
+async def _full(
+    outputs: AsyncIterator[RequestOutput], shape, timing: _Timing, plan=None, thinking: bool = False
+) -> dict[str, Any]:
     last = None
     async for out in outputs:
         last = out
     if last is None or not last.finished:
         raise ApiError(503, "the request was aborted by the server before it finished")
-    content, calls = so.parse_reply(plan, last.outputs[0].text)
+    text, thought = last.outputs[0].text, None
+    if thinking:
+        thought, text = split_reply(text)
+    content, calls = so.parse_reply(plan, text)
     tool_calls = [c.to_ollama() for c in calls] or None
-    return {**shape(content or "", last, True, tool_calls), **timing.summary(last)}
+    return {**shape(content or "", last, True, tool_calls, thought), **timing.summary(last)}
 
 
 def _load_only(model_name: str, timing: _Timing, extra: dict[str, Any]) -> dict[str, Any]:
@@ -207,6 +222,7 @@ async def generate(body: GenerateRequest, request: Request) -> Response:
         # Ollama's idiom for "load this model now".
         return JSONResponse(_load_only(model.name, timing, {"response": ""}))
     prompt = body.prompt or ""
+    thinking = False
     if body.raw or (not model.chat_template and not body.template):
         text = (body.system + "\n\n" + prompt) if body.system and not body.raw else prompt
         ids = await prompts.encode(model, text, add_special_tokens=not body.context) if text else []
@@ -220,17 +236,20 @@ async def generate(body: GenerateRequest, request: Request) -> Response:
             model, messages, chat_template=template, param=param, template_param=param,
             template_kwargs=body.thinking_kwargs(template or model.chat_template),
         )  # fmt: skip
+        thinking = body.wants_thinking(template or model.chat_template)
     ids = list(body.context or []) + ids
 
-    def shape(text: str, out: RequestOutput, final: bool, tool_calls=None) -> dict[str, Any]:
+    def shape(text: str, out: RequestOutput, final: bool, tool_calls=None, thought=None) -> dict[str, Any]:
         data: dict[str, Any] = {"model": model.name, "created_at": _now(), "response": text, "done": final}
+        if thought:
+            data["thinking"] = thought
         if final:
             completion = out.outputs[0]
             data["done_reason"] = _done_reason(completion.finish_reason)
             data["context"] = list(out.prompt_token_ids) + list(completion.token_ids)
         return data
 
-    return await _run(request, model, body, text, ids, shape, timing)
+    return await _run(request, model, body, text, ids, shape, timing, thinking=thinking)
 
 
 # -- /api/chat ---------------------------------------------------------------------------------------------
@@ -259,8 +278,10 @@ async def chat(body: ChatRequest, request: Request) -> Response:
         template_kwargs=body.thinking_kwargs(model.chat_template),
     )  # fmt: skip
 
-    def shape(text: str, out: RequestOutput, final: bool, tool_calls=None) -> dict[str, Any]:
+    def shape(text: str, out: RequestOutput, final: bool, tool_calls=None, thought=None) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": text}
+        if thought:
+            message["thinking"] = thought
         if tool_calls:
             message["tool_calls"] = tool_calls
         data: dict[str, Any] = {"model": model.name, "created_at": _now(), "message": message, "done": final}
@@ -268,7 +289,9 @@ async def chat(body: ChatRequest, request: Request) -> Response:
             data["done_reason"] = _done_reason(out.outputs[0].finish_reason)
         return data
 
-    return await _run(request, model, body, text, ids, shape, timing, plan)
+    return await _run(
+        request, model, body, text, ids, shape, timing, plan, body.wants_thinking(model.chat_template)
+    )
 
 
 @router.post("/api/embed")

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ladle.sampling_params import SamplingParams
 from ladle.server.errors import bad_request
+from ladle.server.thinking import template_thinks
 
 # Ollama's DefaultOptions (api/types.go) for what the model's generation_config leaves out. No default
 # repeat_penalty: Ollama's own engine doesn't apply one, and temperature 0 should mean plain greedy.
@@ -48,22 +49,25 @@ class _Common(_Body):
         """What is refused before the model is known (subclasses add theirs)."""
 
     def thinking_kwargs(self, template: str | None) -> dict[str, Any]:
-        """The chat-template variables `think` sets. false turns a thinking model's thinking off through its
-        template's enable_thinking switch (Qwen3's), as Ollama does; true (or a level) would need the
-        thinking returned apart from the answer, which ladle does not do yet, so it is refused, saying so."""
+        """The chat-template variables `think` sets, as Ollama does: true / false turn a thinking model's
+        thinking on / off through its template's enable_thinking switch (Qwen3's); a model that cannot
+        think, or a level for one that is only on or off, is a 400 naming `think`."""
         if self.think is None:
             return {}
-        template = template or ""
-        thinks = "enable_thinking" in template or "<think>" in template
+        switch = "enable_thinking" in (template or "")
         if self.think is False:
-            return {"enable_thinking": False} if "enable_thinking" in template else {}
-        if not thinks:
+            return {"enable_thinking": False} if switch else {}
+        if not template_thinks(template):
             raise bad_request(f'"{self.model}" does not support thinking', "think")
-        raise bad_request(
-            "think: ladle does not return a model's thinking apart from its answer yet; leave think unset "
-            "(the thinking stays in the content) or set it to false to turn thinking off",
-            "think",
-        )
+        if self.think is not True:
+            raise bad_request(
+                f"think: {self.think!r}: this model's thinking is on or off (true or false)", "think"
+            )
+        return {"enable_thinking": True} if switch else {}
+
+    def wants_thinking(self, template: str | None) -> bool:
+        """think: true on a thinking model: its reply comes back as thinking and answer apart."""
+        return self.think is True and template_thinks(template)
 
     def sampling_params(self, defaults: dict[str, Any], prompt_len: int, room: int) -> SamplingParams:
         """`room` is what's left of the context after the prompt; num_predict and num_ctx only cut it

@@ -229,3 +229,51 @@ def test_one_shot_format_passes_the_schema_to_the_server(ladle: Ladle) -> None:
     bad = ladle.run("run", MODEL, "--format", "yaml please", "hi")
     assert bad.returncode != 0
     assert bad.stderr.count("\n") == 1 and "--format" in bad.stderr and "Traceback" not in bad.stderr
+
+
+# Qwen3's thinking switch, in small (the same as tests/test_server_ollama.py's): a thinking model's template.
+THINKING_TEMPLATE = (
+    "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}{% endif %}"
+)
+
+
+def test_a_thinking_model_thinks_first_unless_told_not_to(ladle: Ladle, long_context_model, tmp_path) -> None:
+    """As Ollama's CLI: a model with the thinking capability thinks by default, its thinking printed between
+    "Thinking..." and "...done thinking." before the answer; --think=false turns it off, --hidethinking keeps
+    it off the screen. Each output is what /api/generate answers for the same think."""
+    import shutil
+
+    folder = tmp_path / "thinker"
+    shutil.copytree(long_context_model, folder)
+    (folder / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["chat_template"] = THINKING_TEMPLATE  # the weights' own template: a thinking model's
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    body = {"model": "tiny-thinker", "from": str(folder), "stream": False}
+    body["parameters"] = {"temperature": 0, "num_predict": 8}
+    assert httpx.post(ladle.url + "/api/create", json=body, timeout=60).status_code == 200
+
+    def api(think: bool) -> dict:
+        request = {"model": "tiny-thinker", "prompt": "Lily", "stream": False, "think": think}
+        return httpx.post(ladle.url + "/api/generate", json=request, timeout=60).json()
+
+    thinking = api(True)
+    assert thinking["thinking"] and thinking["response"] == ""  # the tiny model never closes its block
+    result = ladle.run("run", "tiny-thinker", "Lily")
+    assert result.returncode == 0, result.stderr
+    newline = "" if thinking["thinking"].endswith("\n") else "\n"
+    assert result.stdout == f"Thinking...\n{thinking['thinking']}{newline}...done thinking.\n\n"
+
+    plain = api(False)["response"]
+    off = ladle.run("run", "tiny-thinker", "--think=false", "Lily")
+    assert off.returncode == 0 and off.stdout == plain + ("" if plain.endswith("\n") else "\n")
+    hidden = ladle.run("run", "tiny-thinker", "--hidethinking", "Lily")
+    assert (
+        hidden.returncode == 0
+        and "Thinking" not in hidden.stdout
+        and thinking["thinking"] not in hidden.stdout
+    )
+    bad = ladle.run("run", "tiny-thinker", "--think=maybe", "Lily")
+    assert bad.returncode != 0 and bad.stderr.count("\n") == 1 and "--think" in bad.stderr

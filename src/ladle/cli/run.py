@@ -36,6 +36,8 @@ HELP_SET = """Available Commands:
   /set system <string>   Set system message
   /set verbose           Show LLM stats
   /set quiet             Disable LLM stats
+  /set think             Enable thinking
+  /set nothink           Disable thinking
 """
 
 HELP_SET_PARAMETER = """Available Parameters:
@@ -76,6 +78,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keepalive", default=None, help='how long the model stays loaded (e.g. "5m", "1h")')
     p.add_argument("--insecure", action="store_true", help="use an insecure registry")
     p.add_argument("--nowordwrap", action="store_true", help="accepted for Ollama compatibility")
+    p.add_argument(
+        "--think",
+        nargs="?",
+        const="true",
+        default=None,
+        help="a thinking model thinks first (the default for one; --think=false turns it off)",
+    )
+    p.add_argument("--hidethinking", action="store_true", help="think, but print only the answer")
     p.set_defaults(handler=run)
 
 
@@ -88,11 +98,15 @@ class Session:
     verbose: bool = False
     keep_alive: str | None = None
     format: str | dict[str, Any] | None = None  # Ollama's `format`: "json" or a JSON schema
+    think: bool | None = None  # None: the model's own way; a thinking model thinks by default (below)
+    hide_thinking: bool = False
 
     def request(self, extra: dict[str, Any]) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.model, **extra}
         if self.format is not None:
             body["format"] = self.format
+        if self.think is not None:
+            body["think"] = self.think
         if self.options:
             body["options"] = dict(self.options)
         if self.keep_alive is not None:
@@ -113,8 +127,19 @@ def _parse_format(value: str | None) -> str | dict[str, Any] | None:
     return schema
 
 
+def _parse_think(value: str | None) -> bool | None:
+    if value is None:
+        return None
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no"):
+        return False
+    raise ClientError(f"--think {value!r}: use --think, --think=true or --think=false")
+
+
 def run(args: argparse.Namespace) -> None:
     response_format = _parse_format(args.format)
+    think = _parse_think(args.think)
     prompts = list(args.prompt)
     interactive = sys.stdin.isatty()
     if not interactive:
@@ -123,10 +148,13 @@ def run(args: argparse.Namespace) -> None:
             prompts.insert(0, piped)
     interactive = interactive and not prompts
     session = Session(
-        model=args.model, verbose=args.verbose, keep_alive=args.keepalive, format=response_format
-    )
+        model=args.model, verbose=args.verbose, keep_alive=args.keepalive, format=response_format,
+        think=think, hide_thinking=args.hidethinking,
+    )  # fmt: skip
     with connect() as client:
         info = ensure_model(client, args.model, args.insecure)
+        if session.think is None and "thinking" in info.get("capabilities", []):
+            session.think = True  # as Ollama's CLI: a thinking model thinks, shown before the answer
         if not interactive:
             generate_once(client, session, " ".join(prompts))
             return
@@ -156,22 +184,38 @@ def generate_once(client: Client, session: Session, prompt: str) -> None:
     if session.system:
         body["system"] = session.system
     start = time.perf_counter()
-    last = _stream_text(client.stream("POST", "/api/generate", body), key="response")
+    last = _stream_text(client.stream("POST", "/api/generate", body), "response", None, session.hide_thinking)
     if session.verbose and last is not None:
         print_stats(last, time.perf_counter() - start)
 
 
-def _stream_text(events, key: str, answer: list[str] | None = None) -> dict[str, Any] | None:
-    """Print an answer as it streams (collecting it into `answer`); returns the final event. Closing the
-    stream on the way out, Ctrl-C included, is what makes the server abort the request."""
+def _stream_text(
+    events, key: str, answer: list[str] | None = None, hide_thinking: bool = False
+) -> dict[str, Any] | None:
+    """Print an answer as it streams (collecting it into `answer`); returns the final event. A thinking
+    model's thinking comes first, between "Thinking..." and "...done thinking." as Ollama's CLI prints it
+    (not at all with hide_thinking). Closing the stream on the way out, Ctrl-C included, is what makes the
+    server abort the request."""
     last = None
     ends_with_newline = True
+    thinking = False  # inside the printed thinking
     try:
         for event in events:
             last = event
             piece = event.get(key)
-            if isinstance(piece, dict):  # /api/chat: {"message": {"role", "content"}}
-                piece = piece.get("content")
+            thought = event.get("thinking")
+            if isinstance(piece, dict):  # /api/chat: {"message": {"role", "content", "thinking"}}
+                piece, thought = piece.get("content"), piece.get("thinking")
+            if thought and not hide_thinking:
+                if not thinking:
+                    sys.stdout.write("Thinking...\n")
+                    thinking = True
+                sys.stdout.write(thought)
+                sys.stdout.flush()
+                ends_with_newline = thought.endswith("\n")
+            if thinking and (piece or event.get("done")):
+                sys.stdout.write(("" if ends_with_newline else "\n") + "...done thinking.\n\n")
+                thinking, ends_with_newline = False, True
             if piece:
                 sys.stdout.write(piece)
                 sys.stdout.flush()
@@ -288,7 +332,9 @@ def chat_turn(client: Client, session: Session, text: str) -> None:
     start = time.perf_counter()
     final = None
     try:
-        final = _stream_text(client.stream("POST", "/api/chat", body), "message", answer)
+        final = _stream_text(
+            client.stream("POST", "/api/chat", body), "message", answer, session.hide_thinking
+        )
     except KeyboardInterrupt:
         pass
     except ClientError as exc:
@@ -383,6 +429,9 @@ def set_command(session: Session, line: str, words: list[str]) -> None:
     elif what == "quiet":
         session.verbose = False
         print("Set 'quiet' mode.")
+    elif what in ("think", "nothink"):
+        session.think = what == "think"
+        print("Set 'think' mode." if session.think else "Set 'nothink' mode.")
     else:
         print(f"Unknown command '/set {words[1]}'. Type /? for help")
 

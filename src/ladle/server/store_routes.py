@@ -28,6 +28,7 @@ from ladle.server.errors import ApiError, bad_request
 from ladle.server.served_models import served_models
 from ladle.server.state import server_state
 from ladle.server.streams import ndjson
+from ladle.server.thinking import template_thinks
 from ladle.store import (
     InvalidModelName,
     LocalModel,
@@ -230,15 +231,33 @@ def _memory_bytes(model_path: str | Path, fmt: str, name: str) -> int | None:
         return None
 
 
+def _stored_chat_template(local: LocalModel, info: dict[str, Any]) -> str | None:
+    """The chat template a loaded model would use, read without loading it: the weights' own (GGUF
+    metadata, or the folder's tokenizer files), else the store's TEMPLATE (LoadedModel.chat_template)."""
+    template = info.get("tokenizer.chat_template") if local.format == "gguf" else None
+    if local.format != "gguf":
+        folder = Path(local.model_path)
+        try:
+            if (folder / "chat_template.jinja").is_file():
+                template = (folder / "chat_template.jinja").read_text()
+            elif (folder / "tokenizer_config.json").is_file():
+                template = json.loads((folder / "tokenizer_config.json").read_text()).get("chat_template")
+        except (OSError, ValueError):
+            template = None
+    return template if isinstance(template, str) and template else local.template
+
+
 def show_response(local: LocalModel, verbose: bool = False) -> dict[str, Any]:
+    info = model_info(local, verbose)  # a GGUF's holds its tokenizer.chat_template (a string, kept)
+    thinks = template_thinks(_stored_chat_template(local, info))
     response: dict[str, Any] = {
         "license": local.license or "",
         "modelfile": local.to_modelfile(),
         "parameters": parameters_text(local.params),
         "template": local.template or "",
         "details": _details(local.details),
-        "model_info": model_info(local, verbose),
-        "capabilities": ["completion"],
+        "model_info": info,
+        "capabilities": ["completion", *(["thinking"] if thinks else [])],
         "modified_at": _iso(local.modified_at),
     }
     memory = _memory_bytes(local.model_path, local.format, local.name)
